@@ -1,0 +1,292 @@
+"""Matrix-free multigrid-preconditioned conjugate gradients for the voxel conduction problem.
+
+Internal to ``physics``. Layout: every array is the voxel grid padded by one cell on each side, so the
+7-point stencil needs no bounds checks. The transport axis is array axis 0; the Dirichlet faces are
+the outer faces of the first and last layers along it.
+
+- ``cx[i, j, k]`` is the conductance between cells (i, j, k) and (i+1, j, k); ``cy``, ``cz`` likewise;
+  zero wherever either cell is padding or insulating.
+- ``diag`` is the sum of a cell's face conductances plus its Dirichlet boundary conductances; a cell
+  with ``diag == 0`` is not an unknown (insulating, disconnected or padding) and stays zero.
+
+Coarse levels aggregate 2x2x2 blocks. For piecewise-constant prolongation the Galerkin operator
+P^T A P of a 7-point operator is again a 7-point operator whose face conductances are the sums of the
+fine ones across each block interface; it is scaled by one half per level, which matches the
+rediscretised operator for a uniform medium (the classical over-correction of aggregation
+multigrid). Red-black Gauss-Seidel, red-then-black before and black-then-red after the coarse
+correction, keeps the V-cycle a symmetric positive definite preconditioner for CG. The coarsest grid
+is solved directly.
+"""
+
+import numpy as np
+import scipy.linalg
+from numba import njit, prange
+
+COARSE_SCALE = 0.5
+COARSEST_CELLS = 512
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _matvec(x, out, diag, cx, cy, cz):
+    n0, n1, n2 = x.shape
+    for i in prange(1, n0 - 1):
+        for j in range(1, n1 - 1):
+            for k in range(1, n2 - 1):
+                out[i, j, k] = (diag[i, j, k] * x[i, j, k]
+                                - cx[i - 1, j, k] * x[i - 1, j, k] - cx[i, j, k] * x[i + 1, j, k]
+                                - cy[i, j - 1, k] * x[i, j - 1, k] - cy[i, j, k] * x[i, j + 1, k]
+                                - cz[i, j, k - 1] * x[i, j, k - 1] - cz[i, j, k] * x[i, j, k + 1])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _residual(x, b, r, diag, cx, cy, cz):
+    n0, n1, n2 = x.shape
+    for i in prange(1, n0 - 1):
+        for j in range(1, n1 - 1):
+            for k in range(1, n2 - 1):
+                if diag[i, j, k] == 0.0:
+                    r[i, j, k] = 0.0
+                else:
+                    r[i, j, k] = b[i, j, k] - (
+                        diag[i, j, k] * x[i, j, k]
+                        - cx[i - 1, j, k] * x[i - 1, j, k] - cx[i, j, k] * x[i + 1, j, k]
+                        - cy[i, j - 1, k] * x[i, j - 1, k] - cy[i, j, k] * x[i, j + 1, k]
+                        - cz[i, j, k - 1] * x[i, j, k - 1] - cz[i, j, k] * x[i, j, k + 1])
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _gauss_seidel_color(x, b, inv, cx, cy, cz, color):
+    """One colour of red-black Gauss-Seidel. ``inv`` is 1/diag, 0 where a cell is not an unknown, so
+    the update needs neither a branch nor a division (the cell's conductances are 0 there too)."""
+    n0, n1, n2 = x.shape
+    for i in prange(1, n0 - 1):
+        for j in range(1, n1 - 1):
+            k0 = 1 + ((i + j + 1 + color) & 1)
+            for k in range(k0, n2 - 1, 2):
+                x[i, j, k] = (b[i, j, k]
+                              + cx[i - 1, j, k] * x[i - 1, j, k] + cx[i, j, k] * x[i + 1, j, k]
+                              + cy[i, j - 1, k] * x[i, j - 1, k] + cy[i, j, k] * x[i, j + 1, k]
+                              + cz[i, j, k - 1] * x[i, j, k - 1] + cz[i, j, k] * x[i, j, k + 1]) * inv[i, j, k]
+
+
+@njit(parallel=True, cache=True)
+def _restrict(r, rc):
+    """rc[block] = sum of r over the block (P^T r)."""
+    n0, n1, n2 = r.shape
+    m0, m1, m2 = rc.shape
+    for I in prange(1, m0 - 1):
+        for J in range(1, m1 - 1):
+            for K in range(1, m2 - 1):
+                s = 0.0
+                for i in range(2 * I - 1, min(2 * I + 1, n0 - 1)):
+                    for j in range(2 * J - 1, min(2 * J + 1, n1 - 1)):
+                        for k in range(2 * K - 1, min(2 * K + 1, n2 - 1)):
+                            s += r[i, j, k]
+                rc[I, J, K] = s
+
+
+@njit(parallel=True, cache=True)
+def _prolong_add(xc, x, diag):
+    """x += P xc on the fine unknowns."""
+    n0, n1, n2 = x.shape
+    for i in prange(1, n0 - 1):
+        I = (i - 1) // 2 + 1
+        for j in range(1, n1 - 1):
+            J = (j - 1) // 2 + 1
+            for k in range(1, n2 - 1):
+                if diag[i, j, k] != 0.0:
+                    x[i, j, k] += xc[I, J, (k - 1) // 2 + 1]
+
+
+@njit(cache=True)
+def _coarsen(diag, cx, cy, cz, bnd, scale):
+    """Galerkin coarse operator of 2x2x2 aggregation, scaled; returns coarse (diag, cx, cy, cz, bnd).
+
+    ``bnd`` is each cell's Dirichlet boundary conductance (part of ``diag``).
+    """
+    n0, n1, n2 = diag.shape
+    m0 = (n0 - 2 + 1) // 2 + 2
+    m1 = (n1 - 2 + 1) // 2 + 2
+    m2 = (n2 - 2 + 1) // 2 + 2
+    dc = np.zeros((m0, m1, m2))
+    xc = np.zeros((m0, m1, m2))
+    yc = np.zeros((m0, m1, m2))
+    zc = np.zeros((m0, m1, m2))
+    bc = np.zeros((m0, m1, m2))
+    active = np.zeros((m0, m1, m2), dtype=np.bool_)
+    for i in range(1, n0 - 1):
+        I = (i - 1) // 2 + 1
+        for j in range(1, n1 - 1):
+            J = (j - 1) // 2 + 1
+            for k in range(1, n2 - 1):
+                K = (k - 1) // 2 + 1
+                if diag[i, j, k] != 0.0:
+                    active[I, J, K] = True
+                bc[I, J, K] += bnd[i, j, k]
+                # a fine face joins two blocks when its cells fall in different blocks
+                if i < n0 - 2 and (i + 1 - 1) // 2 + 1 != I:
+                    xc[I, J, K] += cx[i, j, k]
+                if j < n1 - 2 and (j + 1 - 1) // 2 + 1 != J:
+                    yc[I, J, K] += cy[i, j, k]
+                if k < n2 - 2 and (k + 1 - 1) // 2 + 1 != K:
+                    zc[I, J, K] += cz[i, j, k]
+    for I in range(m0):
+        for J in range(m1):
+            for K in range(m2):
+                xc[I, J, K] *= scale
+                yc[I, J, K] *= scale
+                zc[I, J, K] *= scale
+                bc[I, J, K] *= scale
+    for I in range(1, m0 - 1):
+        for J in range(1, m1 - 1):
+            for K in range(1, m2 - 1):
+                if active[I, J, K]:
+                    dc[I, J, K] = (bc[I, J, K] + xc[I - 1, J, K] + xc[I, J, K] + yc[I, J - 1, K]
+                                   + yc[I, J, K] + zc[I, J, K - 1] + zc[I, J, K])
+    return dc, xc, yc, zc, bc
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _dot(a, b):
+    n0, n1, n2 = a.shape
+    s = 0.0
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                s += a[i, j, k] * b[i, j, k]
+    return s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _step(x, r, p, q, alpha):
+    """x += alpha p; r -= alpha q; return |r|^2."""
+    n0, n1, n2 = x.shape
+    s = 0.0
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                x[i, j, k] += alpha * p[i, j, k]
+                r[i, j, k] -= alpha * q[i, j, k]
+                s += r[i, j, k] * r[i, j, k]
+    return s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _direction(p, z, beta):
+    """p = z + beta p."""
+    n0, n1, n2 = p.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                p[i, j, k] = z[i, j, k] + beta * p[i, j, k]
+
+
+class _Level(object):
+    def __init__(self, diag, cx, cy, cz, dtype=np.float32):
+        # the preconditioner needs no double precision: single halves the memory traffic
+        self.diag, self.cx, self.cy, self.cz = (a.astype(dtype) for a in (diag, cx, cy, cz))
+        self.inv = np.zeros_like(self.diag)
+        np.divide(1.0, self.diag, out=self.inv, where=self.diag != 0)
+        self.x = np.zeros_like(self.diag)
+        self.b = np.zeros_like(self.diag)
+        self.r = np.zeros_like(self.diag)
+
+
+class _CoarsestSolver(object):
+    """Dense Cholesky on the few active cells of the coarsest grid."""
+
+    def __init__(self, level):
+        diag, cx, cy, cz = level.diag, level.cx, level.cy, level.cz
+        self.index = np.argwhere(diag != 0.0)
+        n = len(self.index)
+        self.n = n
+        if n == 0:
+            return
+        lookup = -np.ones(diag.shape, dtype=np.int64)
+        lookup[tuple(self.index.T)] = np.arange(n)
+        a = np.zeros((n, n))
+        for row, (i, j, k) in enumerate(self.index):
+            a[row, row] = diag[i, j, k]
+            for (di, dj, dk), g in (((1, 0, 0), cx[i, j, k]), ((0, 1, 0), cy[i, j, k]), ((0, 0, 1), cz[i, j, k])):
+                col = lookup[i + di, j + dj, k + dk]
+                if g != 0.0 and col >= 0:
+                    a[row, col] = a[col, row] = -g
+        self.factor = scipy.linalg.cho_factor(a)
+
+    def solve(self, b, x):
+        x[...] = 0.0
+        if self.n:
+            x[tuple(self.index.T)] = scipy.linalg.cho_solve(self.factor, b[tuple(self.index.T)])
+
+
+class MultigridPCG(object):
+    """Solve A x = b (padded layout, see module docstring) by CG with a multigrid V-cycle preconditioner."""
+
+    def __init__(self, diag, cx, cy, cz, bnd, smoothing=2, cycle=1):
+        self.operator = (diag, cx, cy, cz)
+        self.levels = [_Level(diag, cx, cy, cz)]
+        self.smoothing = smoothing
+        self.cycle = cycle
+        while np.count_nonzero(self.levels[-1].diag) > COARSEST_CELLS and min(self.levels[-1].diag.shape) > 3:
+            lv = self.levels[-1]
+            if len(self.levels) == 1:
+                dc, xc, yc, zc, bnd = _coarsen(diag, cx, cy, cz, bnd, COARSE_SCALE)
+            else:
+                dc, xc, yc, zc, bnd = _coarsen(lv.diag, lv.cx, lv.cy, lv.cz, bnd, COARSE_SCALE)
+            self.levels.append(_Level(dc, xc, yc, zc))
+        self.coarsest = _CoarsestSolver(self.levels[-1])
+
+    def _vcycle(self, depth):
+        lv = self.levels[depth]
+        if depth == len(self.levels) - 1:
+            self.coarsest.solve(lv.b, lv.x)
+            return
+        lv.x[...] = 0.0
+        self._smooth(lv, (0, 1))
+        nxt = self.levels[depth + 1]
+        # cycle = 1: V-cycle; 2: W-cycle (cheap in 3-D: each level has 1/8 of the cells)
+        for _ in range(self.cycle if depth + 2 < len(self.levels) else 1):
+            _residual(lv.x, lv.b, lv.r, lv.diag, lv.cx, lv.cy, lv.cz)
+            _restrict(lv.r, nxt.b)
+            self._vcycle(depth + 1)
+            _prolong_add(nxt.x, lv.x, lv.diag)
+        self._smooth(lv, (1, 0))
+
+    def _smooth(self, lv, colors):
+        for _ in range(self.smoothing):
+            for color in colors:
+                _gauss_seidel_color(lv.x, lv.b, lv.inv, lv.cx, lv.cy, lv.cz, color)
+
+    def precondition(self, r, z):
+        top = self.levels[0]
+        top.b[...] = r
+        self._vcycle(0)
+        z[...] = top.x
+
+    def solve(self, b, x0=None, rtol=1e-9, maxiter=500):
+        """Return (x, iterations, relative residual). The loop uses numba kernels only: BLAS threads
+        spinning between calls would compete with numba's threads for the cores."""
+        diag, cx, cy, cz = self.operator
+        x = np.zeros_like(b) if x0 is None else x0.copy()
+        r = np.zeros_like(b)
+        _residual(x, b, r, diag, cx, cy, cz)
+        bnorm = np.sqrt(_dot(b, b)) or 1.0
+        z = np.zeros_like(b)
+        q = np.zeros_like(b)
+        self.precondition(r, z)
+        p = z.copy()
+        rz = _dot(r, z)
+        rel = np.sqrt(_dot(r, r)) / bnorm
+        it = 0
+        while rel > rtol and it < maxiter:
+            it += 1
+            _matvec(p, q, diag, cx, cy, cz)
+            alpha = rz / _dot(p, q)
+            rel = np.sqrt(_step(x, r, p, q, alpha)) / bnorm
+            if rel <= rtol:
+                break
+            self.precondition(r, z)
+            rz_new = _dot(r, z)
+            _direction(p, z, rz_new / rz)
+            rz = rz_new
+        return x, it, rel

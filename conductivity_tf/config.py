@@ -1,0 +1,359 @@
+"""Configuration as data: four sections (data, model, train, hardware), YAML files, dotted overrides.
+
+A run's configuration is resolved in layers, later ones winning::
+
+    dataclass defaults  <-  configs/default.yaml  <-  --config PRESET_OR_FILE  <-  section.key=value ...
+
+``configs/default.yaml`` spells out every key of the embedded default run (a test keeps it equal to the
+dataclass defaults below); presets in ``configs/`` change only what they need. Values are checked once,
+here, at the edge: an unknown key, a wrong type or an inconsistent combination raises ``UserError`` with
+one line naming the key and the fix. The resolved configuration is saved beside every run's outputs.
+
+Batch arithmetic lives here too, because the CPU/GPU strategies, the IPU pipeline plan and the
+benchmarks all need the same numbers::
+
+    global batch = micro-batch x gradient-accumulation steps x replicas
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import List
+
+from conductivity_tf.errors import UserError
+from conductivity_tf.fileio import write_text
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _f(default, help):
+    """A dataclass field with a help string (lists get a fresh copy per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("data/small32", "dataset directory (manifest.json + TFRecord shards); relative paths are "
+                   "looked up in the working directory, then in the project checkout")
+    size: int = _f(32, "edge of the cubic samples in voxels; must match the dataset")
+    axes: List[int] = _f([0, 1, 2], "transport axes whose sigma_eff/sigma_0 the model predicts (1 or 3 of 0,1,2)")
+    augment: bool = _f(True, "physics-aware flips/rotations that permute the labels to match")
+    shuffle_buffer: int = _f(2048, "samples in the shuffle buffer")
+
+
+@dataclass
+class ModelConfig:
+    widths: List[int] = _f([16, 32, 64], "filters of each resolution level of the 3-D CNN")
+    blocks: int = _f(1, "3x3x3 convolutions per level (the first of a level strides when stride > 1)")
+    stride: int = _f(2, "downsampling between levels (1 = none, then a 2x max-pool)")
+    norm: str = _f("batch", "normalisation: batch | group | none (group suits IPU pipelines)")
+    groups: int = _f(8, "groups for group normalisation")
+    activation: str = _f("relu", "activation: relu | gelu | swish | elu")
+    dropout: float = _f(0.0, "dropout before the head, 0 to 1")
+    head_units: int = _f(64, "units of the dense layer before the output (0 = none)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(12, "passes over the training split")
+    batch_size: int = _f(32, "global batch: micro-batch x gradient accumulation x replicas")
+    learning_rate: float = _f(2e-3, "peak learning rate")
+    optimizer: str = _f("adam", "adam | sgd")
+    schedule: str = _f("cosine", "learning-rate schedule: cosine | constant")
+    warmup_epochs: float = _f(0.5, "linear warm-up length in epochs")
+    loss: str = _f("mse", "mse | mae | huber")
+    early_stopping: int = _f(0, "stop after this many epochs without validation improvement (0 = off)")
+    seed: int = _f(0, "seed for weights, shuffling and augmentation")
+    deterministic: bool = _f(False, "op determinism: bitwise reproducible CPU runs (slower)")
+    precision: str = _f("fp32", "fp32 | mixed_float16 | mixed_bfloat16 | fp16 (IPU: fp16 partials, "
+                        "stochastic rounding) | auto")
+    xla: bool = _f(False, "compile the training step with XLA (jit_compile)")
+    out_dir: str = _f("runs/default", "run directory: checkpoints, logs, metrics, exported model")
+    tensorboard: bool = _f(True, "write TensorBoard logs")
+
+
+@dataclass
+class HardwareConfig:
+    kind: str = _f("auto", "auto | cpu | gpu | ipu (auto picks GPUs if visible, else CPU)")
+    devices: List[str] = _f([], "GPU devices for MirroredStrategy, e.g. ['/gpu:0','/gpu:1'] (empty = all)")
+    replicas: int = _f(0, "data-parallel replicas (0 = all devices, or IPUs / IPUs per replica)")
+    ipus: int = _f(0, "IPUs to attach (0 = pipeline stages rounded up to a power of two, x replicas)")
+    pipeline_stages: int = _f(1, "IPU pipeline stages (1 = no pipeline)")
+    split_points: List[str] = _f([], "layer names that begin stages 2..N (empty = balanced automatically)")
+    gradient_accumulation: int = _f(1, "micro-batches accumulated per optimizer step, per replica")
+    reduction: str = _f("mean", "gradient accumulation reduction: mean | sum | running_mean")
+    schedule: str = _f("grouped", "pipeline schedule: grouped | interleaved | sequential")
+    recomputation: bool = _f(False, "recompute activations in the backward pass (IPU)")
+    steps_per_execution: int = _f(0, "steps run per host call (0 = gradient accumulation steps)")
+    available_memory_proportion: List[float] = _f([], "per stage, 0 to 1 (empty = SDK default)")
+    selection_order: str = _f("snake", "IPU selection order: auto | zigzag | snake | hoof")
+    executable_cache: str = _f("", "directory for compiled IPU executables (empty = none)")
+    precompile: bool = _f(False, "compile for IPUs without any attached, then stop")
+    ipu_version: str = _f("ipu2", "IPU version for pre-compilation: ipu2 (GC200 and Bow)")
+    ipu_memory_mb: float = _f(900.0, "in-processor memory of one IPU, MB")
+    memory_reserve_mb: float = _f(200.0, "part of each IPU kept for code and exchange buffers, MB")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "hardware": HardwareConfig}
+
+CHOICES = {
+    "model.norm": ("batch", "group", "none"),
+    "model.activation": ("relu", "gelu", "swish", "elu"),
+    "train.optimizer": ("adam", "sgd"),
+    "train.schedule": ("cosine", "constant"),
+    "train.loss": ("mse", "mae", "huber"),
+    "train.precision": ("fp32", "mixed_float16", "mixed_bfloat16", "fp16", "auto"),
+    "hardware.kind": ("auto", "cpu", "gpu", "ipu"),
+    "hardware.reduction": ("mean", "sum", "running_mean"),
+    "hardware.schedule": ("grouped", "interleaved", "sequential"),
+    "hardware.selection_order": ("auto", "zigzag", "snake", "hoof"),
+    "hardware.ipu_version": ("ipu2",),
+}
+
+# key -> (smallest allowed value, what the value means); checked for every int/float key named here
+MINIMUMS = {
+    "data.size": 4,
+    "data.shuffle_buffer": 1,
+    "model.blocks": 1,
+    "model.stride": 1,
+    "model.groups": 1,
+    "model.head_units": 0,
+    "train.epochs": 1,
+    "train.batch_size": 1,
+    "train.early_stopping": 0,
+    "train.seed": 0,
+    "train.warmup_epochs": 0,
+    "hardware.replicas": 0,
+    "hardware.ipus": 0,
+    "hardware.pipeline_stages": 1,
+    "hardware.gradient_accumulation": 1,
+    "hardware.steps_per_execution": 0,
+    "hardware.ipu_memory_mb": 1,
+    "hardware.memory_reserve_mb": 0,
+}
+
+
+def default_config():
+    """The embedded default run as a ``Config`` (the dataclass defaults)."""
+    return Config()
+
+
+def _omegaconf():
+    from omegaconf import OmegaConf
+
+    return OmegaConf
+
+
+def _explain_omegaconf_error(err, source):
+    """Turn an OmegaConf error into one line naming the key and the fix."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    key = getattr(err, "full_key", None) or ""
+    where = " (in {})".format(source) if source else ""
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+        section, _, name = key.partition(".")
+        if section in SECTIONS and name:
+            valid = ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
+            return "unknown key {}{}; valid keys in '{}': {}".format(key, where, section, valid)
+        return "unknown key {}{}; the sections are {}".format(key or "?", where, ", ".join(SECTIONS))
+    if isinstance(err, ValidationError):
+        value = getattr(err, "value", None)
+        expected = _field_type_name(key)
+        return "{}={!r}{} has the wrong type; give {}".format(key, value, where, expected)
+    return "bad configuration{}: {}".format(where, str(err).splitlines()[0])
+
+
+def _field_type_name(key):
+    section, _, name = key.partition(".")
+    name = name.split("[")[0]
+    cls = SECTIONS.get(section)
+    if cls is None:
+        return "a valid value"
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                    List[int]: "a list of integers, e.g. [0,1,2]", List[str]: "a list of strings",
+                    List[float]: "a list of numbers"}.get(f.type, "a valid value")
+    return "a valid value"
+
+
+def resolve_config_file(name):
+    """A preset name (``pretrained64``) or a path to a YAML file -> an existing path."""
+    if os.path.isfile(name):
+        return name
+    candidate = os.path.join(CONFIG_DIR, name if name.endswith(".yaml") else name + ".yaml")
+    if os.path.isfile(candidate):
+        return candidate
+    raise UserError("configuration {} not found; give a YAML file or one of the presets: {}".format(
+        name, ", ".join(list_presets())))
+
+
+def list_presets():
+    return sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".yaml"))
+
+
+def load_config(config_file=None, overrides=()):
+    """Resolve the configuration: defaults, default.yaml, an optional preset/file, then overrides.
+
+    ``overrides`` are strings ``section.key=value`` (YAML values: ``model.widths=[8,16]``).
+    Returns a validated ``Config``; raises ``UserError`` on any problem.
+    """
+    OmegaConf = _omegaconf()
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = OmegaConf.structured(Config)
+    layers = [os.path.join(CONFIG_DIR, "default.yaml")]
+    if config_file:
+        layers.append(resolve_config_file(config_file))
+    for path in layers:
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # yaml.YAMLError and OSError: either way the file is unusable
+            raise UserError("cannot read configuration {}: {}".format(path, str(err).splitlines()[0]))
+        try:
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as err:
+            raise UserError(_explain_omegaconf_error(err, path))
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError("override {!r} is not of the form section.key=value, e.g. train.epochs=5".format(item))
+        key = item.split("=", 1)[0]
+        if "." not in key:
+            raise UserError("override {!r} needs a section: one of {} (e.g. train.{}=...)".format(
+                item, ", ".join(SECTIONS), key))
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise UserError(_explain_omegaconf_error(err, "command line"))
+    config = OmegaConf.to_object(cfg)
+    validate(config)
+    return config
+
+
+def config_to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config):
+    OmegaConf = _omegaconf()
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def save_config(config, path):
+    """Write the resolved configuration as YAML (atomically)."""
+    write_text(path, config_to_yaml(config))
+
+
+def describe_config():
+    """Text for ``--help``: every section and key with its default and meaning."""
+    lines = []
+    defaults = default_config()
+    for section, cls in SECTIONS.items():
+        lines.append("{}:".format(section))
+        values = getattr(defaults, section)
+        for f in dataclasses.fields(cls):
+            value = getattr(values, f.name)
+            lines.append("  {}.{} = {!r}".format(section, f.name, value))
+            lines.append("      {}".format(f.metadata.get("help", "")))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_choices(config):
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise UserError("{}={!r} is not allowed; use one of {}".format(key, value, " | ".join(allowed)))
+
+
+def _check_minimums(config):
+    for key, low in MINIMUMS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value < low:
+            raise UserError("{}={} is out of range; it must be >= {}".format(key, value, low))
+
+
+def validate(config):
+    """Check ranges, choices and the consistency between sections; raise UserError on the first problem."""
+    _check_choices(config)
+    _check_minimums(config)
+    d, m, t, h = config.data, config.model, config.train, config.hardware
+    if not d.axes or len(d.axes) not in (1, 3) or len(set(d.axes)) != len(d.axes) or any(
+            a not in (0, 1, 2) for a in d.axes):
+        raise UserError("data.axes={} is invalid; predict one axis ([0]) or all three ([0,1,2])".format(d.axes))
+    if not m.widths or any(w < 1 for w in m.widths):
+        raise UserError("model.widths={} is invalid; give positive filter counts, e.g. [16,32,64]".format(m.widths))
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError("model.dropout={} is out of range; it must be in [0, 1)".format(m.dropout))
+    if m.norm == "group" and any(w % m.groups for w in m.widths):
+        raise UserError("model.groups={} must divide every width in model.widths={}; change one of them".format(
+            m.groups, m.widths))
+    levels = len(m.widths)
+    if d.size < 2 ** (levels - 1):
+        raise UserError("data.size={} is too small for {} levels in model.widths; use fewer widths".format(
+            d.size, levels))
+    if not t.learning_rate > 0:
+        raise UserError("train.learning_rate={} is out of range; it must be > 0".format(t.learning_rate))
+    if t.precision == "fp16" and h.kind != "ipu":
+        raise UserError("train.precision=fp16 is for IPUs; on CPU/GPU use mixed_float16 or mixed_bfloat16")
+    if h.kind != "ipu" and h.pipeline_stages > 1:
+        raise UserError("hardware.pipeline_stages={} needs hardware.kind=ipu; on CPU/GPU use 1".format(
+            h.pipeline_stages))
+    if h.split_points and len(h.split_points) != h.pipeline_stages - 1:
+        raise UserError("hardware.split_points names {} layers but hardware.pipeline_stages={} needs {}".format(
+            len(h.split_points), h.pipeline_stages, h.pipeline_stages - 1))
+    if h.available_memory_proportion and (
+            len(h.available_memory_proportion) != h.pipeline_stages
+            or any(not 0 < p <= 1 for p in h.available_memory_proportion)):
+        raise UserError("hardware.available_memory_proportion needs one value in (0, 1] per pipeline stage "
+                        "({} stages)".format(h.pipeline_stages))
+    replicas = h.replicas or 1
+    batch_arithmetic(t.batch_size, replicas, h.gradient_accumulation)
+    steps = h.steps_per_execution
+    if steps and steps % h.gradient_accumulation:
+        raise UserError(
+            "hardware.steps_per_execution={} is not divisible by hardware.gradient_accumulation={}; "
+            "use a multiple, e.g. {}".format(steps, h.gradient_accumulation, h.gradient_accumulation))
+
+
+@dataclass(frozen=True)
+class BatchArithmetic:
+    global_batch: int
+    micro_batch: int
+    accumulation: int
+    replicas: int
+
+
+def batch_arithmetic(global_batch, replicas, accumulation):
+    """global batch = micro-batch x accumulation x replicas; UserError when it does not divide."""
+    per_step = replicas * accumulation
+    if global_batch % per_step:
+        lower = max(per_step, global_batch // per_step * per_step)
+        raise UserError(
+            "train.batch_size={} is not divisible by replicas x gradient accumulation = {} x {} = {}; "
+            "use a multiple such as {}".format(global_batch, replicas, accumulation, per_step, lower))
+    return BatchArithmetic(global_batch, global_batch // per_step, accumulation, replicas)
+
+
+def resolve_data_path(path):
+    """A dataset path as given, or relative to the project checkout when not found in the working dir."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    candidate = os.path.join(PROJECT_ROOT, path)
+    return candidate if os.path.exists(candidate) else path

@@ -1,0 +1,33 @@
+"""User-facing errors and the one wrapper every command-line entry point runs under.
+
+A ``UserError`` is bad input: a wrong file, a mistyped key, an inconsistent setting. It is a
+``ValueError`` so that Python callers can catch it the usual way; on the command line it becomes
+one line on stderr (what is wrong and how to fix it) and exit status 2, with no traceback.
+"""
+
+import sys
+
+
+class UserError(ValueError):
+    """Bad input, with a message that says what is wrong and how to fix it."""
+
+
+def run_cli(main, argv=None):
+    """Run ``main(argv)`` and turn a ``UserError`` into one line on stderr and exit status 2."""
+    try:
+        status = main(argv)
+    except UserError as err:
+        message = " ".join(str(err).split())
+        prog = "conductivity_tf"
+        print("{}: error: {}".format(prog, message), file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)
+
+
+def not_available(command, what):
+    """One line for a command whose capability this version does not have yet; exit status 1."""
+    print("{}: {} is not available in this version of conductivity_tf".format(command, what), file=sys.stderr)
+    return 1

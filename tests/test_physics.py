@@ -1,0 +1,220 @@
+"""The solver's physics: exact cases, symmetries, bounds, conservation, bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conductivity_tf import microstructure, physics
+from conductivity_tf.errors import UserError
+from tests.conftest import assert_one_line_error, run_module
+
+
+def close(a, b, rel=1e-6):
+    return abs(a - b) <= rel * abs(b)
+
+
+def test_straight_channels_give_porosity_and_unit_tortuosity():
+    v = np.zeros((20, 12, 14), np.uint8)
+    v[:, 1:3, 2:5] = 1
+    v[:, 7, 9:13] = 1
+    (r,) = physics.solve(v, axes=[0])
+    eps = v.mean()
+    assert close(r.relative_conductivity, eps) and close(r.tortuosity, 1.0)
+    assert r.percolates and r.porosity == pytest.approx(eps)
+
+
+def test_series_layers_give_the_harmonic_mean():
+    # layers normal to axis 0: thicknesses 3, 5, 2 with conductivities 1, 0.25, 0.5 (phases 0, 1, 2)
+    v = np.zeros((10, 6, 7), np.uint8)
+    v[3:8] = 1
+    v[8:] = 2
+    sigma = {0: 1.0, 1: 0.25, 2: 0.5}
+    expected = 10 / (3 / 1.0 + 5 / 0.25 + 2 / 0.5)          # relative to sigma_0 = 1
+    assert close(physics.relative_conductivity(v, 0, sigma), expected)
+    # the same layers are parallel to axes 1 and 2: arithmetic mean
+    arithmetic = (3 * 1.0 + 5 * 0.25 + 2 * 0.5) / 10
+    r = physics.solve(v, axes=[1, 2], sigma=sigma)
+    assert close(r[0].relative_conductivity, arithmetic) and close(r[1].relative_conductivity, arithmetic)
+
+
+def test_relative_to_the_largest_conductivity():
+    v = np.ones((6, 6, 6), np.uint8)
+    assert close(physics.relative_conductivity(v, 0, {1: 3.0}), 1.0)
+    v[:, :, :3] = 2
+    assert close(physics.relative_conductivity(v, 0, {1: 3.0, 2: 1.0}), (3.0 + 1.0) / 2 / 3.0)
+
+
+def test_dead_end_pore_and_empty_volume_give_zero_without_iterating():
+    v = np.zeros((12, 8, 8), np.uint8)
+    v[:9, 3:5, 3:5] = 1                  # a channel that stops short of the outlet
+    for volume in (v, np.zeros((8, 8, 8), np.uint8)):
+        (r,) = physics.solve(volume, axes=[0])
+        assert r.relative_conductivity == 0.0 and math.isinf(r.tortuosity)
+        assert not r.percolates and r.iterations == 0
+
+
+def test_all_conducting_block_gives_one():
+    r = physics.solve(np.ones((9, 7, 5), np.uint8))
+    assert all(close(x.relative_conductivity, 1.0) and close(x.tortuosity, 1.0) for x in r)
+
+
+def test_disconnected_clusters_change_nothing():
+    rng = np.random.default_rng(0)
+    v = microstructure.blobs(24, porosity=0.45, correlation_length=2.0, seed=5)
+    base = physics.relative_conductivity(v, 0)
+    w = v.copy()
+    w[:, 0, :] = 0
+    w[:, 1, :] = 0
+    w[5, 0, 3] = 1                       # an isolated voxel and an isolated pocket on the side
+    w[10:14, 0, 10:14] = 1
+    w2 = v.copy()
+    w2[:, 0, :] = 0
+    w2[:, 1, :] = 0
+    assert close(physics.relative_conductivity(w, 0), physics.relative_conductivity(w2, 0), 1e-9)
+    assert base > 0 and rng is not None
+
+
+@pytest.fixture(scope="module")
+def anisotropic():
+    return microstructure.blobs((28, 24, 20), porosity=0.4, correlation_length=(1.5, 3.0, 4.5), seed=2)
+
+
+def test_transposing_permutes_the_results(anisotropic):
+    base = [r.relative_conductivity for r in physics.solve(anisotropic)]
+    assert base[0] < base[1] < base[2]          # longer correlation along an axis conducts better
+    perm = (2, 0, 1)
+    moved = [r.relative_conductivity for r in physics.solve(np.transpose(anisotropic, perm))]
+    for new_axis, old_axis in enumerate(perm):
+        assert close(moved[new_axis], base[old_axis], 1e-6)
+
+
+def test_mirror_images_give_equal_results(anisotropic):
+    base = [r.relative_conductivity for r in physics.solve(anisotropic)]
+    for flip_axis in (0, 1, 2):
+        mirrored = [r.relative_conductivity for r in physics.solve(np.flip(anisotropic, flip_axis))]
+        assert np.allclose(mirrored, base, rtol=1e-6)
+
+
+def test_current_is_conserved_across_sections(anisotropic):
+    for r in physics.solve(anisotropic, rtol=1e-10):
+        assert r.current_spread < 1e-6 and r.residual <= 1e-10
+
+
+@pytest.mark.parametrize("family, params", [
+    ("blobs", dict(porosity=0.3, correlation_length=3)),
+    ("blobs", dict(porosity=0.55, correlation_length=2)),
+    ("overlapping_spheres", dict(porosity=0.4, radius=4)),
+    ("overlapping_spheres", dict(porosity=0.5, radius=3, conducting="spheres")),
+])
+def test_isotropic_structures_stay_below_the_hashin_shtrikman_bound(family, params):
+    v = microstructure.generate(family, 40, seed=1, **params)
+    bound = physics.hashin_shtrikman_upper(v.mean())
+    for r in physics.solve(v):
+        assert 0 < r.relative_conductivity <= bound
+        assert r.tortuosity >= 1.0
+
+
+def test_loose_tolerance_still_accurate():
+    v = microstructure.blobs(32, porosity=0.35, correlation_length=2.5, seed=7)
+    tight = physics.relative_conductivity(v, 1, rtol=1e-11)
+    assert close(physics.relative_conductivity(v, 1), tight, 1e-6)
+
+
+def test_potential_is_a_field_between_the_dirichlet_values():
+    v = microstructure.blobs(20, porosity=0.5, correlation_length=2, seed=3)
+    (r,) = physics.solve(v, axes=[2], return_potential=True)
+    phi = r.potential
+    assert phi.shape == v.shape
+    live = phi[v == 1]
+    assert live.min() >= 0 and live.max() <= 1
+    # potential falls from the inlet face (axis 2 = 0) to the outlet
+    assert phi[:, :, 0][v[:, :, 0] == 1].mean() > phi[:, :, -1][v[:, :, -1] == 1].mean()
+
+
+BAD_INPUTS = [
+    (np.zeros((4, 4)), None, 0, "3-D"),
+    (np.full((4, 4, 4), np.nan), {0: 0, 1: 1}, 0, "NaN"),
+    (np.full((4, 4, 4), 0.5), None, 0, "segment"),
+    (np.full((4, 4, 4), 2, np.uint8), None, 0, "--sigma"),
+    (np.array([[[0, 1], [2, 1]]] * 2, np.uint8), {0: 0, 1: 1}, 0, "phase(s) 2"),
+    (np.ones((4, 4, 4), np.uint8), None, 3, "axis 3"),
+    (np.ones((4, 4, 4), np.uint8), {1: -1.0}, 0, "invalid"),
+    (np.ones((4, 4, 4), np.uint8), {1: 0.0}, 0, "no phase conducts"),
+    (np.zeros((0, 4, 4), np.uint8), None, 0, "empty"),
+]
+
+
+@pytest.mark.parametrize("volume, sigma, axis, fragment", BAD_INPUTS)
+def test_bad_input_raises_value_error(volume, sigma, axis, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        physics.solve(volume, axes=[axis], sigma=sigma)
+
+
+def test_cli_json_output(tmp_path):
+    v = np.zeros((10, 8, 8), np.uint8)
+    v[:, 2:4, 2:4] = 1
+    np.save(tmp_path / "channel.npy", v)
+    dead = np.zeros((10, 8, 8), np.uint8)
+    dead[:6, 2:4, 2:4] = 1
+    np.save(tmp_path / "dead.npy", dead)
+    proc = run_module("conductivity_tf.physics", tmp_path / "channel.npy", tmp_path / "dead.npy",
+                      "--axis", "all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [sorted(r) for r in rows] == [sorted(["file", "porosity", "axes", "relative_conductivity",
+                                                 "tortuosity", "seconds"])] * 2
+    assert rows[0]["axes"] == [0, 1, 2]
+    assert rows[0]["relative_conductivity"][0] == pytest.approx(v.mean(), rel=1e-6)
+    assert rows[0]["tortuosity"][0] == pytest.approx(1.0, rel=1e-6)
+    assert rows[0]["relative_conductivity"][1:] == [0.0, 0.0] and rows[0]["tortuosity"][1:] == [None, None]
+    assert rows[1]["relative_conductivity"] == [0.0, 0.0, 0.0]
+
+
+def test_cli_sigma_for_multiphase(tmp_path):
+    v = np.zeros((10, 6, 6), np.uint8)
+    v[5:] = 7
+    np.save(tmp_path / "two.npy", v)
+    proc = run_module("conductivity_tf.physics", tmp_path / "two.npy", "--sigma", "0=1", "--sigma", "7=0.25",
+                      "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["relative_conductivity"][0] == pytest.approx(10 / (5 + 5 / 0.25), rel=1e-6)
+
+
+@pytest.mark.parametrize("make, args, fragment", [
+    (lambda p: np.save(p / "v.npy", np.zeros((4, 4))), ["v.npy"], "3-D"),
+    (lambda p: np.save(p / "v.npy", np.full((4, 4, 4), np.nan)), ["v.npy", "--sigma", "0=1"], "NaN"),
+    (lambda p: np.save(p / "v.npy", np.full((4, 4, 4), 0.3)), ["v.npy"], "segment"),
+    (lambda p: np.save(p / "v.npy", np.full((4, 4, 4), 3, np.uint8)), ["v.npy", "--sigma", "1=1"], "phase(s) 3"),
+    (lambda p: np.save(p / "v.npy", np.ones((4, 4, 4), np.uint8)), ["v.npy", "--axis", "5"], "axis 5"),
+    (lambda p: (p / "v.tif").write_bytes(b"II*\x00garbage"), ["v.tif"], "cannot read TIFF"),
+    (lambda p: (p / "v.raw").write_bytes(b"\x00" * 10), ["v.raw", "--shape", "2", "2", "2", "--dtype", "uint8"],
+     "has 10 bytes"),
+    (lambda p: None, ["missing.npy"], "does not exist"),
+    (lambda p: np.save(p / "v.npy", np.ones((4, 4, 4), np.uint8)), ["v.npy", "--sigma", "1:1"], "PHASE=VALUE"),
+])
+def test_cli_bad_input_one_line_exit_2(tmp_path, make, args, fragment):
+    make(tmp_path)
+    proc = run_module("conductivity_tf.physics", *args, cwd=tmp_path)
+    assert_one_line_error(proc, fragment)
+    assert proc.stdout == ""
+
+
+def test_cli_and_python_give_the_same_message(tmp_path):
+    np.save(tmp_path / "v.npy", np.full((4, 4, 4), 2, np.uint8))
+    with pytest.raises(UserError) as err:
+        physics.solve(np.load(tmp_path / "v.npy"))
+    line = assert_one_line_error(run_module("conductivity_tf.physics", "v.npy", cwd=tmp_path))
+    assert str(err.value) in line
+
+
+def test_agrees_with_taufactor():
+    taufactor = pytest.importorskip("taufactor", reason="taufactor is an anchor from the [bench] extra")
+    for seed, eps in ((0, 0.3), (1, 0.5)):
+        v = microstructure.blobs(48, porosity=eps, correlation_length=3, seed=seed)
+        ours = physics.solve(v, axes=[0])[0]
+        solver = taufactor.Solver(v.astype(np.float32), device="cpu")
+        solver.solve(verbose=False, conv_crit=1e-4)
+        theirs = float(solver.D_eff)
+        assert abs(ours.relative_conductivity - theirs) <= 0.005 * theirs
