@@ -153,63 +153,26 @@ def connected_to_both_faces(mask, axes=(0, 1, 2)):
 # the solve
 
 
-def _harmonic(a, b):
-    total = a + b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, 2.0 * a * b / np.where(total > 0, total, 1.0), 0.0)
-
-
-def _system(s):
-    """Padded conductances, diagonal, boundary terms and right-hand side; transport along axis 0."""
-    n0, n1, n2 = s.shape
-    sp = np.zeros((n0 + 2, n1 + 2, n2 + 2))
-    sp[1:-1, 1:-1, 1:-1] = s
-    cx = np.zeros_like(sp)
-    cy = np.zeros_like(sp)
-    cz = np.zeros_like(sp)
-    cx[:-1] = _harmonic(sp[:-1], sp[1:])
-    cy[:, :-1] = _harmonic(sp[:, :-1], sp[:, 1:])
-    cz[:, :, :-1] = _harmonic(sp[:, :, :-1], sp[:, :, 1:])
-    bnd = np.zeros_like(sp)
-    bnd[1] += 2.0 * sp[1]
-    bnd[n0] += 2.0 * sp[n0]
-    diag = bnd.copy()
-    diag[1:] += cx[:-1]
-    diag += cx
-    diag[:, 1:] += cy[:, :-1]
-    diag += cy
-    diag[:, :, 1:] += cz[:, :, :-1]
-    diag += cz
-    diag[sp == 0] = 0.0
-    rhs = np.zeros_like(sp)
-    rhs[1] = 2.0 * sp[1]
-    return sp, cx, cy, cz, bnd, diag, rhs
-
-
 def _solve_axis0(s, rtol, maxiter):
-    """Solve with transport along axis 0 of the conductivity field ``s`` (percolating voxels only)."""
-    from conductivity_tf._multigrid import MultigridPCG, _matvec
+    """Solve with transport along axis 0 of the conductivity field ``s`` (percolating voxels only).
+
+    Returns (current for a unit potential drop, relative spread of the current over all sections,
+    iterations, relative residual, potential on the unpadded grid).
+    """
+    from conductivity_tf._multigrid import MultigridPCG, assemble, power_and_sections
 
     n0 = s.shape[0]
-    sp, cx, cy, cz, bnd, diag, rhs = _system(s)
-    active = diag != 0
-    x0 = np.zeros_like(sp)
-    ramp = 1.0 - (np.arange(n0 + 2) - 0.5) / n0
-    x0[active] = np.broadcast_to(ramp[:, None, None], sp.shape)[active]
+    cx, cy, cz, diag, bnd, rhs = assemble(s)
+    x0 = np.zeros_like(diag)
+    ramp = 1.0 - (np.arange(n0 + 2) - 0.5) / n0      # linear start between the faces, on the unknowns
+    x0 += ramp[:, None, None]
+    x0[diag == 0] = 0.0
     solver = MultigridPCG(diag, cx, cy, cz, bnd)
     phi, iterations, residual = solver.solve(rhs, x0=x0, rtol=rtol, maxiter=maxiter)
-    # current from the dissipated power: I = sum g_in - 2 b.phi + phi.A.phi (dphi = 1)
-    a_phi = np.zeros_like(phi)
-    _matvec(phi, a_phi, diag, cx, cy, cz)
-    current = float(rhs.sum() - 2.0 * np.dot(rhs.ravel(), phi.ravel()) + np.dot(phi.ravel(), a_phi.ravel()))
-    # conservation: the current through every cross-section
-    inner = phi[1:-1]
-    sections = [float((rhs[1] * (1.0 - phi[1]))[active[1]].sum())]
-    sections += list((cx[1:n0] * (phi[1:n0] - phi[2:n0 + 1])).sum(axis=(1, 2)))
-    sections.append(float((2.0 * sp[n0] * phi[n0]).sum()))
-    sections = np.array(sections)
-    spread = float((sections.max() - sections.min()) / abs(sections.mean())) if sections.mean() else 0.0
-    return current, spread, iterations, residual, inner[:, 1:-1, 1:-1]
+    current, sections = power_and_sections(phi, diag, cx, cy, cz, bnd, rhs)
+    mean = sections.mean()
+    spread = float((sections.max() - sections.min()) / abs(mean)) if mean else 0.0
+    return float(current), spread, iterations, residual, phi[1:-1, 1:-1, 1:-1]
 
 
 def solve(volume, axes=None, sigma=None, rtol=1e-6, maxiter=1000, return_potential=False):
@@ -221,7 +184,15 @@ def solve(volume, axes=None, sigma=None, rtol=1e-6, maxiter=1000, return_potenti
     rtol: relative residual at which CG stops.
     Returns a list of ``AxisResult`` in the order of ``axes``.
     """
+    from threadpoolctl import threadpool_limits
+
     axes = parse_axes(axes)
+    # BLAS threads left spinning by a LAPACK call would fight numba's threads for the cores
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _solve(volume, axes, sigma, rtol, maxiter, return_potential)
+
+
+def _solve(volume, axes, sigma, rtol, maxiter, return_potential):
     s, sigma0 = conductivity_field(volume, sigma)
     conducting = s > 0
     porosity = float(conducting.mean())
