@@ -1,9 +1,26 @@
-"""Benchmarks: ``python -m conductivity_tf.benchmark SUITE`` with suites solver, input, train, surrogate,
-and ``compare`` to draw CSVs from different machines against each other."""
+"""Benchmarks: ``python -m conductivity_tf.benchmark SUITE [--quick] [--csv OUT]``.
+
+Every suite measures the things it compares side by side, in one run, on the same inputs, and prints
+its ratios last. Rows go to a Markdown table on stdout and, with ``--csv``, to a CSV file whose rows
+carry a description of the machine, so that CSVs from different machines can be compared.
+
+Suites:
+  solver     our conduction solver against TauFactor (CPU) and PoreSpy ``tortuosity_fd`` (anchors from
+             the ``bench`` extra; a missing anchor is skipped, saying so)
+  input, train, surrogate, compare   (not in this version yet)
+"""
 
 import argparse
+import csv
+import math
+import os
+import platform
+import statistics
+import sys
+import time
 
-from conductivity_tf.errors import not_available, run_cli
+from conductivity_tf.errors import UserError, not_available, run_cli
+from conductivity_tf.fileio import atomic_path
 
 SUITES = {
     "solver": "our conduction solver against TauFactor and PoreSpy on the same volumes",
@@ -14,12 +31,176 @@ SUITES = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# shared runner pieces
+
+
+def machine_description():
+    """A short description of this machine for every CSV row."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"machine": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def markdown_table(rows, columns):
+    def fmt(value):
+        if isinstance(value, float):
+            if math.isinf(value) or math.isnan(value):
+                return str(value)
+            return "{:.4g}".format(value)
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path, rows, columns):
+    extra = machine_description()
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns) + list(extra))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(dict({c: row.get(c) for c in columns}, **extra))
+
+
+def best_time(fn, repeats):
+    """Run ``fn`` ``repeats`` times; return (best seconds, last result)."""
+    best, result = math.inf, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def say(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# solver suite
+
+
+def _taufactor():
+    try:
+        import taufactor
+
+        return taufactor
+    except ImportError:
+        return None
+
+
+def _porespy():
+    try:
+        import logging
+
+        import porespy
+
+        logging.getLogger("porespy").setLevel(logging.ERROR)
+        return porespy
+    except ImportError:
+        return None
+
+
+def taufactor_relative_conductivity(taufactor, volume):
+    """TauFactor's D_eff/D_0 along numpy axis 0 (its default convergence criterion)."""
+    import numpy as np
+
+    solver = taufactor.Solver(volume.astype(np.float32), device="cpu")
+    solver.solve(verbose=False)
+    return float(np.asarray(solver.D_eff).ravel()[0])
+
+
+def porespy_relative_conductivity(porespy, volume):
+    """PoreSpy's effective porosity / tortuosity along numpy axis 0."""
+    result = porespy.simulations.tortuosity_fd(volume.astype(bool), axis=0)
+    return float(result.effective_porosity / result.tortuosity)
+
+
+SOLVER_COLUMNS = ["size", "porosity", "ours_s", "iterations", "ours_sigma", "taufactor_s", "taufactor_sigma",
+                  "porespy_s", "porespy_sigma", "speedup", "max_rel_diff"]
+
+
+def run_solver_suite(args):
+    import numpy as np
+
+    from conductivity_tf import microstructure, physics
+
+    sizes = [64, 128] if args.quick else [64, 128, 256]
+    porosities = [0.3, 0.5] if args.quick else [0.3, 0.45, 0.6]
+    anchors = {"taufactor": _taufactor(), "porespy": _porespy()}
+    for name, module in anchors.items():
+        if module is None:
+            say("{} is not installed: skipped (pip install -e .[bench])".format(name))
+    rows = []
+    warm = microstructure.blobs(16, 0.5, 2, seed=0)
+    physics.solve(warm, axes=[0])  # compile the numba kernels outside the timings
+    for size in sizes:
+        repeats = 3 if size <= 128 else 1
+        for porosity in porosities:
+            volume = microstructure.blobs(size, porosity=porosity, correlation_length=4, seed=size)
+            row = {"size": size, "porosity": porosity}
+            seconds, result = best_time(lambda v=volume: physics.solve(v, axes=[0])[0], repeats)
+            row.update(ours_s=seconds, iterations=result.iterations, ours_sigma=result.relative_conductivity)
+            if anchors["taufactor"] is not None:
+                seconds, sigma = best_time(lambda v=volume: taufactor_relative_conductivity(anchors["taufactor"], v),
+                                           repeats)
+                row.update(taufactor_s=seconds, taufactor_sigma=sigma)
+            if anchors["porespy"] is not None:
+                seconds, sigma = best_time(lambda v=volume: porespy_relative_conductivity(anchors["porespy"], v), 1)
+                row.update(porespy_s=seconds, porespy_sigma=sigma)
+            anchor_times = [row[k] for k in ("taufactor_s", "porespy_s") if k in row]
+            anchor_sigmas = [row[k] for k in ("taufactor_sigma", "porespy_sigma") if k in row]
+            if anchor_times:
+                row["speedup"] = min(anchor_times) / row["ours_s"]
+                row["max_rel_diff"] = max(abs(row["ours_sigma"] - s) / s for s in anchor_sigmas)
+            rows.append(row)
+            say("solver {}^3 porosity {}: ours {:.3f} s{}".format(size, porosity, row["ours_s"], "".join(
+                ", {} {:.3f} s".format(k[:-2], row[k]) for k in ("taufactor_s", "porespy_s") if k in row)))
+    print(markdown_table(rows, SOLVER_COLUMNS))
+    if args.csv:
+        write_csv(args.csv, rows, SOLVER_COLUMNS)
+    # ratios, printed last
+    print()
+    for size in sizes:
+        speedups = [r["speedup"] for r in rows if r["size"] == size and "speedup" in r]
+        diffs = [r["max_rel_diff"] for r in rows if r["size"] == size and "max_rel_diff" in r]
+        if speedups:
+            print("{}^3: ours is {:.2f}x faster than the faster anchor (median over porosities; min {:.2f}x); "
+                  "largest relative disagreement {:.2e}".format(size, statistics.median(speedups), min(speedups),
+                                                                max(diffs)))
+    if len(sizes) > 1:
+        voxels = np.log([s ** 3 for s in sizes])
+        times = np.log([statistics.median([r["ours_s"] for r in rows if r["size"] == s]) for s in sizes])
+        exponent = float(np.polyfit(voxels, times, 1)[0])
+        print("cost growth {}^3 -> {}^3: time ~ voxels^{:.2f} (1.00 = linear)".format(sizes[0], sizes[-1], exponent))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m conductivity_tf.benchmark",
-                                     description="Measure speed side by side, in one run.")
+    parser = argparse.ArgumentParser(
+        prog="python -m conductivity_tf.benchmark",
+        description="Measure speed side by side, in one run; ratios are printed last.")
     sub = parser.add_subparsers(dest="suite", metavar="SUITE")
     for name, help_ in SUITES.items():
-        sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--quick", action="store_true", help="fewer and smaller cases (minutes)")
+        p.add_argument("--csv", help="write the rows (with a machine description) to this CSV file")
     return parser
 
 
@@ -29,6 +210,10 @@ def main(argv=None):
     if not args.suite:
         parser.print_help()
         return 2
+    if args.csv and os.path.isdir(args.csv):
+        raise UserError("--csv {} is a directory; give a file name such as results.csv".format(args.csv))
+    if args.suite == "solver":
+        return run_solver_suite(args)
     return not_available("conductivity_tf.benchmark", "the '{}' suite".format(args.suite))
 
 

@@ -118,7 +118,8 @@ def overlapping_spheres(size, porosity=0.5, radius=4.0, polydispersity=0.0, cond
     return phase.astype(np.uint8)
 
 
-def packed_spheres(size, porosity=0.65, radius=5.0, polydispersity=0.2, seed=0, max_failures=300):
+def packed_spheres(size, porosity=0.65, radius=5.0, polydispersity=0.2, seed=0, max_failures=300,
+                   return_particles=False):
     """Non-overlapping spherical particles (random sequential addition); the pores conduct.
 
     Particles are placed at random positions clear of earlier ones until the particle fraction
@@ -126,7 +127,7 @@ def packed_spheres(size, porosity=0.65, radius=5.0, polydispersity=0.2, seed=0, 
     by 20 % (smaller particles fill the gaps, as in a real polydisperse powder), down to 1.5 voxels.
     Random sequential addition jams near 38 % particles, so the porosity must be at least 0.6 (denser
     packs need a dynamics-based packing, which this is not); the last particle may overshoot by its
-    own volume.
+    own volume. With ``return_particles`` also return the centres (N, 3) and radii (N,).
     """
     _check_porosity(porosity, 0.6, 1.0, family="packed_spheres")
     shape = np.array(_shape(size))
@@ -151,7 +152,8 @@ def packed_spheres(size, porosity=0.65, radius=5.0, polydispersity=0.2, seed=0, 
         filled += _add_sphere(solid, c, r)
         centres = np.vstack([centres, c])
         radii_placed = np.append(radii_placed, r)
-    return (~solid).astype(np.uint8)
+    volume = (~solid).astype(np.uint8)
+    return (volume, centres, radii_placed) if return_particles else volume
 
 
 def _fibre_distance(shape, point, direction):
@@ -196,7 +198,8 @@ def fibres(size, porosity=0.7, radius=2.0, axis=0, spread=15.0, seed=0):
 def graded(size, porosity_start=0.6, porosity_end=0.3, axis=0, correlation_length=3.0, layers=0, seed=0):
     """An electrode whose porosity varies along ``axis``: a Gaussian random field thresholded slice by
     slice so that the porosity goes linearly from ``porosity_start`` to ``porosity_end`` (``layers=0``)
-    or in ``layers`` equal steps. The mean porosity is the mean of the profile.
+    or in ``layers`` equal layers, the first at ``porosity_start`` and the last at ``porosity_end``.
+    The mean porosity is the mean of the two.
     """
     for p in (porosity_start, porosity_end):
         _check_porosity(p, family="graded")
@@ -204,8 +207,8 @@ def graded(size, porosity_start=0.6, porosity_end=0.3, axis=0, correlation_lengt
     field = np.moveaxis(gaussian_field(shape, correlation_length, seed), axis, 0)
     n = field.shape[0]
     t = (np.arange(n) + 0.5) / n
-    if layers:
-        t = (np.floor(t * layers) + 0.5) / layers
+    if layers > 1:  # equal layers, the first at porosity_start and the last at porosity_end
+        t = np.floor(t * layers) / (layers - 1)
     profile = porosity_start + (porosity_end - porosity_start) * t
     out = np.stack([_threshold(field[i], profile[i]) for i in range(n)])
     return np.ascontiguousarray(np.moveaxis(out, 0, axis))

@@ -48,6 +48,9 @@ def _read_tiff(path):
             if not len(tif.pages):
                 raise ValueError("no image pages found")
             array = tif.asarray()
+            if array.ndim == 2 and len(tif.pages) > 1:
+                # pages written one by one are separate series: the stack is all of them
+                array = np.stack([page.asarray() for page in tif.pages])
             voxel_size, unit = None, None
             meta = tif.imagej_metadata or {}
             page = tif.pages[0]

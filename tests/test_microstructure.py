@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from conductivity_tf import microstructure as ms
+from conductivity_tf import physics
+from conductivity_tf.errors import UserError
+
+CASES = [
+    ("blobs", dict(porosity=0.37, correlation_length=3)),
+    ("blobs", dict(porosity=0.5, correlation_length=(1.5, 3, 6))),
+    ("overlapping_spheres", dict(porosity=0.42, radius=5)),
+    ("overlapping_spheres", dict(porosity=0.55, radius=4, polydispersity=0.4)),
+    ("overlapping_spheres", dict(porosity=0.3, radius=4, conducting="spheres")),
+    ("packed_spheres", dict(porosity=0.66, radius=4)),
+    ("fibres", dict(porosity=0.72, radius=2, spread=20)),
+    ("graded", dict(porosity_start=0.55, porosity_end=0.25)),
+    ("graded", dict(porosity_start=0.3, porosity_end=0.6, layers=3, axis=2)),
+]
+
+
+def _target(params):
+    if "porosity" in params:
+        return params["porosity"]
+    return ms.graded_mean_porosity(params["porosity_start"], params["porosity_end"])
+
+
+@pytest.mark.parametrize("family, params", CASES)
+def test_families_hit_the_porosity_at_64_and_are_seeded(family, params):
+    v = ms.generate(family, 64, seed=11, **params)
+    assert v.dtype == np.uint8 and v.shape == (64, 64, 64)
+    assert set(np.unique(v).tolist()) <= {0, 1}
+    assert abs(v.mean() - _target(params)) <= 0.01
+    assert np.array_equal(v, ms.generate(family, 64, seed=11, **params))
+    assert not np.array_equal(v, ms.generate(family, 64, seed=12, **params))
+
+
+def test_graded_profile_follows_the_axis():
+    v = ms.graded(48, porosity_start=0.6, porosity_end=0.2, axis=1, layers=4)
+    per_slice = v.mean(axis=(0, 2))
+    assert per_slice[:12].mean() == pytest.approx(0.6, abs=0.01)
+    assert per_slice[-12:].mean() == pytest.approx(0.2, abs=0.01)
+    assert np.all(np.diff(per_slice[::12]) < 0)
+
+
+def test_fibre_mats_conduct_less_across_the_mat():
+    v = ms.fibres(48, porosity=0.6, radius=2, axis=0, spread=5, seed=1)
+    r = [x.relative_conductivity for x in physics.solve(v)]
+    assert r[0] < 0.9 * min(r[1], r[2])
+
+
+def test_spheres_conducting_is_the_complement_model():
+    pores = ms.overlapping_spheres(40, porosity=0.6, radius=4, seed=3)
+    spheres = ms.overlapping_spheres(40, porosity=0.4, radius=4, conducting="spheres", seed=3)
+    assert abs(pores.mean() - 0.6) < 0.01 and abs(spheres.mean() - 0.4) < 0.01
+
+
+def test_packed_particles_do_not_overlap():
+    v, centres, radii = ms.packed_spheres(48, porosity=0.7, radius=4, polydispersity=0.3, seed=2,
+                                          return_particles=True)
+    assert len(centres) > 20
+    gaps = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1)) - radii[:, None] - radii[None]
+    np.fill_diagonal(gaps, np.inf)
+    assert gaps.min() >= 0.5
+    # and every particle is drawn: its centre voxel is solid
+    idx = np.clip(np.round(centres).astype(int), 0, 47)
+    assert np.all(v[idx[:, 0], idx[:, 1], idx[:, 2]] == 0)
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda: ms.blobs(32, porosity=1.2), "porosity 1.2"),
+    (lambda: ms.packed_spheres(32, porosity=0.3), "packed_spheres"),
+    (lambda: ms.generate("nope", 32), "unknown microstructure family"),
+    (lambda: ms.generate("blobs", 32, radius=3), "bad parameters for blobs"),
+    (lambda: ms.blobs(1), "size 1"),
+])
+def test_bad_parameters(call, fragment):
+    with pytest.raises(UserError, match=fragment):
+        call()
