@@ -118,42 +118,53 @@ def overlapping_spheres(size, porosity=0.5, radius=4.0, polydispersity=0.0, cond
     return phase.astype(np.uint8)
 
 
-def packed_spheres(size, porosity=0.65, radius=5.0, polydispersity=0.2, seed=0, max_failures=300,
-                   return_particles=False):
-    """Non-overlapping spherical particles (random sequential addition); the pores conduct.
+def packed_spheres(size, porosity=0.65, radius=5.0, polydispersity=0.2, seed=0, return_particles=False):
+    """Non-overlapping spherical particles; the pores conduct.
 
-    Particles are placed at random positions clear of earlier ones until the particle fraction
-    1 - porosity is reached. When ``max_failures`` attempts in a row find no room, the radius shrinks
-    by 20 % (smaller particles fill the gaps, as in a real polydisperse powder), down to 1.5 voxels.
-    Random sequential addition jams near 38 % particles, so the porosity must be at least 0.6 (denser
-    packs need a dynamics-based packing, which this is not); the last particle may overshoot by its
+    Random sequential addition that only tries where a particle fits: the Euclidean distance transform
+    of the free space gives every voxel's clearance, a centre is drawn among the voxels whose clearance
+    exceeds the particle's radius plus a gap, and a batch of particles is placed per transform (checked
+    against each other). When no place is left for the current radius it shrinks by 20 % (small particles
+    fill the gaps, as in a polydisperse powder), down to single voxels. Random packing of this kind reaches
+    about 40 % particles, so the porosity must be at least 0.6. The last particle may overshoot by its
     own volume. With ``return_particles`` also return the centres (N, 3) and radii (N,).
     """
     _check_porosity(porosity, 0.6, 1.0, family="packed_spheres")
-    shape = np.array(_shape(size))
+    if radius <= 0:
+        raise UserError("radius must be positive")
+    shape = _shape(size)
     rng = np.random.default_rng(seed)
-    target = int(round((1.0 - porosity) * shape.prod()))
-    solid = np.zeros(tuple(shape), bool)
-    centres = np.zeros((0, 3))
-    radii_placed = np.zeros(0)
-    filled, failures, scale = 0, 0, 1.0
+    target = int(round((1.0 - porosity) * np.prod(shape)))
+    solid = np.zeros(shape, bool)
+    centres, radii_placed = [], []
+    filled, scale = 0, 1.0
     while filled < target:
-        r = float(_radii(rng, 1, radius * scale, polydispersity)[0])
-        c = rng.uniform(0, 1, 3) * shape
-        if len(centres) and np.any(np.sqrt(((centres - c) ** 2).sum(axis=1)) < radii_placed + r + 0.5):
-            failures += 1
-            if failures > max_failures:
-                failures, scale = 0, scale * 0.8
-                if radius * scale < 1.5:
-                    raise UserError("packed_spheres jammed at porosity {:.3f} before reaching {}; use a higher "
-                                    "porosity".format(1 - filled / shape.prod(), porosity))
-            continue
-        failures = 0
-        filled += _add_sphere(solid, c, r)
-        centres = np.vstack([centres, c])
-        radii_placed = np.append(radii_placed, r)
+        clearance = scipy.ndimage.distance_transform_edt(~solid) if solid.any() else np.full(shape, np.inf)
+        placed_now = 0
+        for _ in range(16):
+            r = float(_radii(rng, 1, radius * scale, polydispersity)[0])
+            candidates = np.flatnonzero(clearance.ravel() >= r + 1.0)
+            if not len(candidates):
+                break
+            c = np.array(np.unravel_index(candidates[int(rng.integers(len(candidates)))], shape), float)
+            if any(np.sqrt(((c - q) ** 2).sum()) < r + rq + 0.5 for q, rq in zip(centres[-placed_now:] if placed_now
+                                                                               else [], radii_placed[-placed_now:])):
+                continue
+            filled += _add_sphere(solid, c, r)
+            centres.append(c)
+            radii_placed.append(r)
+            placed_now += 1
+            if filled >= target:
+                break
+        if not placed_now:
+            scale *= 0.8
+            if radius * scale < 0.6:
+                raise UserError("packed_spheres jammed at porosity {:.3f} before reaching {}; use a higher "
+                                "porosity".format(1 - filled / np.prod(shape), porosity))
     volume = (~solid).astype(np.uint8)
-    return (volume, centres, radii_placed) if return_particles else volume
+    if return_particles:
+        return volume, np.array(centres).reshape(-1, 3), np.array(radii_placed)
+    return volume
 
 
 def _fibre_distance(shape, point, direction):
