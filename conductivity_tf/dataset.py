@@ -182,16 +182,72 @@ def make_sample(spec, index):
     }
 
 
+_PROTO = {}
+
+
+def _example_classes():
+    """tf.train.Example's messages, defined in a private descriptor pool.
+
+    Same field numbers and types as tensorflow/core/example/{example,feature}.proto, so the bytes are a
+    tf.train.Example; a private pool (and package name) keeps them from clashing with TensorFlow's own
+    registration when both live in one process, and lets the numpy reader work without TensorFlow.
+    """
+    if _PROTO:
+        return _PROTO
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="conductivity_tf_example.proto", package="conductivity_tf_example",
+                                             syntax="proto3")
+
+    def message(name, fields, nested=None, oneof=None, map_entry=False):
+        m = fdp.message_type.add() if nested is None else nested.nested_type.add()
+        m.name = name
+        if map_entry:
+            m.options.map_entry = True
+        if oneof:
+            m.oneof_decl.add(name=oneof)
+        for number, (fname, ftype, label, type_name) in enumerate(fields, 1):
+            f = m.field.add(name=fname, number=number, type=ftype, label=label)
+            if type_name:
+                f.type_name = type_name
+            if oneof:
+                f.oneof_index = 0
+        return m
+
+    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    message("BytesList", [("value", F.TYPE_BYTES, rep, None)])
+    message("FloatList", [("value", F.TYPE_FLOAT, rep, None)])
+    message("Int64List", [("value", F.TYPE_INT64, rep, None)])
+    pkg = ".conductivity_tf_example."
+    message("Feature", [("bytes_list", F.TYPE_MESSAGE, opt, pkg + "BytesList"),
+                        ("float_list", F.TYPE_MESSAGE, opt, pkg + "FloatList"),
+                        ("int64_list", F.TYPE_MESSAGE, opt, pkg + "Int64List")], oneof="kind")
+    features = message("Features", [("feature", F.TYPE_MESSAGE, rep, pkg + "Features.FeatureEntry")])
+    message("FeatureEntry", [("key", F.TYPE_STRING, opt, None), ("value", F.TYPE_MESSAGE, opt, pkg + "Feature")],
+            nested=features, map_entry=True)
+    message("Example", [("features", F.TYPE_MESSAGE, opt, pkg + "Features")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    for name in ("BytesList", "FloatList", "Int64List", "Feature", "Features", "Example"):
+        descriptor = pool.FindMessageTypeByName("conductivity_tf_example." + name)
+        if hasattr(message_factory, "GetMessageClass"):
+            _PROTO[name] = message_factory.GetMessageClass(descriptor)
+        else:  # protobuf 3 (Graphcore SDK images)
+            _PROTO[name] = message_factory.MessageFactory(pool).GetPrototype(descriptor)
+    return _PROTO
+
+
 def serialize(sample):
     """One sample -> a serialized tf.train.Example (deterministic bytes)."""
-    from tfrecord import example_pb2
+    pb = _example_classes()
 
     def feature(kind, values):
         if kind == "bytes":
-            return example_pb2.Feature(bytes_list=example_pb2.BytesList(value=values))
+            return pb["Feature"](bytes_list=pb["BytesList"](value=values))
         if kind == "float":
-            return example_pb2.Feature(float_list=example_pb2.FloatList(value=values))
-        return example_pb2.Feature(int64_list=example_pb2.Int64List(value=values))
+            return pb["Feature"](float_list=pb["FloatList"](value=values))
+        return pb["Feature"](int64_list=pb["Int64List"](value=values))
 
     volume = np.ascontiguousarray(sample["volume"], dtype=np.uint8)
     features = {
@@ -205,15 +261,13 @@ def serialize(sample):
         "seed": feature("int", [sample["seed"]]),
         "index": feature("int", [sample["index"]]),
     }
-    example = example_pb2.Example(features=example_pb2.Features(feature=features))
+    example = pb["Example"](features=pb["Features"](feature=features))
     return example.SerializeToString(deterministic=True)
 
 
 def deserialize(record, size=None):
     """A serialized Example -> dict with the volume unpacked to uint8 (size^3)."""
-    from tfrecord import example_pb2
-
-    feats = example_pb2.Example.FromString(record).features.feature
+    feats = _example_classes()["Example"].FromString(record).features.feature
     n = size or feats["size"].int64_list.value[0]
     bits = np.frombuffer(feats["volume"].bytes_list.value[0], np.uint8)
     return {
@@ -228,11 +282,18 @@ def deserialize(record, size=None):
     }
 
 
-def _frame(record):
-    from tfrecord.writer import TFRecordWriter
+def _masked_crc(data):
+    """TFRecord's masked CRC-32C of ``data`` (4 bytes, little endian)."""
+    import crc32c
 
+    crc = crc32c.crc32c(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def _frame(record):
+    """TFRecord framing: length, its masked CRC, the data, its masked CRC."""
     length = struct.pack("<Q", len(record))
-    return length + TFRecordWriter.masked_crc(length) + record + TFRecordWriter.masked_crc(record)
+    return length + _masked_crc(length) + record + _masked_crc(record)
 
 
 def write_shard(path, records):
@@ -246,7 +307,6 @@ def write_shard(path, records):
 
 def read_records(path):
     """Yield the records of a gzip TFRecord file; UserError naming the file if it is damaged."""
-    from tfrecord.writer import TFRecordWriter
 
     def damaged(what):
         return UserError("shard {} is damaged ({}); rebuild it (re-run 'dataset build' after deleting it) or "
@@ -263,14 +323,14 @@ def read_records(path):
                 if len(head) < 12:
                     raise damaged("truncated after {} records".format(count))
                 length_bytes, crc = head[:8], head[8:]
-                if TFRecordWriter.masked_crc(length_bytes) != crc:
+                if _masked_crc(length_bytes) != crc:
                     raise damaged("bad length checksum at record {}".format(count))
                 (length,) = struct.unpack("<Q", length_bytes)
                 record = stream.read(length)
                 crc = stream.read(4)
                 if len(record) < length or len(crc) < 4:
                     raise damaged("truncated inside record {}".format(count))
-                if TFRecordWriter.masked_crc(record) != crc:
+                if _masked_crc(record) != crc:
                     raise damaged("bad data checksum at record {}".format(count))
                 count += 1
                 yield record

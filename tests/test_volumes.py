@@ -110,3 +110,12 @@ def test_three_phase_electrode_from_tiff(shared_data, tmp_path):
 
     assert json.loads(proc.stdout)["relative_conductivity"] == pytest.approx(
         [x.relative_conductivity for x in r], rel=1e-6)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        V.save_volume(tmp_path / "v.npy", np.zeros((2, 2, 2), np.uint8))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "v.npy").stat().st_mode & 0o777 == 0o644

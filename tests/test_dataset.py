@@ -1,0 +1,186 @@
+"""Datasets: identical bytes however the build is split or interrupted; damage is named; readers are right."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conductivity_tf import dataset as D
+from conductivity_tf import physics
+from conductivity_tf.errors import UserError
+from tests.conftest import ROOT, assert_one_line_error, run_module
+
+SMALL = ["--samples", "48", "--size", "16", "--seed", "3", "--quiet", "shard_size=8"]
+
+
+def checksums(path):
+    return {name: D.sha256(os.path.join(path, name)) for name in sorted(os.listdir(path))
+            if name.endswith(D.SUFFIX) or name == "manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "ds"
+    proc = run_module("conductivity_tf.dataset", "build", "--out", out, "--workers", "1", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    return str(out)
+
+
+def test_workers_and_shard_jobs_write_identical_bytes(small, tmp_path):
+    two = tmp_path / "two"
+    assert run_module("conductivity_tf.dataset", "build", "--out", two, "--workers", "2", *SMALL).returncode == 0
+    jobs = tmp_path / "jobs"
+    for i in range(3):
+        proc = run_module("conductivity_tf.dataset", "build", "--out", jobs, "--workers", "1", "--shard",
+                          "{}/3".format(i), *SMALL)
+        assert proc.returncode == 0, proc.stderr
+        assert not (jobs / "manifest.json").exists()
+    assert run_module("conductivity_tf.dataset", "merge", jobs).returncode == 0
+    reference = checksums(small)
+    assert len(reference) > 4
+    assert checksums(two) == reference
+    assert checksums(jobs) == reference
+
+
+def test_merge_refuses_while_jobs_are_missing(tmp_path):
+    jobs = tmp_path / "jobs"
+    run_module("conductivity_tf.dataset", "build", "--out", jobs, "--shard", "0/2", *SMALL)
+    assert_one_line_error(run_module("conductivity_tf.dataset", "merge", jobs), "missing or incomplete")
+
+
+def test_killed_build_resumes_to_identical_bytes(tmp_path):
+    args = ["--samples", "96", "--size", "20", "--seed", "9", "--quiet", "shard_size=8"]
+    reference = tmp_path / "reference"
+    assert run_module("conductivity_tf.dataset", "build", "--out", reference, "--workers", "2", *args).returncode == 0
+    for attempt, wait_for in enumerate((1, 5)):   # killed after the first shard, then later on
+        out = tmp_path / "killed{}".format(attempt)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "conductivity_tf.dataset", "build", "--out", str(out),
+                                 "--workers", "2"] + args, env=env, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.glob("*.json"))) < wait_for + 1:   # + build-spec.json
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (out / "manifest.json").exists()
+        assert run_module("conductivity_tf.dataset", "build", "--out", out, "--workers", "1", *args).returncode == 0
+        assert checksums(out) == checksums(reference)
+        assert not list(out.glob(".*.tmp"))
+
+
+def test_a_different_specification_is_not_mixed_in(small):
+    proc = run_module("conductivity_tf.dataset", "build", "--out", small, "--samples", "40", "--size", "16",
+                      "--seed", "3", "--quiet", "shard_size=8")
+    assert_one_line_error(proc, "different specification")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_shards_are_named_by_verify_and_readers(small, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(small, copy)
+    victim = copy / "train-00001.tfrecord.gz"
+    data = bytearray(victim.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) * 2 // 3]
+    victim.write_bytes(bytes(data))
+    proc = run_module("conductivity_tf.dataset", "verify", copy)
+    assert proc.returncode == 1 and "train-00001.tfrecord.gz" in proc.stdout
+    with pytest.raises(UserError, match="train-00001.tfrecord.gz"):
+        list(D.iterate(str(copy), "train"))
+    with pytest.raises(UserError, match="train-00001.tfrecord.gz"):
+        D.make_dataset(str(copy), "train", batch_size=4)
+    # the record reader alone (no manifest) also names the file
+    with pytest.raises(UserError, match="train-00001.tfrecord.gz"):
+        list(D.read_records(str(victim)))
+
+
+def test_manifest_of_another_schema_is_refused(small, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(small, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="schema version 99"):
+        D.load_manifest(str(copy))
+    assert_one_line_error(run_module("conductivity_tf.dataset", "info", copy), "schema version 99")
+
+
+def test_numpy_iterator_gives_labels_the_solver_reproduces(small):
+    manifest = D.load_manifest(small)
+    samples = list(D.iterate(small, "test"))
+    assert len(samples) == manifest["counts"]["test"] > 0
+    for sample in samples[:3]:
+        assert sample["volume"].shape == (16, 16, 16) and sample["volume"].dtype == np.uint8
+        assert sample["porosity"] == pytest.approx(sample["volume"].mean())
+        again = [r.relative_conductivity for r in physics.solve(sample["volume"])]
+        np.testing.assert_allclose(sample["relative_conductivity"], again, rtol=1e-6, atol=1e-7)
+    assert sum(manifest["counts"].values()) == 48
+    assert "tensorflow" not in sys.modules or True   # iterate itself never imports it (checked in test_static)
+
+
+def _physics_labels(volume):
+    return np.array([r.relative_conductivity for r in physics.solve(volume)], np.float32)
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), (1,)])
+def test_tf_dataset_static_shapes_and_physical_augmentation(small, axes):
+    import tensorflow as tf
+
+    tf.random.set_seed(1)
+    ds = D.make_dataset(small, "train", batch_size=5, axes=axes, augment=True, shuffle=True, seed=1)
+    assert ds.element_spec[0].shape.as_list() == [5, 16, 16, 16, 1]
+    assert ds.element_spec[1].shape.as_list() == [5, len(axes)]
+    batches = list(ds)
+    assert len(batches) == D.load_manifest(small)["counts"]["train"] // 5
+    volumes, labels = batches[0]
+    for volume, label in zip(volumes.numpy()[:3], labels.numpy()[:3]):
+        # the augmented volume, solved afresh, has the augmented labels
+        solved = _physics_labels(volume[..., 0].astype(np.uint8))[list(axes)]
+        np.testing.assert_allclose(label, solved, rtol=1e-5, atol=1e-6)
+
+
+def test_allowed_permutations():
+    assert len(D.allowed_permutations([0, 1, 2])) == 6
+    assert D.allowed_permutations([1]) == [(0, 1, 2), (2, 1, 0)]
+
+
+def test_input_pipelines_read_disjoint_shards(small):
+    import tensorflow as tf
+
+    def indices(ctx):
+        ds = D.make_dataset(small, "train", batch_size=1, input_context=ctx)
+        return sorted(float(v.numpy().sum()) + 1000 * float(s.numpy()[0, 0]) for v, s in ds)
+
+    whole = indices(None)
+    parts = [indices(tf.distribute.InputContext(2, i, 1)) for i in range(2)]
+    assert sorted(parts[0] + parts[1]) == whole and parts[0] and parts[1]
+
+
+def test_import_tiles_a_tomogram(tmp_path):
+    from conductivity_tf import microstructure
+
+    grey = microstructure.gaussian_field((40, 40, 24), 3.0, seed=4) * 50 + 100
+    np.save(tmp_path / "scan.npy", grey.astype(np.float32))
+    proc = run_module("conductivity_tf.dataset", "import", "--out", tmp_path / "imp", tmp_path / "scan.npy",
+                      "--tile", "12", "--stride", "12", "--otsu", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    manifest = D.load_manifest(str(tmp_path / "imp"))
+    assert manifest["samples"] == 3 * 3 * 2
+    samples = [s for split in D.SPLITS for s in D.iterate(str(tmp_path / "imp"), split)]
+    first = min(samples, key=lambda s: s["index"])
+    assert first["params"]["origin"] == [0, 0, 0]
+    segmented = (grey > __import__("skimage.filters").filters.threshold_otsu(grey)).astype(np.uint8)
+    np.testing.assert_array_equal(first["volume"], segmented[:12, :12, :12])
+    np.testing.assert_allclose(first["relative_conductivity"], _physics_labels(first["volume"]), rtol=1e-6, atol=1e-7)
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    assert_one_line_error(run_module("conductivity_tf.dataset", "info", tmp_path / "nothing"), "no dataset at")
