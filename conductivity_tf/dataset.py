@@ -30,7 +30,6 @@ import gzip
 import hashlib
 import io
 import json
-import math
 import os
 import struct
 import sys
@@ -334,7 +333,7 @@ def read_records(path):
                     raise damaged("bad data checksum at record {}".format(count))
                 count += 1
                 yield record
-    except (OSError, EOFError, gzip.BadGzipFile if hasattr(gzip, "BadGzipFile") else OSError) as err:
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise damaged(str(err) or type(err).__name__)
 
 
@@ -359,7 +358,8 @@ def plan_shards(spec):
     for split in SPLITS:
         idx = members[split]
         for k in range(0, len(idx), spec.shard_size):
-            shards.append(("{}-{:05d}{}".format(split, k // spec.shard_size, SUFFIX), split, idx[k:k + spec.shard_size]))
+            name = "{}-{:05d}{}".format(split, k // spec.shard_size, SUFFIX)
+            shards.append((name, split, idx[k:k + spec.shard_size]))
     return shards
 
 
@@ -389,7 +389,8 @@ def _label_stats(samples):
             "sigma_min": sigma.min(0).tolist(), "sigma_max": sigma.max(0).tolist(),
             "porosity_sum": float(sum(s["porosity"] for s in samples)),
             "percolating": int(sum(1 for s in samples if s["relative_conductivity"][0] > 0)),
-            "families": {f: sum(1 for s in samples if s["family"] == f) for f in sorted({s["family"] for s in samples})}}
+            "families": {f: sum(1 for s in samples if s["family"] == f)
+                         for f in sorted({s["family"] for s in samples})}}
 
 
 def _finish_shard(out, name, split, samples):

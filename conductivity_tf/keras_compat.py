@@ -8,16 +8,41 @@ accumulation, ``steps_per_execution`` and multi-worker training under ``tf.distr
 Every other module does ``from conductivity_tf.keras_compat import tf, keras``.
 """
 
+import contextlib
 import os
 import sys
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence C++ log lines (absl logs before TensorFlow's log level applies, CUDA probes on machines
+    without a GPU) while TensorFlow starts up, so that a bad input still ends in one clean line.
+    TF_CPP_MIN_LOG_LEVEL=0 shows them."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
 
 if "tensorflow" not in sys.modules:
     # forced, not defaulted: an inherited TF_USE_LEGACY_KERAS=0 or empty would silently give Keras 3
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-from tensorflow import keras  # noqa: E402
+with quiet_native_stderr():
+    import tensorflow as tf
+    from tensorflow import keras
+
+    tf.config.list_physical_devices()  # device discovery logs its probes here, silenced
 
 
 def _keras_version():

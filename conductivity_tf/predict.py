@@ -1,9 +1,93 @@
-"""Predict sigma_eff/sigma_0 of volumes with a trained model:
-``python -m conductivity_tf.predict [--model DIR] VOLUME ... [--json]``."""
+"""Predict sigma_eff/sigma_0 of volumes with a trained model, and evaluate a model on a dataset split.
+
+``python -m conductivity_tf.predict [--model DIR] VOLUME ... [--json]``: DIR is a run directory (from
+``train``) or its ``saved_model/``; without ``--model`` the pretrained model shipped in the package is
+used. Volumes must be binary (1 = conducting; use ``--otsu``/``--threshold``/``--phase-map`` otherwise)
+and cubes of the model's input size. The model is loaded with ``tf.saved_model.load``: no pickled
+Python objects are read.
+"""
 
 import argparse
+import json
+import os
+import time
 
-from conductivity_tf.errors import not_available, run_cli
+import numpy as np
+import yaml
+
+from conductivity_tf.errors import UserError, run_cli
+
+PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+
+class Predictor(object):
+    """A loaded model: ``predictor(volumes)`` -> (N, len(axes)) sigma_eff/sigma_0."""
+
+    def __init__(self, model_dir=None):
+        model_dir = model_dir or PRETRAINED
+        saved = os.path.join(model_dir, "saved_model")
+        if not os.path.isdir(saved):
+            saved = model_dir
+        if not os.path.isfile(os.path.join(saved, "saved_model.pb")):
+            if model_dir == PRETRAINED:
+                raise UserError("no pretrained model is installed with this copy of conductivity_tf; give --model "
+                                "RUN_DIR (a directory written by python -m conductivity_tf.train)")
+            raise UserError("{} is not a run directory or SavedModel (no saved_model.pb); give the --out directory "
+                            "of a training run".format(model_dir))
+        from conductivity_tf.keras_compat import tf
+
+        try:
+            self.module = tf.saved_model.load(saved)
+        except Exception as err:  # any load failure means the directory is damaged or not ours
+            raise UserError("cannot load the SavedModel in {} ({}); it is damaged or incomplete: re-export or "
+                            "retrain".format(saved, str(err).splitlines()[0][:200]))
+        self.serve = self.module.signatures["serving_default"]
+        spec = self.serve.structured_input_signature[1]["volume"]
+        self.size = int(spec.shape[1])
+        self.axes = [0, 1, 2]
+        config_path = os.path.join(os.path.dirname(saved), "config.yaml")
+        if os.path.isfile(config_path):
+            with open(config_path) as handle:
+                self.axes = list(yaml.safe_load(handle)["data"]["axes"])
+        self.tf = tf
+
+    def check(self, volume, name="volume"):
+        if volume.shape != (self.size,) * 3:
+            raise UserError("{} has shape {} but the model takes {}^3 cubes; cut it into {}^3 tiles (python -m "
+                            "conductivity_tf.dataset import --tile {}) or use a model trained at that size".format(
+                                name, "x".join(map(str, volume.shape)), self.size, self.size, self.size))
+        values = np.unique(volume)
+        if not set(values.tolist()) <= {0, 1}:
+            raise UserError("{} is not binary (values {}); the model takes 1 = conducting, 0 = insulating: segment "
+                            "it with --otsu / --threshold or map phases with --phase-map".format(
+                                name, ", ".join(str(v) for v in values[:6])))
+
+    def __call__(self, volumes, batch_size=16):
+        volumes = np.asarray(volumes, np.float32)
+        out = []
+        for start in range(0, len(volumes), batch_size):
+            chunk = self.tf.constant(volumes[start:start + batch_size, ..., None])
+            out.append(self.serve(volume=chunk)["relative_conductivity"].numpy())
+        return np.concatenate(out, axis=0)
+
+
+def evaluate(model_dir, data_path, split="test"):
+    """Metrics (R2, MAE, RMSE, MAPE) of a model on a dataset split."""
+    from conductivity_tf import dataset as dataset_lib
+    from conductivity_tf.train import regression_metrics
+
+    predictor = Predictor(model_dir)
+    manifest = dataset_lib.load_manifest(data_path)
+    if manifest["sample_size"] != predictor.size:
+        raise UserError("the dataset {} holds {}^3 samples but the model takes {}^3; evaluate on a dataset of that "
+                        "size".format(manifest["path"], manifest["sample_size"], predictor.size))
+    volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
+    predicted = predictor(volumes)
+    truth = sigma[:, predictor.axes]
+    return {"split": split, "dataset": manifest["path"], "axes": predictor.axes,
+            "all": regression_metrics(truth, predicted),
+            "per_family": {f: regression_metrics(truth[families == f], predicted[families == f])
+                           for f in sorted(set(families.tolist()))}}
 
 
 def build_parser():
@@ -11,19 +95,42 @@ def build_parser():
 
     parser = argparse.ArgumentParser(
         prog="python -m conductivity_tf.predict",
-        description="Predict the relative effective conductivity of voxel volumes with a trained model "
-                    "(default: the pretrained model shipped with the package).")
+        description="Predict the relative effective conductivity sigma_eff/sigma_0 of voxel volumes with a trained "
+                    "model (default: the pretrained model shipped with the package).")
     parser.add_argument("volumes", nargs="+", metavar="VOLUME", help=".npy, .tif/.tiff or raw binary")
-    parser.add_argument("--model", help="a run directory or exported SavedModel (default: pretrained)")
-    parser.add_argument("--batch-size", type=int, default=8, help="volumes per batch")
+    parser.add_argument("--model", help="a run directory or its saved_model/ (default: pretrained)")
+    parser.add_argument("--batch-size", type=int, default=16, help="volumes per batch")
     parser.add_argument("--json", action="store_true", help="one JSON object per volume and line")
     add_volume_arguments(parser)
     return parser
 
 
 def main(argv=None):
-    build_parser().parse_args(argv)
-    return not_available("conductivity_tf.predict", "prediction (no trained model in this version)")
+    from conductivity_tf.volumes import load_volume_from_args
+
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError("--batch-size {} must be at least 1".format(args.batch_size))
+    predictor = Predictor(args.model)
+    volumes = []
+    for path in args.volumes:
+        array = load_volume_from_args(path, args).array
+        predictor.check(array, path)
+        volumes.append(array)
+    for start in range(0, len(volumes), args.batch_size):
+        chunk = np.stack(volumes[start:start + args.batch_size])
+        t0 = time.perf_counter()
+        predicted = predictor(chunk, args.batch_size)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for path, volume, values in zip(args.volumes[start:], chunk, predicted):
+            porosity = float(volume.mean())
+            if args.json:
+                print(json.dumps({"file": path, "relative_conductivity": [float(v) for v in values],
+                                  "porosity": porosity, "seconds": seconds}), flush=True)
+            else:
+                print("{}  porosity {:.4f}  sigma_eff/sigma_0 {}".format(path, porosity, "  ".join(
+                    "axis {}: {:.4f}".format(a, v) for a, v in zip(predictor.axes, values))), flush=True)
+    return 0
 
 
 def cli():

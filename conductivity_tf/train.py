@@ -1,15 +1,32 @@
 """Train the 3-D CNN: ``python -m conductivity_tf.train [--config PRESET|FILE] [section.key=value ...]``.
 
-The recipe: resolve the configuration -> open the dataset -> choose the hardware strategy ->
-build the model inside its scope -> fit -> write the run directory (resolved config, checkpoints,
-logs, metrics, parity plot, exported SavedModel).
+The recipe, top to bottom: resolve the configuration -> seed -> choose the hardware (strategies.py or
+ipu.py) -> open the dataset splits -> build the model inside the strategy's scope -> fit with
+checkpoints, BackupAndRestore, TensorBoard, CSV log, early stopping and a warm-up + cosine learning
+rate -> evaluate on the test split -> write the run directory:
+
+    config.yaml            the resolved configuration
+    checkpoints/           best.weights.h5 (lowest validation loss) and last.weights.h5
+    backup/                BackupAndRestore state while training (re-running resumes from it)
+    logs/                  TensorBoard
+    training_log.csv       per-epoch loss, metrics and learning rate
+    metrics.json           R2, MAE, MAPE, RMSE on the test split, and the same for a Bruggeman fit
+    parity.png             predicted against solver values on the test split
+    saved_model/           SavedModel, loadable by plain TensorFlow (tf.saved_model.load)
+    model.weights.h5       Keras weights of the best model
 """
 
 import argparse
+import json
+import math
 import os
+import sys
+import time
+
+import numpy as np
 
 from conductivity_tf import config as config_lib
-from conductivity_tf.errors import not_available, run_cli
+from conductivity_tf.errors import UserError, run_cli
 
 
 def build_parser():
@@ -20,9 +37,10 @@ def build_parser():
         epilog="Examples:\n"
                "  python -m conductivity_tf.train                                   # the embedded default run\n"
                "  python -m conductivity_tf.train train.epochs=3 data.path=my_dataset\n"
-               "  python -m conductivity_tf.train --config pretrained64 --out runs/p64\n"
+               "  python -m conductivity_tf.train --config gpu_node --out runs/gpu\n"
                "  python -m conductivity_tf.train hardware.kind=ipu hardware.ipus=4 "
                "hardware.pipeline_stages=2 --plan-only\n\n"
+               "Re-running the same command with the same run directory resumes an interrupted run.\n\n"
                "Presets: {}\n\nConfiguration sections and keys (default value, meaning):\n{}".format(
                    ", ".join(config_lib.list_presets()), config_lib.describe_config()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +60,229 @@ def resolve(args):
     return config_lib.load_config(args.config, overrides)
 
 
+# ---------------------------------------------------------------------------------------------
+# pieces of the recipe
+
+
+def precision_policy(precision, kind):
+    """The Keras mixed-precision policy name for ``train.precision`` on this hardware."""
+    if precision == "auto":
+        if kind == "gpu":
+            return "mixed_float16"
+        try:
+            with open("/proc/cpuinfo") as handle:
+                flags = handle.read()
+        except OSError:
+            flags = ""
+        return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+    return {"fp32": "float32", "fp16": "float16"}.get(precision, precision)
+
+
+def warmup_cosine(keras, peak, total_steps, warmup_steps, schedule):
+    """Linear warm-up to ``peak`` then cosine decay to 0 (or constant) over ``total_steps``."""
+    from conductivity_tf.keras_compat import tf
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            warm = peak * (step + 1.0) / float(max(warmup_steps, 1))
+            if schedule == "constant":
+                decayed = tf.constant(peak, tf.float32)
+            else:
+                progress = (step - warmup_steps) / float(max(total_steps - warmup_steps, 1))
+                decayed = 0.5 * peak * (1.0 + tf.cos(math.pi * tf.clip_by_value(progress, 0.0, 1.0)))
+            return tf.where(step < warmup_steps, warm, decayed)
+
+        def get_config(self):
+            return {"peak": peak, "total_steps": total_steps, "warmup_steps": warmup_steps, "schedule": schedule}
+
+    return WarmupCosine()
+
+
+def regression_metrics(truth, predicted):
+    """R2, MAE, RMSE over all (sample, axis) values and MAPE over the percolating ones (truth > 0)."""
+    truth, predicted = np.asarray(truth, float).ravel(), np.asarray(predicted, float).ravel()
+    residual = predicted - truth
+    ss_res = float((residual ** 2).sum())
+    ss_tot = float(((truth - truth.mean()) ** 2).sum()) or 1.0
+    live = truth > 1e-6
+    return {"r2": 1.0 - ss_res / ss_tot, "mae": float(np.abs(residual).mean()),
+            "rmse": float(np.sqrt((residual ** 2).mean())),
+            "mape_percolating": float(np.abs(residual[live] / truth[live]).mean() * 100.0) if live.any() else None,
+            "count": int(truth.size)}
+
+
+def bruggeman_fit(porosity, sigma):
+    """The exponent n of sigma = eps^n that best fits (least squares) the given samples."""
+    import scipy.optimize
+
+    porosity = np.repeat(np.asarray(porosity, float)[:, None], np.asarray(sigma).shape[1], axis=1)
+
+    def loss(n):
+        return float(((porosity ** n - sigma) ** 2).mean())
+
+    return float(scipy.optimize.minimize_scalar(loss, bounds=(1.0, 5.0), method="bounded").x)
+
+
+def verbose_level():
+    return 1 if sys.stdout.isatty() else 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+
+
+def train(cfg):
+    """Run the whole recipe for a resolved configuration; returns the metrics dict."""
+    from conductivity_tf import dataset as dataset_lib
+    from conductivity_tf import strategies
+    from conductivity_tf.fileio import check_writable_dir
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import build_model, forward_flops
+
+    out = cfg.train.out_dir
+    check_writable_dir(out, "run directory")
+    manifest = dataset_lib.load_manifest(cfg.data.path)
+    if manifest["sample_size"] != cfg.data.size:
+        raise UserError("the dataset {} holds {}^3 samples but data.size={}; set data.size={} (or use another "
+                        "dataset)".format(manifest["path"], manifest["sample_size"], cfg.data.size,
+                                          manifest["sample_size"]))
+    config_lib.save_config(cfg, os.path.join(out, "config.yaml"))
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    hardware = strategies.make_strategy(cfg.hardware)
+    batch = config_lib.batch_arithmetic(cfg.train.batch_size, hardware.replicas, cfg.hardware.gradient_accumulation)
+    policy = precision_policy(cfg.train.precision, hardware.kind)
+    keras.mixed_precision.set_global_policy(policy)
+
+    counts = manifest["counts"]
+    steps_per_epoch = counts["train"] // batch.global_batch
+    validation_steps = counts["validation"] // batch.global_batch
+    if steps_per_epoch < 1:
+        raise UserError("the training split has {} samples, fewer than one batch of train.batch_size={}; use a "
+                        "smaller batch".format(counts["train"], batch.global_batch))
+    spe = cfg.hardware.steps_per_execution or 1
+    if steps_per_epoch % spe:
+        steps_per_epoch -= steps_per_epoch % spe
+    axes = list(cfg.data.axes)
+    train_ds = dataset_lib.make_dataset(manifest["path"], "train", batch.global_batch, axes=axes,
+                                        augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed, repeat=True,
+                                        cache=True)
+    val_ds = None
+    if validation_steps:
+        val_ds = dataset_lib.make_dataset(manifest["path"], "validation", batch.global_batch, axes=axes,
+                                          repeat=True, cache=True)
+
+    with hardware.strategy.scope():
+        base = build_model(cfg.model, cfg.data.size, len(axes))
+        model = strategies.for_training(base, cfg.hardware.gradient_accumulation, cfg.hardware.reduction)
+        total_steps = steps_per_epoch * cfg.train.epochs
+        lr = warmup_cosine(keras, cfg.train.learning_rate, total_steps,
+                           int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.schedule)
+        optimizer = (keras.optimizers.Adam(lr) if cfg.train.optimizer == "adam"
+                     else keras.optimizers.SGD(lr, momentum=0.9))
+        loss = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber(0.02)}[cfg.train.loss]
+        model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=spe,
+                      jit_compile=cfg.train.xla)
+
+    print("conductivity_tf.train: {} | {} replica(s) | global batch {} = micro-batch {} x accumulation {} x "
+          "replicas {} | {} | {:.2f} GFLOP/sample forward | {} train, {} validation samples".format(
+              hardware.description, hardware.replicas, batch.global_batch, batch.micro_batch, batch.accumulation,
+              batch.replicas, policy, forward_flops(base) / 1e9, counts["train"], counts["validation"]), flush=True)
+
+    checkpoints = os.path.join(out, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    monitor = "val_loss" if val_ds is not None else "loss"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor=monitor,
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), save_weights_only=True),
+        keras.callbacks.CSVLogger(os.path.join(out, "training_log.csv"), append=True),
+    ]
+    if cfg.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "logs"), profile_batch=0))
+    if cfg.train.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping,
+                                                       restore_best_weights=False))
+    t0 = time.time()
+    model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
+              validation_steps=validation_steps or None, callbacks=callbacks, verbose=verbose_level())
+    train_seconds = time.time() - t0
+    # evaluation and exports run on a plain copy outside the strategy: no collectives, so only the chief
+    # does them; other workers keep their final weights (identical to the chief's) for inspection
+    plain = build_model(cfg.model, cfg.data.size, len(axes))
+    plain.set_weights(base.get_weights())
+    if not hardware.is_chief:
+        worker_dir = os.path.join(out, "worker-{}".format(hardware.worker))
+        os.makedirs(worker_dir, exist_ok=True)
+        plain.save_weights(os.path.join(worker_dir, "final.weights.h5"))
+        return None
+    best = os.path.join(checkpoints, "best.weights.h5")
+    if os.path.exists(best):
+        plain.load_weights(best)
+    return finish_run(cfg, plain, manifest, out, train_seconds)
+
+
+def finish_run(cfg, base, manifest, out, train_seconds):
+    """Test metrics, Bruggeman baseline, parity plot and exports for a trained model."""
+    from conductivity_tf import dataset as dataset_lib
+    from conductivity_tf import plots
+    from conductivity_tf.fileio import write_text
+
+    axes = list(cfg.data.axes)
+    volumes, sigma, porosity, families = dataset_lib.load_arrays(manifest["path"], "test")
+    truth = sigma[:, axes]
+    predicted = base.predict(volumes[..., None].astype("float32"), batch_size=64, verbose=0)
+    _, train_sigma, train_porosity, _ = dataset_lib.load_arrays(manifest["path"], "train")
+    exponent = bruggeman_fit(train_porosity, train_sigma[:, axes])
+    baseline = np.repeat(porosity[:, None], len(axes), axis=1) ** exponent
+    metrics = {
+        "test": regression_metrics(truth, predicted),
+        "bruggeman": dict(regression_metrics(truth, baseline), exponent=exponent),
+        "per_family": {f: regression_metrics(truth[families == f], predicted[families == f])
+                       for f in sorted(set(families.tolist()))},
+        "axes": axes, "dataset": manifest["path"], "train_seconds": train_seconds,
+    }
+    metrics["rmse_ratio_bruggeman_over_cnn"] = metrics["bruggeman"]["rmse"] / max(metrics["test"]["rmse"], 1e-12)
+    write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
+    plots.parity_plot(os.path.join(out, "parity.png"), truth, predicted, porosity,
+                      title="Test split: R² {:.4f}, RMSE {:.4f} (Bruggeman ε^{:.2f}: RMSE {:.4f})".format(
+                          metrics["test"]["r2"], metrics["test"]["rmse"], exponent, metrics["bruggeman"]["rmse"]),
+                      labels=["axis {}".format(a) for a in axes])
+    export(base, out)
+    print("test: R² {:.4f}  MAE {:.4f}  RMSE {:.4f}  MAPE (percolating) {:.2f} %  |  Bruggeman ε^{:.2f}: R² {:.4f} "
+          "RMSE {:.4f}  ({:.1f}x the CNN's RMSE)".format(
+              metrics["test"]["r2"], metrics["test"]["mae"], metrics["test"]["rmse"],
+              metrics["test"]["mape_percolating"] or 0.0, exponent, metrics["bruggeman"]["r2"],
+              metrics["bruggeman"]["rmse"], metrics["rmse_ratio_bruggeman_over_cnn"]))
+    print("run directory: {}".format(out), flush=True)
+    return metrics
+
+
+def export(base, out):
+    """SavedModel (plain TensorFlow can load and call it) and Keras weights, each written atomically."""
+    import shutil
+
+    from conductivity_tf.keras_compat import tf
+
+    target = os.path.join(out, "saved_model")
+    staging = target + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    spec = tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")
+
+    @tf.function(input_signature=[spec])
+    def serve(volume):
+        return {"relative_conductivity": base(volume, training=False)}
+
+    tf.saved_model.save(base, staging, signatures={"serving_default": serve})
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    base.save_weights(os.path.join(out, "model.weights.h5"))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cfg = resolve(args)
@@ -49,9 +290,11 @@ def main(argv=None):
         print(config_lib.config_to_yaml(cfg), end="")
         return 0
     if args.plan_only:
+        from conductivity_tf.errors import not_available
+
         return not_available("conductivity_tf.train", "the IPU pipeline plan (--plan-only)")
-    os.environ.setdefault("PYTHONHASHSEED", str(cfg.train.seed))
-    return not_available("conductivity_tf.train", "the training loop (configuration checked: valid)")
+    train(cfg)
+    return 0
 
 
 def cli():

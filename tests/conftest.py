@@ -4,6 +4,10 @@ import sys
 
 import pytest
 
+# the whole test process uses the Keras 2 API, as every entry point does (see keras_compat)
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 

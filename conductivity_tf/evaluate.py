@@ -1,0 +1,42 @@
+"""Evaluate a trained model on a dataset split:
+``python -m conductivity_tf.evaluate --model RUN_DIR [--data DIR] [--split test] [--json]``."""
+
+import argparse
+import json
+
+from conductivity_tf.errors import run_cli
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m conductivity_tf.evaluate",
+                                     description="R², MAE, RMSE and MAPE of a trained model on a dataset split, "
+                                                 "overall and per microstructure family.")
+    parser.add_argument("--model", help="run directory or SavedModel (default: the pretrained model)")
+    parser.add_argument("--data", default="data/small32", help="dataset directory (default data/small32)")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    return parser
+
+
+def main(argv=None):
+    from conductivity_tf.predict import evaluate
+
+    args = build_parser().parse_args(argv)
+    metrics = evaluate(args.model, args.data, args.split)
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    m = metrics["all"]
+    print("{} split of {} ({} values): R² {:.4f}  MAE {:.4f}  RMSE {:.4f}  MAPE (percolating) {:.2f} %".format(
+        args.split, metrics["dataset"], m["count"], m["r2"], m["mae"], m["rmse"], m["mape_percolating"] or 0.0))
+    for family, fm in metrics["per_family"].items():
+        print("  {:20s} R² {:.4f}  MAE {:.4f}".format(family, fm["r2"], fm["mae"]))
+    return 0
+
+
+def cli():
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,85 @@
+"""The 3-D CNN: one functional Keras model, built from ``ModelConfig``, knowing nothing about hardware.
+
+Input: a conducting mask (S, S, S, 1), float, 1 = conducting. Output: sigma_eff/sigma_0 along the
+configured axes. The output is physics-bounded by construction: the network predicts a fraction
+f in (0, 1) (sigmoid) and the model multiplies it by the porosity eps, computed from the input inside the
+model, so 0 <= prediction <= eps (Wiener's bound: a conductor in an insulator never beats the
+parallel arrangement).
+
+Only layers that exist in Keras 2.6 (Graphcore's SDK), tf-keras 2.x and Keras 3 are used; group
+normalisation comes from ``keras.layers.GroupNormalization`` where it exists, else from Graphcore's
+``ipu_tensorflow_addons``. Pass ``keras=`` to build with a specific Keras module (a test builds and fits
+it under Keras 3).
+"""
+
+
+def _keras(keras):
+    if keras is not None:
+        return keras
+    from conductivity_tf.keras_compat import keras as compat
+
+    return compat
+
+
+def _group_norm(keras, groups, name):
+    layer = getattr(keras.layers, "GroupNormalization", None)
+    if layer is not None:
+        return layer(groups=groups, name=name)
+    try:  # Keras 2.6 on Graphcore's SDK
+        from ipu_tensorflow_addons.keras.layers import GroupNorm
+
+        return GroupNorm(groups=groups, name=name)
+    except ImportError:
+        from conductivity_tf.errors import UserError
+
+        raise UserError("model.norm=group needs keras.layers.GroupNormalization (TensorFlow >= 2.11) or "
+                        "ipu_tensorflow_addons; use model.norm=batch or none")
+
+
+def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_cnn"):
+    """The CNN for cubes of edge ``input_size`` predicting ``outputs`` (1 or 3) values.
+
+    model_cfg: a ``config.ModelConfig`` (widths, blocks, stride, norm, groups, activation, dropout,
+    head_units). Layer names are stable (``level{l}_conv{b}`` ...) so that pipeline split points and
+    checkpoints can name them.
+    """
+    keras = _keras(keras)
+    layers = keras.layers
+    inputs = keras.Input((input_size, input_size, input_size, 1), name="volume")
+    porosity = layers.GlobalAveragePooling3D(name="porosity", dtype="float32")(inputs)
+    x = inputs
+    for level, width in enumerate(model_cfg.widths):
+        for block in range(model_cfg.blocks):
+            strides = model_cfg.stride if (level > 0 and block == 0 and model_cfg.stride > 1) else 1
+            if level > 0 and block == 0 and model_cfg.stride == 1:
+                x = layers.MaxPooling3D(2, name="level{}_pool".format(level))(x)
+            x = layers.Conv3D(width, 3, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
+                              name="level{}_conv{}".format(level, block))(x)
+            if model_cfg.norm == "batch":
+                x = layers.BatchNormalization(name="level{}_norm{}".format(level, block))(x)
+            elif model_cfg.norm == "group":
+                x = _group_norm(keras, model_cfg.groups, "level{}_norm{}".format(level, block))(x)
+            x = layers.Activation(model_cfg.activation, name="level{}_act{}".format(level, block))(x)
+    x = layers.GlobalAveragePooling3D(name="pool")(x)
+    if model_cfg.dropout:
+        x = layers.Dropout(model_cfg.dropout, name="dropout")(x)
+    if model_cfg.head_units:
+        x = layers.Dense(model_cfg.head_units, activation=model_cfg.activation, name="head")(x)
+    fraction = layers.Dense(outputs, activation="sigmoid", dtype="float32", name="fraction")(x)
+    sigma = layers.Multiply(name="relative_conductivity", dtype="float32")([fraction, porosity])
+    return keras.Model(inputs, sigma, name=name)
+
+
+def forward_flops(model):
+    """Forward multiply-adds x 2 per sample for the Conv3D and Dense layers (the rest is negligible)."""
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv3D":
+            out = layer.output.shape[1:]
+            k = layer.kernel_size
+            cin = layer.input.shape[-1]
+            total += 2 * k[0] * k[1] * k[2] * cin * int(out[0]) * int(out[1]) * int(out[2]) * int(out[3])
+        elif kind == "Dense":
+            total += 2 * int(layer.input.shape[-1]) * layer.units
+    return total

@@ -1,0 +1,164 @@
+"""Training end to end on a small dataset: the run directory, exports, several workers, Keras 3."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import ROOT, assert_one_line_error, run_module
+
+TINY = ["model.widths=[4,8]", "model.head_units=8", "data.size=16", "train.batch_size=8", "train.epochs=2",
+        "train.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "d16"
+    proc = run_module("conductivity_tf.dataset", "build", "--out", out, "--samples", "160", "--size", "16",
+                      "--seed", "1", "--quiet", "shard_size=16")
+    assert proc.returncode == 0, proc.stderr
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def run_dir(data16, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    proc = run_module("conductivity_tf.train", "data.path={}".format(data16), *TINY, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(out)
+
+
+def test_the_run_directory_holds_every_output(run_dir):
+    for name in ("config.yaml", "metrics.json", "parity.png", "training_log.csv", "model.weights.h5",
+                 "saved_model/saved_model.pb", "checkpoints/best.weights.h5", "checkpoints/last.weights.h5"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    with open(os.path.join(run_dir, "config.yaml")) as handle:
+        assert yaml.safe_load(handle)["model"]["widths"] == [4, 8]
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    for part in ("test", "bruggeman"):
+        assert set(metrics[part]) >= {"r2", "mae", "rmse", "mape_percolating"}
+    assert 1.0 < metrics["bruggeman"]["exponent"] < 5.0
+    with open(os.path.join(run_dir, "parity.png"), "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    log = open(os.path.join(run_dir, "training_log.csv")).read().splitlines()
+    assert len(log) == 3 and "val_loss" in log[0]
+
+
+def test_saved_model_loads_in_a_fresh_process_with_only_tensorflow(run_dir, data16, tmp_path):
+    from conductivity_tf import dataset
+
+    volumes = np.stack([s["volume"] for s in dataset.iterate(data16, "test", limit=4)]).astype("float32")
+    np.save(tmp_path / "volumes.npy", volumes)
+    code = textwrap.dedent('''
+        import sys, numpy as np, tensorflow as tf
+        assert "conductivity_tf" not in sys.modules
+        module = tf.saved_model.load(sys.argv[1])
+        out = module.signatures["serving_default"](volume=tf.constant(np.load(sys.argv[2])[..., None]))
+        np.save(sys.argv[3], out["relative_conductivity"].numpy())
+    ''')
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, os.path.join(run_dir, "saved_model"),
+                           str(tmp_path / "volumes.npy"), str(tmp_path / "out.npy")],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = np.load(tmp_path / "out.npy")
+    # the same volumes through the predict CLI, and through the Keras weights
+    for i, v in enumerate(volumes):
+        np.save(tmp_path / "v{}.npy".format(i), v.astype(np.uint8))
+    cli = run_module("conductivity_tf.predict", "--model", run_dir, "--json",
+                     *[tmp_path / "v{}.npy".format(i) for i in range(4)])
+    assert cli.returncode == 0, cli.stderr
+    rows = [json.loads(line) for line in cli.stdout.splitlines()]
+    np.testing.assert_allclose([r["relative_conductivity"] for r in rows], fresh, rtol=1e-5, atol=1e-6)
+    # physics bound: 0 <= prediction <= porosity
+    porosity = volumes.reshape(4, -1).mean(1)
+    assert np.all(fresh >= 0) and np.all(fresh <= porosity[:, None] + 1e-6)
+
+
+def test_evaluate_matches_the_training_metrics(run_dir, data16):
+    proc = run_module("conductivity_tf.evaluate", "--model", run_dir, "--data", data16, "--json")
+    assert proc.returncode == 0, proc.stderr
+    evaluated = json.loads(proc.stdout)["all"]
+    trained = json.load(open(os.path.join(run_dir, "metrics.json")))["test"]
+    assert evaluated["rmse"] == pytest.approx(trained["rmse"], rel=1e-5)
+
+
+def test_predict_refuses_a_volume_of_another_size(run_dir, tmp_path):
+    np.save(tmp_path / "big.npy", np.ones((20, 20, 20), np.uint8))
+    assert_one_line_error(run_module("conductivity_tf.predict", "--model", run_dir, tmp_path / "big.npy"),
+                          "16^3", "--tile 16")
+
+
+def test_dataset_of_another_size_than_the_model(data16, tmp_path):
+    proc = run_module("conductivity_tf.train", "data.path={}".format(data16), *TINY[:-4], "data.size=32",
+                      "--out", tmp_path / "r")
+    assert_one_line_error(proc, "16^3", "data.size=16")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_on_loopback_end_with_identical_weights(data16, tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": ["127.0.0.1:{}".format(p) for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, PYTHONPATH=ROOT,
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "conductivity_tf.train", "data.path={}".format(data16)] + TINY +
+            ["train.epochs=1", "--out", str(tmp_path / "w{}".format(index))],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "MultiWorkerMirroredStrategy, 2 replicas" in outputs[0][0]
+    import h5py
+
+    def layer_weights(path):   # the model's layers only (a training checkpoint also holds optimizer state)
+        values = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: values.__setitem__(name, obj[()])
+                         if isinstance(obj, h5py.Dataset) and name.startswith("layers/") else None)
+        return values
+
+    a = layer_weights(tmp_path / "w0" / "checkpoints" / "last.weights.h5")    # the chief's weights after training
+    b = layer_weights(tmp_path / "w1" / "worker-1" / "final.weights.h5")
+    assert sorted(a) == sorted(b) and len(a) > 4
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_model_builds_and_fits_under_keras_3(tmp_path):
+    code = textwrap.dedent('''
+        import os
+        os.environ["TF_USE_LEGACY_KERAS"] = "0"
+        import numpy as np, keras
+        assert keras.__version__.startswith("3"), keras.__version__
+        from conductivity_tf import config, model
+        cfg = config.load_config(overrides=["model.widths=[4,8]", "model.head_units=8", "model.norm=group",
+                                            "model.groups=4", "data.size=16"])
+        m = model.build_model(cfg.model, 16, 3, keras=keras)
+        x = (np.random.default_rng(0).random((16, 16, 16, 16, 1)) < 0.4).astype("float32")
+        y = np.random.default_rng(1).random((16, 3)).astype("float32") * 0.2
+        m.compile(optimizer="adam", loss="mse")
+        history = m.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        p = m.predict(x, verbose=0)
+        eps = x.reshape(16, -1).mean(1)
+        assert np.all(p >= 0) and np.all(p <= eps[:, None] + 1e-6)
+        assert np.isfinite(history.history["loss"]).all()
+        print("keras", keras.__version__, "ok")
+    ''')
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ok" in proc.stdout
