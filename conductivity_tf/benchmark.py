@@ -7,7 +7,9 @@ carry a description of the machine, so that CSVs from different machines can be 
 Suites:
   solver     our conduction solver against TauFactor (CPU) and PoreSpy ``tortuosity_fd`` (anchors from
              the ``bench`` extra; a missing anchor is skipped, saying so)
-  input, train, surrogate, compare   (not in this version yet)
+  input      augmented input batches against the default model's training step; dataset build speed with
+             1 and 2 worker processes
+  train, surrogate, compare   (not in this version yet)
 """
 
 import argparse
@@ -18,6 +20,8 @@ import platform
 import statistics
 import sys
 import time
+
+import numpy as np
 
 from conductivity_tf.errors import UserError, not_available, run_cli
 from conductivity_tf.fileio import atomic_path
@@ -189,6 +193,78 @@ def run_solver_suite(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# input suite
+
+
+def windows_throughput(step, samples_per_step, windows=7, steps_per_window=10, warmup=3):
+    """Median (min, max) samples/s over timed windows of ``steps_per_window`` calls to ``step``."""
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(steps_per_window):
+            step()
+        rates.append(samples_per_step * steps_per_window / (time.perf_counter() - t0))
+    return statistics.median(rates), min(rates), max(rates)
+
+
+def training_throughput(cfg, windows=5, steps_per_window=5):
+    """Samples/s of the configured model's training step on in-memory data (the input is not involved)."""
+    from conductivity_tf import strategies
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import build_model
+
+    size, outputs, batch = cfg.data.size, len(cfg.data.axes), cfg.train.batch_size
+    base = build_model(cfg.model, size, outputs)
+    model = strategies.for_training(base, cfg.hardware.gradient_accumulation, cfg.hardware.reduction)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    rng = np.random.default_rng(0)
+    x = tf.constant((rng.random((batch, size, size, size, 1)) < 0.5).astype("float32"))
+    y = tf.constant(rng.random((batch, outputs)).astype("float32") * 0.3)
+    return windows_throughput(lambda: model.train_on_batch(x, y), batch, windows, steps_per_window)
+
+
+def run_input_suite(args):
+    import tempfile
+
+    from conductivity_tf import config as config_lib
+    from conductivity_tf import dataset as dataset_lib
+
+    cfg = config_lib.load_config()
+    rows = []
+    batch = cfg.train.batch_size
+    ds = dataset_lib.make_dataset(cfg.data.path, "train", batch, axes=cfg.data.axes, augment=True, shuffle=True,
+                                  seed=0, repeat=True)
+    iterator = iter(ds)
+    median, low, high = windows_throughput(lambda: next(iterator), batch)
+    rows.append({"measure": "augmented input batches", "samples_per_s": median, "min": low, "max": high})
+    say("input pipeline: {:.0f} samples/s".format(median))
+    median_t, low_t, high_t = training_throughput(cfg)
+    rows.append({"measure": "default model training", "samples_per_s": median_t, "min": low_t, "max": high_t})
+    say("training: {:.0f} samples/s".format(median_t))
+    samples = 96 if args.quick else 256
+    build = {}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = dataset_lib.load_build_spec(samples=samples, size=32, seed=11)
+            t0 = time.perf_counter()
+            dataset_lib.run_build(spec, os.path.join(tmp, "ds"), workers=workers, progress=False)
+            build[workers] = samples / (time.perf_counter() - t0)
+        rows.append({"measure": "dataset build, {} worker(s), 32^3".format(workers), "samples_per_s": build[workers]})
+        say("build with {} worker(s): {:.1f} samples/s".format(workers, build[workers]))
+    columns = ["measure", "samples_per_s", "min", "max"]
+    print(markdown_table(rows, columns))
+    if args.csv:
+        write_csv(args.csv, rows, columns)
+    print()
+    print("input pipeline / training throughput: {:.1f}x (augmented {}^3 batches of {} against the default model's "
+          "training step)".format(median / median_t, cfg.data.size, batch))
+    print("dataset build, 2 workers / 1 worker: {:.2f}x".format(build[2] / build[1]))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # command line
 
 
@@ -214,6 +290,8 @@ def main(argv=None):
         raise UserError("--csv {} is a directory; give a file name such as results.csv".format(args.csv))
     if args.suite == "solver":
         return run_solver_suite(args)
+    if args.suite == "input":
+        return run_input_suite(args)
     return not_available("conductivity_tf.benchmark", "the '{}' suite".format(args.suite))
 
 
