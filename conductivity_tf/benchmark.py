@@ -9,7 +9,8 @@ Suites:
              the ``bench`` extra; a missing anchor is skipped, saying so)
   input      augmented input batches against the default model's training step; dataset build speed with
              1 and 2 worker processes
-  train, surrogate, compare   (not in this version yet)
+  surrogate  batched CNN inference against the solver on the same 64^3 volumes
+  train, compare   (not in this version yet)
 """
 
 import argparse
@@ -265,6 +266,73 @@ def run_input_suite(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# surrogate suite
+
+
+def run_surrogate_suite(args):
+    """Per-volume time of batched CNN inference (three axes) against the physics solver, same volumes."""
+    from conductivity_tf import config as config_lib
+    from conductivity_tf import microstructure, physics
+
+    size = args.size
+    families = [("blobs", dict(porosity=0.4, correlation_length=4)),
+                ("overlapping_spheres", dict(porosity=0.5, radius=5)),
+                ("fibres", dict(porosity=0.7, radius=2.5)),
+                ("graded", dict(porosity_start=0.6, porosity_end=0.3)),
+                ("packed_spheres", dict(porosity=0.7, radius=4))]
+    count = 8 if args.quick else 32
+    volumes = []
+    for i in range(count):
+        name, params = families[i % len(families)]
+        volumes.append(microstructure.generate(name, size, seed=i, **params))
+    physics.solve(microstructure.blobs(16, 0.5, 2, seed=0))     # compile outside the timing
+    solver_times = []
+    for v in volumes:
+        t0 = time.perf_counter()
+        physics.solve(v)
+        solver_times.append(time.perf_counter() - t0)
+    solver = statistics.median(solver_times)
+    say("solver: {:.3f} s per {}^3 volume (three axes)".format(solver, size))
+    batch = np.stack(volumes).astype("float32")
+    if args.model:
+        from conductivity_tf.predict import Predictor
+
+        predictor = Predictor(args.model)
+        if predictor.size != size:
+            raise UserError("--model takes {0}^3 volumes; run with --size {0}".format(predictor.size))
+
+        def infer():
+            return predictor(batch, batch_size=len(batch))
+        which = args.model
+    else:
+        from conductivity_tf.keras_compat import tf
+        from conductivity_tf.model import build_model
+
+        cfg = config_lib.load_config()
+        model = build_model(cfg.model, size, 3)
+        serve = tf.function(lambda x: model(x, training=False))
+        data = tf.constant(batch[..., None])
+
+        def infer():
+            return serve(data).numpy()
+        which = "default architecture (untrained weights: the time does not depend on them)"
+    median, low, high = windows_throughput(infer, len(batch), windows=5, steps_per_window=2, warmup=1)
+    cnn = 1.0 / median
+    rows = [{"method": "physics solver, 3 axes", "seconds_per_volume": solver, "min": min(solver_times),
+             "max": max(solver_times)},
+            {"method": "CNN, batches of {}".format(len(batch)), "seconds_per_volume": cnn, "min": 1.0 / high,
+             "max": 1.0 / low}]
+    print("model: {}".format(which))
+    print(markdown_table(rows, ["method", "seconds_per_volume", "min", "max"]))
+    if args.csv:
+        write_csv(args.csv, rows, ["method", "seconds_per_volume", "min", "max"])
+    print()
+    print("CNN inference is {:.0f}x faster per {}^3 volume than the solver (all three axes)".format(
+        solver / cnn, size))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # command line
 
 
@@ -277,6 +345,9 @@ def build_parser():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--quick", action="store_true", help="fewer and smaller cases (minutes)")
         p.add_argument("--csv", help="write the rows (with a machine description) to this CSV file")
+        if name == "surrogate":
+            p.add_argument("--model", help="a run directory to time (default: the default architecture)")
+            p.add_argument("--size", type=int, default=64, help="volume edge (default 64)")
     return parser
 
 
@@ -292,6 +363,8 @@ def main(argv=None):
         return run_solver_suite(args)
     if args.suite == "input":
         return run_input_suite(args)
+    if args.suite == "surrogate":
+        return run_surrogate_suite(args)
     return not_available("conductivity_tf.benchmark", "the '{}' suite".format(args.suite))
 
 

@@ -30,6 +30,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 import sys
@@ -384,11 +385,15 @@ def completed_shard(out, name):
 
 
 def _label_stats(samples):
-    sigma = np.array([s["relative_conductivity"] for s in samples], float)
-    return {"count": len(samples), "sigma_sum": sigma.sum(0).tolist(), "sigma_sq": (sigma ** 2).sum(0).tolist(),
-            "sigma_min": sigma.min(0).tolist(), "sigma_max": sigma.max(0).tolist(),
-            "porosity_sum": float(sum(s["porosity"] for s in samples)),
-            "percolating": int(sum(1 for s in samples if s["relative_conductivity"][0] > 0)),
+    """Per-shard label sums. ``math.fsum`` is exactly rounded: numpy's SIMD sums can differ in the last bit
+    with the memory alignment of the array, and the manifest must be the same bytes on every build."""
+    sigma = [s["relative_conductivity"] for s in samples]
+    columns = list(zip(*sigma))
+    return {"count": len(samples), "sigma_sum": [math.fsum(c) for c in columns],
+            "sigma_sq": [math.fsum(v * v for v in c) for c in columns],
+            "sigma_min": [min(c) for c in columns], "sigma_max": [max(c) for c in columns],
+            "porosity_sum": math.fsum(s["porosity"] for s in samples),
+            "percolating": sum(1 for s in samples if s["relative_conductivity"][0] > 0),
             "families": {f: sum(1 for s in samples if s["family"] == f)
                          for f in sorted({s["family"] for s in samples})}}
 
@@ -471,20 +476,20 @@ def _combine_stats(records):
     count = sum(r["stats"]["count"] for r in records)
     if not count:
         return {}
-    s = np.sum([r["stats"]["sigma_sum"] for r in records], 0)
-    sq = np.sum([r["stats"]["sigma_sq"] for r in records], 0)
-    mean = s / count
+    stats = [r["stats"] for r in records]
+    mean = [math.fsum(st["sigma_sum"][a] for st in stats) / count for a in range(3)]
+    square = [math.fsum(st["sigma_sq"][a] for st in stats) / count for a in range(3)]
     families = {}
-    for r in records:
-        for f, c in r["stats"]["families"].items():
+    for st in stats:
+        for f, c in st["families"].items():
             families[f] = families.get(f, 0) + c
     return {
-        "relative_conductivity_mean": mean.tolist(),
-        "relative_conductivity_std": np.sqrt(np.maximum(sq / count - mean ** 2, 0)).tolist(),
-        "relative_conductivity_min": np.min([r["stats"]["sigma_min"] for r in records], 0).tolist(),
-        "relative_conductivity_max": np.max([r["stats"]["sigma_max"] for r in records], 0).tolist(),
-        "porosity_mean": sum(r["stats"]["porosity_sum"] for r in records) / count,
-        "percolating_fraction": sum(r["stats"]["percolating"] for r in records) / count,
+        "relative_conductivity_mean": mean,
+        "relative_conductivity_std": [math.sqrt(max(sq - m * m, 0.0)) for sq, m in zip(square, mean)],
+        "relative_conductivity_min": [min(st["sigma_min"][a] for st in stats) for a in range(3)],
+        "relative_conductivity_max": [max(st["sigma_max"][a] for st in stats) for a in range(3)],
+        "porosity_mean": math.fsum(st["porosity_sum"] for st in stats) / count,
+        "percolating_fraction": sum(st["percolating"] for st in stats) / count,
         "families": dict(sorted(families.items())),
     }
 
