@@ -283,6 +283,26 @@ def export(base, out):
     base.save_weights(os.path.join(out, "model.weights.h5"))
 
 
+def print_plan(cfg):
+    """``--plan-only``: the IPU pipeline plan as a table; a violated IPU rule is one line and exit status 2."""
+    from conductivity_tf import pipeline_plan
+    from conductivity_tf.dataset import load_manifest
+
+    if cfg.hardware.kind != "ipu":
+        raise UserError("--plan-only plans IPU pipelines; add hardware.kind=ipu (with hardware.ipus, "
+                        "hardware.pipeline_stages, hardware.gradient_accumulation)")
+    try:
+        manifest = load_manifest(cfg.data.path)
+        train_samples = manifest["counts"]["train"] if manifest["sample_size"] == cfg.data.size else None
+    except UserError:
+        train_samples = None  # planning needs no dataset; the epoch check is then skipped
+    plan = pipeline_plan.make_plan(cfg, train_samples=train_samples)
+    if plan.violations:
+        raise UserError(plan.violations[0])
+    print(pipeline_plan.format_plan(plan))
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cfg = resolve(args)
@@ -290,9 +310,7 @@ def main(argv=None):
         print(config_lib.config_to_yaml(cfg), end="")
         return 0
     if args.plan_only:
-        from conductivity_tf.errors import not_available
-
-        return not_available("conductivity_tf.train", "the IPU pipeline plan (--plan-only)")
+        return print_plan(cfg)
     train(cfg)
     return 0
 

@@ -1,0 +1,106 @@
+"""The IPU pipeline plan: costs, balanced stages, IPU rules — on any machine."""
+
+import itertools
+
+import pytest
+
+from conductivity_tf import config as C
+from conductivity_tf import pipeline_plan as PP
+from conductivity_tf.errors import UserError
+from tests.conftest import assert_one_line_error, run_module
+
+IPU = ["hardware.kind=ipu", "data.size=64", "model.norm=group"]
+
+
+def plan_for(*overrides):
+    return PP.make_plan(C.load_config(overrides=IPU + list(overrides)))
+
+
+def test_default_model_on_4_ipus_with_2_stages_fits_and_is_optimally_balanced():
+    plan = plan_for("hardware.ipus=4", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8")
+    assert plan.violations == []
+    assert (plan.ipus_per_replica, plan.replicas, plan.micro_batch, plan.global_batch) == (2, 2, 2, 32)
+    assert all(s.memory_mb <= plan.budget_mb for s in plan.stages)
+    costs = PP.layer_costs(__import__("conductivity_tf.model", fromlist=["build_model"]).build_model(
+        C.load_config(overrides=IPU).model, 64, 3))
+    # the stages are the model's layers, in order, each once
+    assert [c.name for s in plan.stages for c in s.layers] == [c.name for c in costs]
+    # no other contiguous split has a smaller largest stage
+    best = min(max(sum(c.flops for c in costs[:k]), sum(c.flops for c in costs[k:])) for k in range(1, len(costs)))
+    assert max(sum(c.flops for c in s.layers) for s in plan.stages) == best
+
+
+def test_four_stages_balance_by_brute_force():
+    plan = plan_for("hardware.ipus=4", "hardware.pipeline_stages=4", "hardware.gradient_accumulation=8",
+                    "model.widths=[8,16,32,64]")
+    layers = [c for s in plan.stages for c in s.layers]
+    n = len(layers)
+
+    def worst(cuts):
+        bounds = [0] + list(cuts) + [n]
+        return max(sum(c.flops for c in layers[a:b]) for a, b in zip(bounds, bounds[1:]))
+
+    best = min(worst(cuts) for cuts in itertools.combinations(range(1, n), 3))
+    assert max(sum(c.flops for c in s.layers) for s in plan.stages) == best
+    assert plan.ipus_per_replica == 4 and plan.replicas == 1
+
+
+def test_conv_flops_match_the_textbook_count():
+    from conductivity_tf.model import build_model
+
+    costs = {c.name: c for c in PP.layer_costs(build_model(C.load_config(overrides=IPU).model, 64, 3))}
+    # 3x3x3 kernel, 1 input channel, 16 filters, 64^3 outputs
+    assert costs["level0_conv0"].flops == 2 * 27 * 1 * 16 * 64 ** 3
+    assert costs["level0_conv0"].params == 27 * 16
+    assert costs["level1_conv0"].activation_values == 32 ** 3 * 32
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["hardware.ipus=2", "hardware.pipeline_stages=3", "hardware.gradient_accumulation=8"], "needs at least 3 IPUs"),
+    (["hardware.ipus=4", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=2"], ">= 2 x stages = 4"),
+    (["hardware.ipus=4", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=4",
+      "hardware.schedule=interleaved", "hardware.pipeline_stages=3", "train.batch_size=24"], "multiple of the 3"),
+    (["hardware.ipus=6", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8",
+      "hardware.replicas=4"], "need 8 IPUs"),
+    (["hardware.ipus=2", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8",
+      "hardware.ipu_memory_mb=250"], "stage 0 needs about"),
+])
+def test_ipu_rules_are_violations_with_a_fix(overrides, fragment):
+    plan = plan_for(*overrides)
+    assert any(fragment in v for v in plan.violations), plan.violations
+
+
+def test_three_stages_take_four_ipus_per_replica():
+    plan = plan_for("hardware.ipus=8", "hardware.pipeline_stages=3", "hardware.gradient_accumulation=8",
+                    "train.batch_size=16")
+    assert (plan.ipus_per_replica, plan.replicas, plan.violations) == (4, 2, [])
+
+
+def test_recomputation_lowers_the_first_stage_memory():
+    plain = plan_for("hardware.ipus=2", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8")
+    recomputed = plan_for("hardware.ipus=2", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8",
+                          "hardware.recomputation=true")
+    assert recomputed.stages[0].activation_mb < plain.stages[0].activation_mb
+
+
+def test_user_split_points():
+    plan = plan_for("hardware.ipus=2", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8",
+                    "hardware.split_points=[level2_conv0]")
+    assert plan.stages[1].layers[0].name == "level2_conv0"
+    assert plan.balance > 1.0
+    with pytest.raises(UserError, match="not a layer of the model"):
+        plan_for("hardware.ipus=2", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8",
+                 "hardware.split_points=[nope]")
+
+
+def test_plan_only_cli():
+    ok = run_module("conductivity_tf.train", *IPU, "hardware.ipus=4", "hardware.pipeline_stages=2",
+                    "hardware.gradient_accumulation=8", "--plan-only")
+    assert ok.returncode == 0, ok.stderr
+    assert "| 0 | 0 |" in ok.stdout and "| 1 | 1 |" in ok.stdout and "budget" in ok.stdout
+    assert_one_line_error(run_module("conductivity_tf.train", *IPU, "hardware.ipus=2", "hardware.pipeline_stages=3",
+                                     "hardware.gradient_accumulation=8", "--plan-only"), "at least 3 IPUs")
+    assert_one_line_error(run_module("conductivity_tf.train", *IPU, "hardware.ipus=4", "hardware.pipeline_stages=2",
+                                     "hardware.gradient_accumulation=8", "hardware.steps_per_execution=12",
+                                     "--plan-only"), "steps_per_execution=12 is not divisible")
+    assert_one_line_error(run_module("conductivity_tf.train", "--plan-only"), "hardware.kind=ipu")
