@@ -19,11 +19,10 @@ is solved directly.
 """
 
 import numpy as np
-import scipy.linalg
 from numba import njit, prange
 
 COARSE_SCALE = 0.5
-COARSEST_CELLS = 512
+COARSEST_CELLS = 256
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -309,19 +308,58 @@ class _Level(object):
         self.r = np.zeros_like(self.diag)
 
 
+@njit(cache=True)
+def _cholesky(a):
+    """Lower Cholesky factor of a small SPD matrix (in numba: no BLAS, so bitwise reproducible)."""
+    n = a.shape[0]
+    lower = np.zeros_like(a)
+    for j in range(n):
+        s = a[j, j]
+        for k in range(j):
+            s -= lower[j, k] * lower[j, k]
+        d = np.sqrt(s)
+        lower[j, j] = d
+        for i in range(j + 1, n):
+            s = a[i, j]
+            for k in range(j):
+                s -= lower[i, k] * lower[j, k]
+            lower[i, j] = s / d
+    return lower
+
+
+@njit(cache=True)
+def _cholesky_solve(lower, index, b, x):
+    """x[index] = (L L^T)^-1 b[index]; x is zero elsewhere."""
+    n = lower.shape[0]
+    y = np.zeros(n)
+    for i in range(n):
+        s = b[index[i, 0], index[i, 1], index[i, 2]]
+        for k in range(i):
+            s -= lower[i, k] * y[k]
+        y[i] = s / lower[i, i]
+    for i in range(n - 1, -1, -1):
+        s = y[i]
+        for k in range(i + 1, n):
+            s -= lower[k, i] * y[k]
+        y[i] = s / lower[i, i]
+    x[...] = 0.0
+    for i in range(n):
+        x[index[i, 0], index[i, 1], index[i, 2]] = y[i]
+
+
 class _CoarsestSolver(object):
-    """Dense Cholesky on the few active cells of the coarsest grid."""
+    """Direct solve (Cholesky) on the few active cells of the coarsest grid."""
 
     def __init__(self, level):
         a, self.index = _dense_operator(*(x.astype(np.float64) for x in (level.diag, level.cx, level.cy, level.cz)))
         self.n = len(self.index)
-        if self.n:
-            self.factor = scipy.linalg.cho_factor(a)
+        self.lower = _cholesky(a) if self.n else None
 
     def solve(self, b, x):
-        x[...] = 0.0
         if self.n:
-            x[tuple(self.index.T)] = scipy.linalg.cho_solve(self.factor, b[tuple(self.index.T)])
+            _cholesky_solve(self.lower, self.index, b, x)
+        else:
+            x[...] = 0.0
 
 
 class MultigridPCG(object):

@@ -385,14 +385,15 @@ def completed_shard(out, name):
 
 
 def _label_stats(samples):
-    """Per-shard label sums. ``math.fsum`` is exactly rounded: numpy's SIMD sums can differ in the last bit
-    with the memory alignment of the array, and the manifest must be the same bytes on every build."""
-    sigma = [s["relative_conductivity"] for s in samples]
+    """Per-shard label sums over the values as stored (float32), exactly rounded (``math.fsum``): numpy's
+    SIMD sums can differ in the last bit with memory alignment, and the manifest must be the same bytes on
+    every build."""
+    sigma = [np.float32(s["relative_conductivity"]).tolist() for s in samples]
     columns = list(zip(*sigma))
     return {"count": len(samples), "sigma_sum": [math.fsum(c) for c in columns],
             "sigma_sq": [math.fsum(v * v for v in c) for c in columns],
             "sigma_min": [min(c) for c in columns], "sigma_max": [max(c) for c in columns],
-            "porosity_sum": math.fsum(s["porosity"] for s in samples),
+            "porosity_sum": math.fsum(float(np.float32(s["porosity"])) for s in samples),
             "percolating": sum(1 for s in samples if s["relative_conductivity"][0] > 0),
             "families": {f: sum(1 for s in samples if s["family"] == f)
                          for f in sorted({s["family"] for s in samples})}}
