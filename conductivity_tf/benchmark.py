@@ -310,7 +310,10 @@ def run_surrogate_suite(args):
 
         cfg = config_lib.load_config()
         model = build_model(cfg.model, size, 3)
-        serve = tf.function(lambda x: model(x, training=False))
+        @tf.function
+        def serve(x):
+            return model(x, training=False)
+
         data = tf.constant(batch[..., None])
 
         def infer():
