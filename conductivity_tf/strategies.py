@@ -61,13 +61,14 @@ def _multi_worker():
     return len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1
 
 
-def make_strategy(hardware_cfg):
-    """Choose and create the strategy for ``hardware_cfg`` (a ``config.HardwareConfig``)."""
+def make_strategy(hardware_cfg, cfg=None):
+    """Choose and create the strategy for ``hardware_cfg`` (a ``config.HardwareConfig``); IPUs also need the
+    whole configuration ``cfg`` (the pipeline plan depends on the model and the batch)."""
     kind = hardware_cfg.kind
     if kind == "ipu":
         from conductivity_tf import ipu
 
-        return ipu.make_strategy(hardware_cfg)
+        return ipu.make_strategy(hardware_cfg, cfg)
     from conductivity_tf.keras_compat import tf
 
     gpus = tf.config.list_physical_devices("GPU")

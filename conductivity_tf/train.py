@@ -152,37 +152,56 @@ def train(cfg):
     keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    hardware = strategies.make_strategy(cfg.hardware)
+    hardware = strategies.make_strategy(cfg.hardware, cfg)
+    on_ipu = hardware.kind == "ipu"
     batch = config_lib.batch_arithmetic(cfg.train.batch_size, hardware.replicas, cfg.hardware.gradient_accumulation)
     policy = precision_policy(cfg.train.precision, hardware.kind)
     keras.mixed_precision.set_global_policy(policy)
 
     counts = manifest["counts"]
-    steps_per_epoch = counts["train"] // batch.global_batch
-    validation_steps = counts["validation"] // batch.global_batch
+    # on IPUs a step is one micro-batch per replica and the SDK accumulates; elsewhere a step is a global batch
+    step_batch = batch.micro_batch * batch.replicas if on_ipu else batch.global_batch
+    dataset_batch = batch.micro_batch if on_ipu else batch.global_batch
+    steps_per_epoch = counts["train"] // step_batch
+    validation_steps = counts["validation"] // step_batch
     if steps_per_epoch < 1:
         raise UserError("the training split has {} samples, fewer than one batch of train.batch_size={}; use a "
                         "smaller batch".format(counts["train"], batch.global_batch))
-    spe = cfg.hardware.steps_per_execution or 1
-    if steps_per_epoch % spe:
-        steps_per_epoch -= steps_per_epoch % spe
+    spe = hardware.plan.steps_per_execution if on_ipu else (cfg.hardware.steps_per_execution or 1)
+    steps_per_epoch -= steps_per_epoch % spe
+    validation_steps -= validation_steps % spe
+    if steps_per_epoch < 1:
+        raise UserError("an epoch of {} samples is shorter than hardware.steps_per_execution={} steps; lower "
+                        "it".format(counts["train"], spe))
     axes = list(cfg.data.axes)
-    train_ds = dataset_lib.make_dataset(manifest["path"], "train", batch.global_batch, axes=axes,
+    input_context = None
+    if on_ipu and hardware.description.startswith("PopDist"):
+        import popdist
+
+        input_context = tf.distribute.InputContext(popdist.getNumInstances(), popdist.getInstanceIndex(), 1)
+    train_ds = dataset_lib.make_dataset(manifest["path"], "train", dataset_batch, axes=axes,
                                         augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed, repeat=True,
-                                        cache=True)
+                                        cache=True, input_context=input_context)
     val_ds = None
     if validation_steps:
-        val_ds = dataset_lib.make_dataset(manifest["path"], "validation", batch.global_batch, axes=axes,
-                                          repeat=True, cache=True)
+        val_ds = dataset_lib.make_dataset(manifest["path"], "validation", dataset_batch, axes=axes,
+                                          repeat=True, cache=True, input_context=input_context)
 
     with hardware.strategy.scope():
         base = build_model(cfg.model, cfg.data.size, len(axes))
-        model = strategies.for_training(base, cfg.hardware.gradient_accumulation, cfg.hardware.reduction)
         total_steps = steps_per_epoch * cfg.train.epochs
         lr = warmup_cosine(keras, cfg.train.learning_rate, total_steps,
                            int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.schedule)
-        optimizer = (keras.optimizers.Adam(lr) if cfg.train.optimizer == "adam"
-                     else keras.optimizers.SGD(lr, momentum=0.9))
+        if on_ipu:  # the SDK pipelines and accumulates; overriding train_step is not allowed there
+            from conductivity_tf import ipu
+
+            ipu.configure_model(base, hardware.plan, cfg, ipu.import_sdk())
+            model = base
+            optimizer = ipu.optimizer(cfg, lr, keras)
+        else:
+            model = strategies.for_training(base, cfg.hardware.gradient_accumulation, cfg.hardware.reduction)
+            optimizer = (keras.optimizers.Adam(lr) if cfg.train.optimizer == "adam"
+                         else keras.optimizers.SGD(lr, momentum=0.9))
         loss = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber(0.02)}[cfg.train.loss]
         model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=spe,
                       jit_compile=cfg.train.xla)
@@ -195,8 +214,8 @@ def train(cfg):
     checkpoints = os.path.join(out, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     monitor = "val_loss" if val_ds is not None else "loss"
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
+    callbacks = [] if on_ipu else [keras.callbacks.BackupAndRestore(os.path.join(out, "backup"))]
+    callbacks += [
         keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor=monitor,
                                         save_best_only=True, save_weights_only=True),
         keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), save_weights_only=True),
