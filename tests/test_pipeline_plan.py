@@ -104,3 +104,9 @@ def test_plan_only_cli():
                                      "hardware.gradient_accumulation=8", "hardware.steps_per_execution=12",
                                      "--plan-only"), "steps_per_execution=12 is not divisible")
     assert_one_line_error(run_module("conductivity_tf.train", "--plan-only"), "hardware.kind=ipu")
+
+
+@pytest.mark.parametrize("preset", [p for p in C.list_presets() if C.load_config(p).hardware.kind == "ipu"])
+def test_shipped_ipu_presets_pass_their_plan(preset):
+    plan = PP.make_plan(C.load_config(preset))
+    assert plan.violations == [] and all(s.memory_mb <= plan.budget_mb for s in plan.stages)
