@@ -69,17 +69,3 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
     sigma = layers.Multiply(name="relative_conductivity", dtype="float32")([fraction, porosity])
     return keras.Model(inputs, sigma, name=name)
 
-
-def forward_flops(model):
-    """Forward multiply-adds x 2 per sample for the Conv3D and Dense layers (the rest is negligible)."""
-    total = 0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "Conv3D":
-            out = layer.output.shape[1:]
-            k = layer.kernel_size
-            cin = layer.input.shape[-1]
-            total += 2 * k[0] * k[1] * k[2] * cin * int(out[0]) * int(out[1]) * int(out[2]) * int(out[3])
-        elif kind == "Dense":
-            total += 2 * int(layer.input.shape[-1]) * layer.units
-    return total

@@ -50,15 +50,23 @@ def _configure_logical_cpus(tf, count):
                         "set it before anything else runs".format(count))
 
 
-def _multi_worker():
+def _tf_config():
+    """TF_CONFIG as a dict ({} when unset)."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        return False
+        return {}
     try:
-        cluster = json.loads(raw).get("cluster", {})
+        return json.loads(raw)
     except ValueError:
         raise UserError("TF_CONFIG is not valid JSON; see tf.distribute.MultiWorkerMirroredStrategy's documentation")
-    return len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1
+
+
+def _worker_index(tf_config):
+    """This process's index among all workers, the chief (if any) first."""
+    task = tf_config.get("task", {})
+    if task.get("type") == "chief":
+        return 0
+    return int(task.get("index", 0)) + (1 if "chief" in tf_config.get("cluster", {}) else 0)
 
 
 def make_strategy(hardware_cfg, cfg=None):
@@ -78,10 +86,10 @@ def make_strategy(hardware_cfg, cfg=None):
         raise UserError("hardware.kind=gpu but TensorFlow sees no GPU; use hardware.kind=cpu (or auto), or install "
                         "the [gpu] extra and check nvidia-smi")
     worker = 0
-    if _multi_worker():
-        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
-        worker = 0 if task.get("type") == "chief" else int(task.get("index", 0)) + (
-            1 if "chief" in json.loads(os.environ["TF_CONFIG"]).get("cluster", {}) else 0)
+    tf_config = _tf_config()
+    cluster = tf_config.get("cluster", {})
+    if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
+        worker = _worker_index(tf_config)
         communication = tf.distribute.experimental.CommunicationImplementation
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=tf.distribute.experimental.
                                                              CommunicationOptions(implementation=communication.AUTO))

@@ -138,7 +138,8 @@ def train(cfg):
     from conductivity_tf import strategies
     from conductivity_tf.fileio import check_writable_dir
     from conductivity_tf.keras_compat import keras, tf
-    from conductivity_tf.model import build_model, forward_flops
+    from conductivity_tf.model import build_model
+    from conductivity_tf.pipeline_plan import layer_costs
 
     out = cfg.train.out_dir
     check_writable_dir(out, "run directory")
@@ -206,10 +207,11 @@ def train(cfg):
         model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=spe,
                       jit_compile=cfg.train.xla)
 
+    gflops = sum(c.flops for c in layer_costs(base)) / 1e9
     print("conductivity_tf.train: {} | {} replica(s) | global batch {} = micro-batch {} x accumulation {} x "
           "replicas {} | {} | {:.2f} GFLOP/sample forward | {} train, {} validation samples".format(
               hardware.description, hardware.replicas, batch.global_batch, batch.micro_batch, batch.accumulation,
-              batch.replicas, policy, forward_flops(base) / 1e9, counts["train"], counts["validation"]), flush=True)
+              batch.replicas, policy, gflops, counts["train"], counts["validation"]), flush=True)
 
     checkpoints = os.path.join(out, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
