@@ -275,3 +275,70 @@ def format_plan(plan):
     lines += ["note: " + n for n in plan.notes]
     lines += ["violation: " + v for v in plan.violations]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU pipeline reference
+
+
+def _run_layers(layers, values, training):
+    """Call each layer on the outputs of the layers feeding it (each layer of the model is called once)."""
+    for layer in layers:
+        inbound = layer._inbound_nodes[0].inbound_layers
+        if isinstance(inbound, (list, tuple)):
+            args = [values[source.name] for source in inbound]
+        else:
+            args = values[inbound.name]
+        values[layer.name] = layer(args, training=training)
+    return values
+
+
+class CpuPipeline(object):
+    """The plan's stages on separate CPU devices, fed micro-batch by micro-batch, gradients accumulated.
+
+    This is how a pipeline configuration is checked without IPUs: stage s runs on ``devices[s]``; a step
+    takes the global batch, splits it into ``accumulation`` micro-batches, sends each through the stages in
+    order (the grouped schedule's order of work per micro-batch), adds the gradients and applies them once
+    ('sum' adds, 'mean' and 'running_mean' divide by the number of micro-batches, as on IPUs).
+    """
+
+    def __init__(self, model, plan, devices, loss, optimizer, reduction="mean"):
+        if len(devices) < len(plan.stages):
+            raise UserError("the CPU pipeline needs {} devices for {} stages".format(len(plan.stages), len(devices)))
+        self.model, self.plan, self.devices = model, plan, devices
+        self.loss, self.optimizer, self.reduction = loss, optimizer, reduction
+        by_name = {layer.name: layer for layer in model.layers}
+        self.stage_layers = [[by_name[c.name] for c in stage.layers] for stage in plan.stages]
+        self.input_name = [layer.name for layer in model.layers if type(layer).__name__ == "InputLayer"][0]
+        self.output_name = model.layers[-1].name
+
+    def forward(self, x, training=True):
+        from conductivity_tf.keras_compat import tf
+
+        values = {self.input_name: x}
+        for device, layers in zip(self.devices, self.stage_layers):
+            with tf.device(device):
+                _run_layers(layers, values, training)
+        return values[self.output_name]
+
+    def gradients(self, x, y):
+        """(accumulated gradients, mean loss) for one global batch."""
+        from conductivity_tf.keras_compat import tf
+
+        k = self.plan.accumulation
+        variables = self.model.trainable_variables
+        total, losses = None, []
+        for xi, yi in zip(tf.split(x, k), tf.split(y, k)):
+            with tf.GradientTape() as tape:
+                loss = self.loss(yi, self.forward(xi))
+            grads = tape.gradient(loss, variables)
+            total = grads if total is None else [a + b for a, b in zip(total, grads)]
+            losses.append(loss)
+        if self.reduction != "sum":
+            total = [g / float(k) for g in total]
+        return total, float(tf.reduce_mean(losses))
+
+    def train_step(self, x, y):
+        grads, loss = self.gradients(x, y)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss

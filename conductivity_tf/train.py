@@ -50,6 +50,9 @@ def build_parser():
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("--plan-only", action="store_true",
                         help="with hardware.kind=ipu: print the pipeline plan and exit (any machine)")
+    parser.add_argument("--check-on-cpu", action="store_true",
+                        help="with --plan-only: run one batch through the plan's stages on CPU devices and compare "
+                             "the accumulated gradients with unpipelined training")
     return parser
 
 
@@ -304,7 +307,7 @@ def export(base, out):
     base.save_weights(os.path.join(out, "model.weights.h5"))
 
 
-def print_plan(cfg):
+def print_plan(cfg, check_on_cpu=False):
     """``--plan-only``: the IPU pipeline plan as a table; a violated IPU rule is one line and exit status 2."""
     from conductivity_tf import pipeline_plan
     from conductivity_tf.dataset import load_manifest
@@ -317,11 +320,54 @@ def print_plan(cfg):
         train_samples = manifest["counts"]["train"] if manifest["sample_size"] == cfg.data.size else None
     except UserError:
         train_samples = None  # planning needs no dataset; the epoch check is then skipped
+    if check_on_cpu:
+        from conductivity_tf.keras_compat import tf
+        from conductivity_tf.strategies import _configure_logical_cpus
+
+        _configure_logical_cpus(tf, cfg.hardware.pipeline_stages)
     plan = pipeline_plan.make_plan(cfg, train_samples=train_samples)
     if plan.violations:
         raise UserError(plan.violations[0])
     print(pipeline_plan.format_plan(plan))
+    if check_on_cpu:
+        check_pipeline_on_cpu(cfg, plan)
     return 0
+
+
+def check_pipeline_on_cpu(cfg, plan):
+    """One global batch through the CPU pipeline reference against unpipelined gradients."""
+    from conductivity_tf import dataset as dataset_lib
+    from conductivity_tf import pipeline_plan
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import build_model
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
+    plan = pipeline_plan.make_plan(cfg, model)
+    try:
+        x, y = next(iter(dataset_lib.make_dataset(cfg.data.path, "train", plan.global_batch, axes=cfg.data.axes)))
+        source = "a batch of {}".format(cfg.data.path)
+    except UserError:
+        rng = np.random.default_rng(cfg.train.seed)
+        x = tf.constant((rng.random((plan.global_batch,) + (cfg.data.size,) * 3 + (1,)) < 0.5).astype("float32"))
+        y = tf.constant(rng.random((plan.global_batch, len(cfg.data.axes))).astype("float32") * 0.3)
+        source = "random volumes (no dataset of this size at data.path)"
+    loss = keras.losses.MeanSquaredError()
+    devices = ["/cpu:{}".format(i) for i in range(len(plan.stages))]
+    piped, piped_loss = pipeline_plan.CpuPipeline(model, plan, devices, loss, None, cfg.hardware.reduction).gradients(
+        x[: plan.micro_batch * plan.accumulation], y[: plan.micro_batch * plan.accumulation])
+    with tf.GradientTape() as tape:
+        full_loss = loss(y[: plan.micro_batch * plan.accumulation], model(x[: plan.micro_batch * plan.accumulation],
+                                                                          training=True))
+    full = tape.gradient(full_loss, model.trainable_variables)
+    if cfg.hardware.reduction == "sum":
+        full = [g * plan.accumulation for g in full]
+    # relative L2 norm over all gradients together
+    error = float(tf.linalg.global_norm([a - b for a, b in zip(piped, full)]) / tf.linalg.global_norm(full))
+    print("CPU pipeline check ({} stages on {}, {} micro-batches of {} from {}): loss {:.6g} vs {:.6g} unpipelined, "
+          "relative gradient difference (L2 over all weights) {:.2e}".format(
+              len(plan.stages), ", ".join(devices), plan.accumulation, plan.micro_batch, source, piped_loss,
+              float(full_loss), error))
 
 
 def main(argv=None):
@@ -330,8 +376,10 @@ def main(argv=None):
     if args.print_config:
         print(config_lib.config_to_yaml(cfg), end="")
         return 0
+    if args.check_on_cpu and not args.plan_only:
+        raise UserError("--check-on-cpu goes with --plan-only")
     if args.plan_only:
-        return print_plan(cfg)
+        return print_plan(cfg, args.check_on_cpu)
     train(cfg)
     return 0
 

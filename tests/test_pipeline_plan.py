@@ -2,6 +2,7 @@
 
 import itertools
 
+import numpy as np
 import pytest
 
 from conductivity_tf import config as C
@@ -110,3 +111,81 @@ def test_plan_only_cli():
 def test_shipped_ipu_presets_pass_their_plan(preset):
     plan = PP.make_plan(C.load_config(preset))
     assert plan.violations == [] and all(s.memory_mb <= plan.budget_mb for s in plan.stages)
+
+
+PIPELINE_SCRIPT = '''
+import json, sys
+import numpy as np
+from conductivity_tf.keras_compat import tf, keras
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 4)
+from conductivity_tf import config as C, pipeline_plan as PP
+from conductivity_tf.model import build_model
+
+stages = int(sys.argv[1])
+cfg = C.load_config(overrides=["hardware.kind=ipu", "data.size=16", "model.norm=none", "model.widths=[4,8,16,32]",
+                               "model.head_units=8", "hardware.ipus={}".format(stages),
+                               "hardware.pipeline_stages={}".format(stages), "hardware.schedule=grouped",
+                               "hardware.gradient_accumulation=8", "train.batch_size=16"])
+rng = np.random.default_rng(1)
+x = tf.constant((rng.random((16, 16, 16, 16, 1)) < 0.5).astype("float32"))
+y = tf.constant(rng.random((16, 3)).astype("float32") * 0.3)
+loss = keras.losses.MeanSquaredError()
+
+
+def fresh():
+    keras.utils.set_random_seed(0)
+    return build_model(cfg.model, 16, 3)
+
+
+model = fresh()
+plan = PP.make_plan(cfg, model)
+assert not plan.violations, plan.violations
+pipe = PP.CpuPipeline(model, plan, ["/cpu:{}".format(i) for i in range(stages)], loss, keras.optimizers.SGD(0.5))
+piped, _ = pipe.gradients(x, y)
+with tf.GradientTape() as tape:
+    full_loss = loss(y, model(x, training=True))
+full = tape.gradient(full_loss, model.trainable_variables)
+grad_error = max(float(tf.reduce_max(tf.abs(a - b)) / tf.reduce_max(tf.abs(b))) for a, b in zip(piped, full))
+curve_pipe = [pipe.train_step(x, y) for _ in range(3)]
+reference = fresh()
+optimizer = keras.optimizers.SGD(0.5)
+curve_full = []
+for _ in range(3):
+    with tf.GradientTape() as tape:
+        value = loss(y, reference(x, training=True))
+    optimizer.apply_gradients(zip(tape.gradient(value, reference.trainable_variables), reference.trainable_variables))
+    curve_full.append(float(value))
+print(json.dumps({"grad_error": grad_error, "pipe": curve_pipe, "full": curve_full,
+                  "layers_per_stage": [len(s.layers) for s in plan.stages]}))
+'''
+
+
+@pytest.mark.parametrize("stages", [2, 4])
+def test_cpu_pipeline_reference_matches_unpipelined_training(stages):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(stages)], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(result["layers_per_stage"]) == stages
+    assert result["grad_error"] <= 1e-5
+    np.testing.assert_allclose(result["pipe"], result["full"], rtol=1e-5)
+    assert result["full"][2] < result["full"][0]      # the curve is a real descent, not a constant
+
+
+def test_check_on_cpu_from_the_command_line():
+    import re
+
+    proc = run_module("conductivity_tf.train", "hardware.kind=ipu", "hardware.ipus=2", "hardware.pipeline_stages=2",
+                      "hardware.gradient_accumulation=8", "model.norm=none", "--plan-only", "--check-on-cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("CPU pipeline check")][0]
+    assert "/cpu:0, /cpu:1" in line and "data/small32" in line
+    assert float(re.search(r"all weights\) ([0-9.e+-]+)", line).group(1)) < 1e-5
