@@ -449,7 +449,9 @@ def run_build(spec, out, workers=1, shard=None, progress=True):
     todo = [s for s in shards if done[s[0]] is None]
     total = sum(len(idx) for _, _, idx in todo)
     if todo:
-        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+        # fork is fast, but forking a process whose TensorFlow threads are running can deadlock the child
+        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" or "tensorflow" in sys.modules
+                                          else "fork")
         order = [i for _, _, idx in todo for i in idx]
         with ctx.Pool(max(1, workers), initializer=_worker_init, initargs=(spec,)) as pool, \
                 tqdm(total=total, desc="labelling samples", unit="sample", disable=not progress) as bar:

@@ -39,8 +39,8 @@ def _group_norm(keras, groups, name):
 def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_cnn"):
     """The CNN for cubes of edge ``input_size`` predicting ``outputs`` (1 or 3) values.
 
-    model_cfg: a ``config.ModelConfig`` (widths, blocks, stride, norm, groups, activation, dropout,
-    head_units). Layer names are stable (``level{l}_conv{b}`` ...) so that pipeline split points and
+    model_cfg: a ``config.ModelConfig`` (widths, blocks, stride, stem_stride, norm, groups, activation,
+    dropout, head_units). Layer names are stable (``level{l}_conv{b}`` ...) so that pipeline split points and
     checkpoints can name them.
     """
     keras = _keras(keras)
@@ -51,6 +51,8 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
     for level, width in enumerate(model_cfg.widths):
         for block in range(model_cfg.blocks):
             strides = model_cfg.stride if (level > 0 and block == 0 and model_cfg.stride > 1) else 1
+            if level == 0 and block == 0:
+                strides = model_cfg.stem_stride
             if level > 0 and block == 0 and model_cfg.stride == 1:
                 x = layers.MaxPooling3D(2, name="level{}_pool".format(level))(x)
             x = layers.Conv3D(width, 3, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
