@@ -325,25 +325,28 @@ def print_plan(cfg, check_on_cpu=False):
         from conductivity_tf.strategies import _configure_logical_cpus
 
         _configure_logical_cpus(tf, cfg.hardware.pipeline_stages)
-    plan = pipeline_plan.make_plan(cfg, train_samples=train_samples)
+    model = None
+    if check_on_cpu:  # the checked model is the planned one: built once, seeded
+        from conductivity_tf.keras_compat import keras
+        from conductivity_tf.model import build_model
+
+        keras.utils.set_random_seed(cfg.train.seed)
+        model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
+    plan = pipeline_plan.make_plan(cfg, model, train_samples=train_samples)
     if plan.violations:
         raise UserError(plan.violations[0])
     print(pipeline_plan.format_plan(plan))
     if check_on_cpu:
-        check_pipeline_on_cpu(cfg, plan)
+        check_pipeline_on_cpu(cfg, plan, model)
     return 0
 
 
-def check_pipeline_on_cpu(cfg, plan):
+def check_pipeline_on_cpu(cfg, plan, model):
     """One global batch through the CPU pipeline reference against unpipelined gradients."""
     from conductivity_tf import dataset as dataset_lib
     from conductivity_tf import pipeline_plan
     from conductivity_tf.keras_compat import keras, tf
-    from conductivity_tf.model import build_model
 
-    keras.utils.set_random_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
-    plan = pipeline_plan.make_plan(cfg, model)
     try:
         x, y = next(iter(dataset_lib.make_dataset(cfg.data.path, "train", plan.global_batch, axes=cfg.data.axes)))
         source = "a batch of {}".format(cfg.data.path)
