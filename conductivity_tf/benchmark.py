@@ -10,11 +10,15 @@ Suites:
   input      augmented input batches against the default model's training step; dataset build speed with
              1 and 2 worker processes
   surrogate  batched CNN inference against the solver on the same 64^3 volumes
-  train, compare   (not in this version yet)
+  train      training throughput, latency, memory and FLOP utilisation per configuration of
+             configs/benchmarks.yaml (CPU, GPUs, IPUs; unavailable hardware is listed as skipped), then
+             our training step against a bare model.fit and gradient accumulation against one batch
+  compare    the train suite's plots drawn from CSVs taken on several machines
 """
 
 import argparse
 import csv
+import json
 import math
 import os
 import platform
@@ -24,7 +28,7 @@ import time
 
 import numpy as np
 
-from conductivity_tf.errors import UserError, not_available, run_cli
+from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.fileio import atomic_path
 
 SUITES = {
@@ -341,6 +345,470 @@ def run_surrogate_suite(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# train suite: one child process per configuration (a fresh TensorFlow each: devices, precision
+# policy and memory peaks are per configuration), then the reference comparisons in one process
+
+
+TRAIN_COLUMNS = ["name", "kind", "replicas", "pipeline_stages", "gradient_accumulation", "micro_batch",
+                 "global_batch", "precision", "size", "status", "first_step_s", "samples_per_s",
+                 "min_samples_per_s", "max_samples_per_s", "step_latency_ms", "peak_memory_mb", "memory_source",
+                 "train_gflop_per_sample", "peak_tflops", "peak_source", "utilisation", "device"]
+
+# Graphcore's published peak arithmetic per IPU (TFLOP/s): GC200 (IPU-M2000, Colossus Mk2) and Bow (Bow-2000)
+IPU_PEAK_TFLOPS = {("gc200", "fp16"): 250.0, ("gc200", "fp32"): 62.5, ("bow", "fp16"): 350.0, ("bow", "fp32"): 87.5}
+ROW_MARK = "BENCHMARK-ROW "
+
+
+def _bench_dataclasses():
+    from dataclasses import dataclass, field
+    from typing import Any, Dict, List
+
+    @dataclass
+    class Run:
+        name: str = ""
+        kind: str = "cpu"
+        replicas: int = 1
+        pipeline_stages: int = 1
+        gradient_accumulation: int = 1
+        micro_batch: int = 8
+        precision: str = "fp32"
+        size: int = 32
+        steps_per_execution: int = 0
+        ipu_model: str = "gc200"
+        quick: bool = False
+        model: Dict[str, Any] = field(default_factory=dict)
+
+    @dataclass
+    class Reference:
+        size: int = 32
+        micro_batch: int = 8
+        accumulation: int = 4
+        windows: int = 7
+
+    @dataclass
+    class BenchFile:
+        defaults: Dict[str, Any] = field(default_factory=dict)
+        windows: int = 5
+        steps_per_window: int = 6
+        warmup_steps: int = 2
+        reference: Reference = field(default_factory=Reference)
+        runs: List[Any] = field(default_factory=list)
+
+    return Run, BenchFile
+
+
+def load_benchmarks(path=None):
+    """The benchmark file as (settings, [runs as dicts]); UserError naming the file and key on any problem."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from conductivity_tf.config import CONFIG_DIR
+
+    path = path or os.path.join(CONFIG_DIR, "benchmarks.yaml")
+    if not os.path.isfile(path):
+        raise UserError("benchmark configuration {} not found; give a YAML file like "
+                        "conductivity_tf/configs/benchmarks.yaml".format(path))
+    Run, BenchFile = _bench_dataclasses()
+    try:
+        settings = OmegaConf.merge(OmegaConf.structured(BenchFile), OmegaConf.load(path))
+        runs = []
+        for i, item in enumerate(settings.runs):
+            run = OmegaConf.merge(OmegaConf.structured(Run), settings.defaults, item)
+            if not run.name:
+                raise UserError("{}: runs[{}] has no name; give every run a name".format(path, i))
+            runs.append(OmegaConf.to_container(run))
+    except OmegaConfBaseException as err:
+        raise UserError("{}: {} (key {})".format(path, str(err).splitlines()[0], getattr(err, "full_key", "?")))
+    for run in runs:
+        if run["kind"] not in ("cpu", "gpu", "ipu"):
+            raise UserError("{}: run {} has kind={}; use cpu, gpu or ipu".format(path, run["name"], run["kind"]))
+        if run["ipu_model"] not in ("gc200", "bow"):
+            raise UserError("{}: run {} has ipu_model={}; use gc200 or bow".format(path, run["name"],
+                                                                                  run["ipu_model"]))
+        for key in ("replicas", "pipeline_stages", "gradient_accumulation", "micro_batch", "size"):
+            if run[key] < 1:
+                raise UserError("{}: run {} has {}={}; it must be >= 1".format(path, run["name"], key, run[key]))
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError("{}: run names must be unique".format(path))
+    return OmegaConf.to_container(settings), runs
+
+
+def run_training_config(run):
+    """The training configuration (config.Config) a benchmark run describes; its checks apply."""
+    from conductivity_tf import config as config_lib
+
+    cpu_pipeline = run["kind"] == "cpu" and run["pipeline_stages"] > 1
+    kind = "ipu" if cpu_pipeline else run["kind"]
+    overrides = ["data.size={}".format(run["size"]), "hardware.kind={}".format(kind),
+                 "train.batch_size={}".format(run["micro_batch"] * run["gradient_accumulation"] * run["replicas"]),
+                 "hardware.gradient_accumulation={}".format(run["gradient_accumulation"]),
+                 "hardware.pipeline_stages={}".format(run["pipeline_stages"]),
+                 "train.precision={}".format(run["precision"]), "train.tensorboard=false",
+                 "hardware.steps_per_execution={}".format(run["steps_per_execution"])]
+    if kind == "ipu":
+        overrides.append("hardware.ipus={}".format(_ipus(run)))
+        overrides.append("hardware.replicas={}".format(run["replicas"]))
+    elif run["replicas"] > 1:
+        prefix = "cpu" if kind == "cpu" else "gpu"
+        overrides.append("hardware.devices=[{}]".format(",".join(
+            "/{}:{}".format(prefix, i) for i in range(run["replicas"]))))
+    for key, value in run["model"].items():
+        overrides.append("model.{}={}".format(key, json.dumps(value)))
+    return config_lib.load_config(None, overrides)
+
+
+def _ipus(run):
+    per_replica = 1
+    while per_replica < run["pipeline_stages"]:
+        per_replica *= 2
+    return per_replica * run["replicas"]
+
+
+def _synthetic(tf, count, size, outputs, seed=0):
+    """Binary volumes and labels in memory: every configuration is fed the same data, with no input cost."""
+    rng = np.random.default_rng(seed)
+    x = (rng.random((count, size, size, size, 1)) < 0.5).astype("float32")
+    y = (rng.random((count, outputs)) * 0.3).astype("float32")
+    return tf.constant(x), tf.constant(y)
+
+
+def _clock(keras):
+    class Clock(keras.callbacks.Callback):
+        """Wall time at the end of every step (or execution of several steps); logs are synchronised."""
+
+        def on_train_begin(self, logs=None):
+            self.times = [time.perf_counter()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter())
+
+    return Clock()
+
+
+def matmul_peak(tf, device, dtype, size=None):
+    """Best sustained matrix-multiply FLOP/s on ``device`` (the probe utilisation is measured against)."""
+    size = size or (8192 if "GPU" in device.upper() else 2048)
+    with tf.device(device):
+        a = tf.random.normal((size, size), dtype=tf.float32)
+        a = tf.cast(a, dtype)
+
+        @tf.function
+        def product(m):
+            return tf.reduce_sum(tf.cast(tf.matmul(m, m)[:1, :1], tf.float32))
+
+        product(a).numpy()
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            product(a).numpy()
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * size ** 3 / best
+
+
+def _peak_memory(tf, kind, replicas):
+    if kind == "gpu":
+        try:
+            peak = sum(tf.config.experimental.get_memory_info("GPU:{}".format(i))["peak"] for i in range(replicas))
+            return peak / 1e6, "TensorFlow GPU allocator peak"
+        except (ValueError, RuntimeError):
+            return None, "not reported"
+    if kind == "ipu":
+        return None, "not reported by TensorFlow (PopVision Graph Analyser)"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "process peak RSS"
+
+
+def _windows(times, samples_per_tick, warmup, ticks_per_window, windows):
+    rates = []
+    for w in range(windows):
+        start = warmup + w * ticks_per_window
+        rates.append(samples_per_tick * ticks_per_window / (times[start + ticks_per_window] - times[start]))
+    return rates
+
+
+def measure_run(run, settings):
+    """Time one configuration; returns its CSV row."""
+    from conductivity_tf import train as train_lib
+    from conductivity_tf.keras_compat import keras, tf
+
+    cfg = run_training_config(run)
+    row = {k: run[k] for k in ("name", "kind", "replicas", "pipeline_stages", "gradient_accumulation",
+                               "micro_batch", "precision", "size")}
+    row["global_batch"] = run["micro_batch"] * run["gradient_accumulation"] * run["replicas"]
+    windows, per_window, warmup = settings["windows"], settings["steps_per_window"], settings["warmup_steps"]
+    if run["kind"] == "cpu" and run["pipeline_stages"] > 1:
+        return measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup)
+    session = train_lib.setup(cfg, 10 ** 7)
+    spe = session.steps_per_execution
+    ticks_per_window = max(1, -(-per_window // spe))
+    ticks = warmup + windows * ticks_per_window
+    x, y = _synthetic(tf, session.dataset_batch * 4, run["size"], len(cfg.data.axes))
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(session.dataset_batch, drop_remainder=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    clock = _clock(keras)
+    with session.hardware.strategy.scope():
+        session.model.fit(ds, epochs=1, steps_per_epoch=ticks * spe, callbacks=[clock], verbose=0)
+    samples_per_tick = session.step_batch * spe
+    rates = _windows(clock.times, samples_per_tick, warmup, ticks_per_window, windows)
+    row.update(status="ok", first_step_s=clock.times[1] - clock.times[0], samples_per_s=statistics.median(rates),
+               min_samples_per_s=min(rates), max_samples_per_s=max(rates))
+    # one optimizer step = one global batch
+    row["step_latency_ms"] = 1000.0 * row["global_batch"] / row["samples_per_s"]
+    row["peak_memory_mb"], row["memory_source"] = _peak_memory(tf, session.hardware.kind, run["replicas"])
+    _utilisation(tf, row, run, session.forward_flops, session.policy, session.hardware)
+    return row
+
+
+def _utilisation(tf, row, run, forward_flops, policy, hardware):
+    row["train_gflop_per_sample"] = 3.0 * forward_flops / 1e9  # forward + backward (~2x forward)
+    kind = hardware.kind if hardware is not None else "cpu"
+    if kind == "ipu":
+        precision = "fp16" if run["precision"] in ("fp16", "mixed_float16") else "fp32"
+        per_ipu = IPU_PEAK_TFLOPS[(run["ipu_model"], precision)]
+        row["peak_tflops"] = per_ipu * _ipus(run)
+        row["peak_source"] = "{} {} published peak x {} IPUs".format(run["ipu_model"].upper(), precision, _ipus(run))
+        row["device"] = "{} x{}".format(run["ipu_model"].upper(), _ipus(run))
+    else:
+        dtype = {"mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}.get(policy, tf.float32)
+        devices = 1
+        device = "/CPU:0"
+        if kind == "gpu":
+            devices = max(1, run["replicas"])
+            device = "/GPU:0"
+            row["device"] = tf.config.experimental.get_device_details(
+                tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
+        else:
+            row["device"] = machine_description()["cpu"]
+        peak = matmul_peak(tf, device, dtype) * devices
+        row["peak_tflops"] = peak / 1e12
+        row["peak_source"] = "matmul probe ({}, {}{})".format(device, dtype.name,
+                                                             " x {} GPUs".format(devices) if devices > 1 else "")
+    row["utilisation"] = row["train_gflop_per_sample"] * 1e9 * row["samples_per_s"] / (row["peak_tflops"] * 1e12)
+
+
+def measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup):
+    """The IPU pipeline's stages on logical CPU devices (the CPU pipeline reference), as one compiled step."""
+    from conductivity_tf import pipeline_plan
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import build_model
+    from conductivity_tf.strategies import _configure_logical_cpus
+
+    stages = run["pipeline_stages"]
+    _configure_logical_cpus(tf, stages)
+    keras.utils.set_random_seed(cfg.train.seed)
+    model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
+    plan = pipeline_plan.make_plan(cfg, model)
+    if plan.violations:
+        raise UserError(plan.violations[0])
+    devices = ["/cpu:{}".format(i) for i in range(stages)]
+    optimizer = keras.optimizers.Adam(1e-3)
+    pipe = pipeline_plan.CpuPipeline(model, plan, devices, keras.losses.MeanSquaredError(), optimizer,
+                                     cfg.hardware.reduction)
+    x, y = _synthetic(tf, plan.global_batch, run["size"], len(cfg.data.axes))
+
+    @tf.function
+    def step():
+        grads, _ = pipe.gradients_graph(x, y)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    times = [time.perf_counter()]
+    for _ in range(warmup + windows * per_window):
+        step().numpy()
+        times.append(time.perf_counter())
+    rates = _windows(times, plan.global_batch, warmup, per_window, windows)
+    row.update(status="ok (CPU pipeline reference on {} logical CPU devices)".format(stages),
+               first_step_s=times[1] - times[0], samples_per_s=statistics.median(rates),
+               min_samples_per_s=min(rates), max_samples_per_s=max(rates))
+    row["step_latency_ms"] = 1000.0 * row["global_batch"] / row["samples_per_s"]
+    row["peak_memory_mb"], row["memory_source"] = _peak_memory(tf, "cpu", 1)
+    _utilisation(tf, row, run, sum(c.flops for c in pipeline_plan.layer_costs(model)), "float32", None)
+    return row
+
+
+def measure_reference(settings):
+    """Interleaved windows in one process: our training step vs a bare model.fit, and k micro-batches
+    accumulated vs one batch of the same global size. Returns rows."""
+    from conductivity_tf import config as config_lib
+    from conductivity_tf import train as train_lib
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import build_model
+
+    ref = settings["reference"]
+    size, micro, k, windows = ref["size"], ref["micro_batch"], ref["accumulation"], ref["windows"]
+    per_window = settings["steps_per_window"]
+    global_batch = micro * k
+
+    def ours(accumulation):
+        cfg = config_lib.load_config(None, ["data.size={}".format(size), "hardware.kind=cpu",
+                                            "train.batch_size={}".format(global_batch),
+                                            "hardware.gradient_accumulation={}".format(accumulation),
+                                            "train.tensorboard=false"])
+        return train_lib.setup(cfg, 10 ** 7).model
+
+    def bare():
+        cfg = config_lib.load_config(None, ["data.size={}".format(size)])
+        model = build_model(cfg.model, size, len(cfg.data.axes))
+        model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss="mse")
+        return model
+
+    x, y = _synthetic(tf, global_batch * 4, size, 3)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(global_batch, drop_remainder=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    contenders = {"ours": ours(1), "bare": bare(), "accumulated": ours(k)}
+
+    def window(model):
+        clock = _clock(keras)
+        model.fit(ds, epochs=1, steps_per_epoch=per_window + 1, callbacks=[clock], verbose=0)
+        # from the end of the first step: fit's own set-up is outside the window
+        return global_batch * per_window / (clock.times[-1] - clock.times[1])
+
+    for model in contenders.values():  # tracing and warm-up
+        window(model)
+    rates = {name: [] for name in contenders}
+    for _ in range(windows):
+        for name, model in contenders.items():
+            rates[name].append(window(model))
+    labels = {"ours": "our training step (accumulation 1)", "bare": "bare model.fit",
+              "accumulated": "our training step, {} micro-batches of {} accumulated".format(k, micro)}
+    rows = []
+    for name, values in rates.items():
+        rows.append({"name": "reference: " + labels[name], "kind": "cpu", "replicas": 1, "pipeline_stages": 1,
+                     "gradient_accumulation": k if name == "accumulated" else 1,
+                     "micro_batch": micro if name == "accumulated" else global_batch, "global_batch": global_batch,
+                     "precision": "fp32", "size": size, "status": "ok (interleaved windows)",
+                     "samples_per_s": statistics.median(values), "min_samples_per_s": min(values),
+                     "max_samples_per_s": max(values),
+                     "step_latency_ms": 1000.0 * global_batch / statistics.median(values)})
+    return rows
+
+
+def _child(args_list):
+    """Run this module in a child process; returns (row dicts, error line or None)."""
+    import subprocess
+
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "conductivity_tf.benchmark"] + args_list, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    rows = [json.loads(line[len(ROW_MARK):]) for line in proc.stdout.splitlines() if line.startswith(ROW_MARK)]
+    if proc.returncode != 0 or not rows:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("conductivity_tf: error:")]
+        message = (errors or lines or ["exit status {}".format(proc.returncode)])[-1]
+        return rows, message.replace("conductivity_tf: error: ", "")
+    return rows, None
+
+
+def run_train_suite(args):
+    settings, runs = load_benchmarks(args.config)
+    if args.one:
+        run = json.loads(args.one)
+        print(ROW_MARK + json.dumps(measure_run(run, settings)), flush=True)
+        return 0
+    if args.reference:
+        for row in measure_reference(settings):
+            print(ROW_MARK + json.dumps(row), flush=True)
+        return 0
+    csv_path = args.csv or os.path.join("benchmark_results", "train.csv")
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    chosen = [r for r in runs if r["quick"] or not args.quick]
+    if args.only:
+        wanted = set(args.only.split(","))
+        chosen = [r for r in runs if r["name"] in wanted]
+        if not chosen:
+            raise UserError("--only {}: no such run in the benchmark file; runs are {}".format(
+                args.only, ", ".join(r["name"] for r in runs)))
+    rows = []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(items, **_):
+            return items
+    bar = tqdm(chosen + [None], desc="train benchmark", unit="run", file=sys.stderr)
+    for run in bar:
+        if run is None:
+            bar.set_postfix_str("reference comparisons")
+            got, error = _child(["train", "--reference"] + (["--config", args.config] if args.config else []))
+            if error:
+                raise UserError("the reference comparisons failed: {}".format(error))
+            reference = got
+            continue
+        bar.set_postfix_str(run["name"])
+        got, error = _child(["train", "--one", json.dumps(run)] + (["--config", args.config] if args.config else []))
+        if error:
+            row = {k: run[k] for k in ("name", "kind", "replicas", "pipeline_stages", "gradient_accumulation",
+                                       "micro_batch", "precision", "size")}
+            row["global_batch"] = run["micro_batch"] * run["gradient_accumulation"] * run["replicas"]
+            row["status"] = "skipped: " + error
+            rows.append(row)
+        else:
+            rows.extend(got)
+    rows.extend(reference)
+    table = markdown_table(rows, TRAIN_COLUMNS)
+    print(table)
+    write_csv(csv_path, rows, TRAIN_COLUMNS)
+    stem = os.path.splitext(csv_path)[0]
+    from conductivity_tf.fileio import write_text
+    from conductivity_tf.plots import throughput_plots
+
+    write_text(stem + ".md", "Machine: {}\n\n{}\n".format(
+        ", ".join("{}={}".format(k, v) for k, v in machine_description().items()), table))
+    pngs = throughput_plots(read_csv_rows([csv_path]), stem)
+    print()
+    print("wrote {}, {}.md, {}".format(csv_path, stem, ", ".join(pngs)))
+    by_name = {r["name"].split(": ", 1)[1]: r["samples_per_s"] for r in reference}
+    k = settings["reference"]["accumulation"]
+    ours = by_name["our training step (accumulation 1)"]
+    accumulated = [v for n, v in by_name.items() if "accumulated" in n][0]
+    print("our training step / bare model.fit: {:.3f} (median of {} interleaved windows each, same network and data)"
+          .format(ours / by_name["bare model.fit"], settings["reference"]["windows"]))
+    print("gradient accumulation ({} micro-batches of {}) / one batch of {}: {:.3f}".format(
+        k, settings["reference"]["micro_batch"], k * settings["reference"]["micro_batch"], accumulated / ours))
+    return 0
+
+
+def read_csv_rows(paths):
+    """Rows of benchmark CSVs (numbers converted), each tagged with its file."""
+    rows = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError("{} not found; give CSV files written by 'benchmark train --csv'".format(path))
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "samples_per_s" not in reader.fieldnames:
+                raise UserError("{} is not a train benchmark CSV (no samples_per_s column)".format(path))
+            for raw in reader:
+                row = {}
+                for key, value in raw.items():
+                    try:
+                        row[key] = float(value) if value not in ("", None) else None
+                    except ValueError:
+                        row[key] = value
+                row["source"] = path
+                rows.append(row)
+    return rows
+
+
+def run_compare(args):
+    from conductivity_tf.plots import comparison_plot, throughput_plots
+
+    if not args.files:
+        raise UserError("compare needs CSV files: python -m conductivity_tf.benchmark compare A.csv B.csv")
+    rows = read_csv_rows(args.files)
+    stem = os.path.splitext(args.out)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(stem)) or ".", exist_ok=True)
+    pngs = throughput_plots(rows, stem) + [comparison_plot(rows, stem + "_by_configuration.png")]
+    ok = [r for r in rows if r.get("samples_per_s")]
+    columns = ["machine", "device", "name", "global_batch", "samples_per_s", "utilisation"]
+    print(markdown_table(sorted(ok, key=lambda r: -r["samples_per_s"]), columns))
+    print()
+    print("wrote {}".format(", ".join(pngs)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # command line
 
 
@@ -351,8 +819,21 @@ def build_parser():
     sub = parser.add_subparsers(dest="suite", metavar="SUITE")
     for name, help_ in SUITES.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        if name == "compare":
+            p.add_argument("files", nargs="*", metavar="CSV", help="CSV files from 'benchmark train' runs")
+            p.add_argument("--out", default=os.path.join("benchmark_results", "compare.png"),
+                           help="plot file stem (default benchmark_results/compare.png)")
+            continue
         p.add_argument("--quick", action="store_true", help="fewer and smaller cases (minutes)")
-        p.add_argument("--csv", help="write the rows (with a machine description) to this CSV file")
+        p.add_argument("--csv", help="write the rows (with a machine description) to this CSV file" + (
+            "; the Markdown table and the PNG plots go beside it (default benchmark_results/train.csv)"
+            if name == "train" else ""))
+        if name == "train":
+            p.add_argument("--config", help="benchmark configurations (default: conductivity_tf/configs/"
+                                            "benchmarks.yaml)")
+            p.add_argument("--only", help="comma-separated run names to time (default: all, or the quick ones)")
+            p.add_argument("--one", help=argparse.SUPPRESS)
+            p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
         if name == "surrogate":
             p.add_argument("--model", help="a run directory to time (default: the default architecture)")
             p.add_argument("--size", type=int, default=64, help="volume edge (default 64)")
@@ -361,11 +842,11 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args, _ = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
     if not args.suite:
         parser.print_help()
         return 2
-    if args.csv and os.path.isdir(args.csv):
+    if getattr(args, "csv", None) and os.path.isdir(args.csv):
         raise UserError("--csv {} is a directory; give a file name such as results.csv".format(args.csv))
     if args.suite == "solver":
         return run_solver_suite(args)
@@ -373,7 +854,9 @@ def main(argv=None):
         return run_input_suite(args)
     if args.suite == "surrogate":
         return run_surrogate_suite(args)
-    return not_available("conductivity_tf.benchmark", "the '{}' suite".format(args.suite))
+    if args.suite == "train":
+        return run_train_suite(args)
+    return run_compare(args)
 
 
 def cli():

@@ -663,7 +663,8 @@ def allowed_permutations(axes):
 
 
 def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle=False, seed=0,
-                 repeat=False, input_context=None, checksums=None, cache=False):
+                 repeat=False, input_context=None, checksums=None, cache=False, start_epoch=0, epoch_batches=None,
+                 epochs=None):
     """A ``tf.data.Dataset`` of (volume float32 (S, S, S, 1), sigma float32 (len(axes),)) batches.
 
     Static shapes and ``drop_remainder=True`` (IPUs need both). Shards are split between input
@@ -671,6 +672,12 @@ def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle
     there are several; otherwise the whole split is read. ``augment`` applies random cube symmetries
     that keep the labels right (see ``allowed_permutations``). Shards are checked against the manifest
     first (sizes always; sha256 when ``checksums`` or when the split is below 1 GB).
+
+    Repeated streams are reproducible epoch by epoch: epoch e's order and symmetries depend only on
+    (``seed``, e, position), so a run resumed at ``start_epoch`` sees exactly the batches an
+    uninterrupted run saw from that epoch on (epochs ``start_epoch`` .. ``epochs - 1``, then more as
+    needed). ``epoch_batches`` makes every epoch of the stream exactly that many batches (Keras's
+    ``steps_per_epoch``), so stream epochs and training epochs coincide.
     """
     from conductivity_tf.keras_compat import tf
 
@@ -688,8 +695,8 @@ def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle
             raise UserError("split {} has {} shard(s) for {} input pipelines; rebuild with a smaller shard_size".format(
                 split, len(files), input_context.num_input_pipelines))
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if shuffle:  # one file order per seed; the samples are reshuffled every epoch below
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=False)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                        cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
@@ -707,30 +714,50 @@ def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    if augment:
-        perms = allowed_permutations(axes)
+    perms = allowed_permutations(axes)
 
-        def symmetry(volume, sigma):
-            choice = tf.random.uniform([], 0, len(perms), dtype=tf.int32)
-            branches = [(lambda p=p: (tf.transpose(volume, p), tf.gather(sigma, p))) for p in perms]
-            volume, sigma = tf.switch_case(choice, branches)
-            flips = tf.random.uniform([3], 0, 2, dtype=tf.int32)
-            for axis in range(3):
-                volume = tf.cond(flips[axis] > 0, lambda a=axis, v=volume: tf.reverse(v, [a]), lambda v=volume: v)
-            return volume, sigma
-
-        ds = ds.map(symmetry, num_parallel_calls=tf.data.AUTOTUNE)
+    def symmetry(volume, sigma, key):
+        """One of the allowed cube symmetries, drawn from the stateless key (seed, epoch, position)."""
+        choice = tf.random.stateless_uniform([], key, 0, len(perms), dtype=tf.int32)
+        branches = [(lambda p=p: (tf.transpose(volume, p), tf.gather(sigma, p))) for p in perms]
+        volume, sigma = tf.switch_case(choice, branches)
+        flips = tf.random.stateless_uniform([3], key + tf.constant([0, 1 << 40], tf.int64), 0, 2, dtype=tf.int32)
+        for axis in range(3):
+            volume = tf.cond(flips[axis] > 0, lambda a=axis, v=volume: tf.reverse(v, [a]), lambda v=volume: v)
+        return volume, sigma
 
     def finish(volume, sigma):
         volume = tf.ensure_shape(volume[..., None], [size, size, size, 1])
         return volume, tf.ensure_shape(tf.gather(sigma, axes), [len(axes)])
 
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    def one_epoch(epoch, samples):
+        epoch_seed = (int(seed) * 1000003 + int(epoch)) % (1 << 62)
+        if shuffle:
+            samples = samples.shuffle(4096, seed=epoch_seed, reshuffle_each_iteration=False)
+        if augment:
+            samples = samples.enumerate().map(
+                lambda i, item: symmetry(item[0], item[1], tf.stack([tf.constant(epoch_seed, tf.int64), i])),
+                num_parallel_calls=tf.data.AUTOTUNE)
+        samples = samples.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        batches = samples.batch(batch_size, drop_remainder=True)
+        return batches.take(epoch_batches) if epoch_batches else batches
+
+    if repeat:
+        stop = max(int(epochs or 0), start_epoch + 1)
+        stream = one_epoch(start_epoch, ds)
+        for epoch in range(start_epoch + 1, stop):
+            stream = stream.concatenate(one_epoch(epoch, ds))
+        # beyond the planned epochs (validation streams, benchmarks): the last epoch's recipe, repeated
+        ds = stream.concatenate(one_epoch(stop, ds).repeat())
+    else:
+        ds = one_epoch(start_epoch, ds)
+    if input_context is None:
+        # several workers fed by Keras: each reads the stream and keeps its share of every batch, so all
+        # workers run the same number of steps (file-level sharding would not) in the same order
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------------------------------------

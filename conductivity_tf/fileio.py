@@ -9,8 +9,10 @@ import tempfile
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, suffix=".tmp"):
     """Yield a temporary path in the target's directory; rename it to ``path`` on success.
+
+    ``suffix`` ends the temporary name (for writers that choose a format by extension).
 
     >>> with atomic_path("out.txt") as tmp:          # doctest: +SKIP
     ...     open(tmp, "w").write("done")
@@ -18,7 +20,7 @@ def atomic_path(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=directory)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

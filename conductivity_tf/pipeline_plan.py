@@ -323,6 +323,11 @@ class CpuPipeline(object):
 
     def gradients(self, x, y):
         """(accumulated gradients, mean loss) for one global batch."""
+        total, loss = self.gradients_graph(x, y)
+        return total, float(loss)
+
+    def gradients_graph(self, x, y):
+        """Like ``gradients`` but the loss stays a tensor (usable inside ``tf.function``)."""
         from conductivity_tf.keras_compat import tf
 
         k = self.plan.accumulation
@@ -336,7 +341,7 @@ class CpuPipeline(object):
             losses.append(loss)
         if self.reduction != "sum":
             total = [g / float(k) for g in total]
-        return total, float(tf.reduce_mean(losses))
+        return total, tf.reduce_mean(losses)
 
     def train_step(self, x, y):
         grads, loss = self.gradients(x, y)

@@ -40,3 +40,104 @@ def parity_plot(path, truth, predicted, porosity=None, title="Test split", label
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _series_label(row, keys):
+    parts = []
+    if row.get("machine"):
+        parts.append(str(row.get("device") or row["machine"])[:28])
+    for key in keys:
+        value = row.get(key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        parts.append({"kind": "{}", "replicas": "{} repl.", "precision": "{}", "size": "{}³",
+                      "micro_batch": "micro-batch {}", "gradient_accumulation": "GA {}",
+                      "pipeline_stages": "{} stages"}[key].format(value))
+    return ", ".join(parts)
+
+
+def throughput_plots(rows, stem):
+    """Throughput against batch size, accumulation steps and pipeline stages (one PNG each); rows are
+    benchmark CSV rows, possibly from several machines. Returns the PNG paths."""
+    from conductivity_tf.fileio import atomic_path
+
+    plt = _pyplot()
+    ok = [r for r in rows if r.get("samples_per_s") and not str(r.get("name", "")).startswith("reference")]
+    specs = [
+        ("batch", "global batch (samples per optimizer step)", "global_batch",
+         lambda r: r["gradient_accumulation"] == 1 and r["pipeline_stages"] == 1,
+         ["kind", "replicas", "precision", "size"]),
+        ("accumulation", "gradient accumulation steps (micro-batches per optimizer step)", "gradient_accumulation",
+         lambda r: r["pipeline_stages"] == 1, ["kind", "replicas", "precision", "size", "micro_batch"]),
+        ("stages", "pipeline stages", "pipeline_stages", lambda r: True,
+         ["kind", "precision", "size", "micro_batch", "gradient_accumulation"]),
+    ]
+    paths = []
+    for what, xlabel, xkey, keep, keys in specs:
+        series = {}
+        for r in ok:
+            if keep(r):
+                series.setdefault(_series_label(r, keys), []).append((r[xkey], r["samples_per_s"],
+                                                                    r.get("min_samples_per_s"),
+                                                                    r.get("max_samples_per_s")))
+        if what != "batch":  # a line needs at least two points of the varied quantity
+            series = {k: v for k, v in series.items() if len({p[0] for p in v}) > 1}
+        fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110, constrained_layout=True)
+        for label, points in sorted(series.items()):
+            points.sort()
+            xs = [p[0] for p in points]
+            ys = [p[1] for p in points]
+            low = [p[1] - (p[2] if p[2] is not None else p[1]) for p in points]
+            high = [(p[3] if p[3] is not None else p[1]) - p[1] for p in points]
+            ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)
+        if not series:
+            ax.text(0.5, 0.5, "no configurations vary the {} here".format(what), transform=ax.transAxes,
+                    ha="center", va="center", color="0.4")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("training throughput (samples/s)")
+        ax.set_title("Training throughput against {} (median of timed windows; bars: min–max)".format(
+            {"batch": "batch size", "accumulation": "accumulation steps", "stages": "pipeline stages"}[what]),
+            fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        if series:
+            ax.legend(fontsize=7, loc="best")
+        path = "{}_vs_{}.png".format(stem, what)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def comparison_plot(rows, path):
+    """Hardware against hardware: throughput and FLOP utilisation per configuration, one bar per CSV row."""
+    from conductivity_tf.fileio import atomic_path
+
+    plt = _pyplot()
+    ok = sorted([r for r in rows if r.get("samples_per_s") and not str(r.get("name", "")).startswith("reference")],
+                key=lambda r: r["samples_per_s"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.32 * max(len(ok), 4) + 1.6), dpi=110,
+                                      constrained_layout=True, sharey=True)
+    machines = sorted({str(r.get("machine")) for r in ok})
+    colours = {m: "C{}".format(i) for i, m in enumerate(machines)}
+    labels = ["{} [{}]".format(r["name"], r.get("machine")) for r in ok]
+    ys = np.arange(len(ok))
+    left.barh(ys, [r["samples_per_s"] for r in ok], color=[colours[str(r.get("machine"))] for r in ok])
+    left.set_yticks(ys)
+    left.set_yticklabels(labels, fontsize=7)
+    left.set_xscale("log")
+    left.set_xlabel("training throughput (samples/s, log scale)")
+    left.set_title("Throughput per configuration")
+    right.barh(ys, [100.0 * (r.get("utilisation") or 0.0) for r in ok],
+               color=[colours[str(r.get("machine"))] for r in ok])
+    right.set_xlabel("FLOP utilisation (% of peak; see peak_source)")
+    right.set_title("Utilisation")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, axis="x")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[m]) for m in machines]
+    right.legend(handles, machines, fontsize=7, loc="lower right", title="machine")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

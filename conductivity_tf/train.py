@@ -127,6 +127,99 @@ def bruggeman_fit(porosity, sigma):
     return float(scipy.optimize.minimize_scalar(loss, bounds=(1.0, 5.0), method="bounded").x)
 
 
+def trim_log(path, start):
+    """Keep the CSV log's lines of epochs before ``start`` (a resumed run redoes the others)."""
+    import csv as csv_lib
+
+    from conductivity_tf.fileio import write_text
+
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv_lib.reader(handle))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < start]
+    write_text(path, "".join(",".join(r) + "\r\n" for r in kept))
+
+
+def checkpoint_callback(keras, directory, monitor, is_chief=True):
+    """``last.weights.h5`` after every epoch and ``best.weights.h5`` when ``monitor`` improves, each written
+    under a temporary name and renamed (a kill while saving leaves the previous file whole). The best value
+    so far is kept in ``best.json``, so a resumed run compares against the same record as an uninterrupted one."""
+    import json as json_lib
+
+    from conductivity_tf.fileio import atomic_path, write_text
+
+    state_path = os.path.join(directory, "best.json")
+
+    class Checkpoints(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.best = math.inf
+            for name in os.listdir(directory):  # temporaries of a run killed while saving
+                if name.startswith(".") and ".tmp" in name:
+                    os.remove(os.path.join(directory, name))
+            if os.path.exists(state_path):
+                try:
+                    with open(state_path) as handle:
+                        self.best = float(json_lib.load(handle)["value"])
+                except (ValueError, KeyError, TypeError, OSError):
+                    raise UserError("{} is damaged; delete the run directory's checkpoints/ (or the whole run) and "
+                                    "train again".format(state_path))
+
+        def _save(self, name):
+            if not is_chief:
+                # every worker holds the same weights and the chief writes them; the others save the same way
+                # (reading batch-norm statistics is a collective under several workers), to a scratch file
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as scratch:
+                    self.model.save_weights(os.path.join(scratch, name))
+                return
+            with atomic_path(os.path.join(directory, name), suffix=".tmp.weights.h5") as tmp:
+                self.model.save_weights(tmp)
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(monitor)
+            if value is not None and value < self.best:
+                self.best = float(value)
+                self._save("best.weights.h5")
+                # every worker keeps the record (the same on all), so resumed workers agree on what to save
+                write_text(state_path, json_lib.dumps({"monitor": monitor, "value": self.best, "epoch": epoch + 1}))
+            self._save("last.weights.h5")
+
+    return Checkpoints()
+
+
+def resume_epoch(backup_dir):
+    """The epoch a run resumes at from its BackupAndRestore directory (0 when there is none); UserError when
+    the backup is damaged."""
+    from conductivity_tf.keras_compat import tf
+
+    directory = os.path.join(backup_dir, "chief")
+    if not os.path.isdir(directory):
+        return 0
+    try:
+        latest = tf.train.latest_checkpoint(directory)
+        if latest is None:
+            return 0
+        reader = tf.train.load_checkpoint(latest)
+        names = [n for n in reader.get_variable_to_shape_map() if "ckpt_saved_epoch" in n]
+        epoch = int(reader.get_tensor(names[0])) if names else -1
+    except (tf.errors.OpError, ValueError, IndexError) as err:
+        raise UserError("the resume backup {} is damaged ({}); delete that directory to restart the run from its "
+                        "beginning".format(directory, str(err).splitlines()[0][:120]))
+    return epoch + 1 if epoch >= 0 else 0
+
+
+def load_weights_checked(model, path):
+    """``model.load_weights(path)``; a damaged or foreign file is a UserError naming it."""
+    try:
+        model.load_weights(path)
+    except Exception as err:  # h5py OSError, ValueError for mismatched layers, ...
+        raise UserError("cannot load weights {}: {}; it is damaged or from another model (delete it, or give the "
+                        "matching configuration)".format(path, str(err).splitlines()[0][:160] if str(err) else
+                                                         type(err).__name__))
+
+
 def verbose_level():
     return 1 if sys.stdout.isatty() else 2
 
@@ -135,23 +228,21 @@ def verbose_level():
 # the recipe
 
 
-def train(cfg):
-    """Run the whole recipe for a resolved configuration; returns the metrics dict."""
-    from conductivity_tf import dataset as dataset_lib
+class Session(object):
+    """Everything the recipe sets up before fitting (also what the ``train`` benchmark times)."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def setup(cfg, train_samples, validation_samples=0):
+    """Seed, strategy, batch arithmetic, precision, and the model built and compiled in the strategy's scope.
+
+    ``train_samples`` sizes the epoch (and so the learning-rate schedule)."""
     from conductivity_tf import strategies
-    from conductivity_tf.fileio import check_writable_dir
     from conductivity_tf.keras_compat import keras, tf
     from conductivity_tf.model import build_model
     from conductivity_tf.pipeline_plan import layer_costs
-
-    out = cfg.train.out_dir
-    check_writable_dir(out, "run directory")
-    manifest = dataset_lib.load_manifest(cfg.data.path)
-    if manifest["sample_size"] != cfg.data.size:
-        raise UserError("the dataset {} holds {}^3 samples but data.size={}; set data.size={} (or use another "
-                        "dataset)".format(manifest["path"], manifest["sample_size"], cfg.data.size,
-                                          manifest["sample_size"]))
-    config_lib.save_config(cfg, os.path.join(out, "config.yaml"))
 
     keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
@@ -161,36 +252,21 @@ def train(cfg):
     batch = config_lib.batch_arithmetic(cfg.train.batch_size, hardware.replicas, cfg.hardware.gradient_accumulation)
     policy = precision_policy(cfg.train.precision, hardware.kind)
     keras.mixed_precision.set_global_policy(policy)
-
-    counts = manifest["counts"]
     # on IPUs a step is one micro-batch per replica and the SDK accumulates; elsewhere a step is a global batch
     step_batch = batch.micro_batch * batch.replicas if on_ipu else batch.global_batch
     dataset_batch = batch.micro_batch if on_ipu else batch.global_batch
-    steps_per_epoch = counts["train"] // step_batch
-    validation_steps = counts["validation"] // step_batch
+    steps_per_epoch = train_samples // step_batch
+    validation_steps = validation_samples // step_batch
     if steps_per_epoch < 1:
         raise UserError("the training split has {} samples, fewer than one batch of train.batch_size={}; use a "
-                        "smaller batch".format(counts["train"], batch.global_batch))
+                        "smaller batch".format(train_samples, batch.global_batch))
     spe = hardware.plan.steps_per_execution if on_ipu else (cfg.hardware.steps_per_execution or 1)
     steps_per_epoch -= steps_per_epoch % spe
     validation_steps -= validation_steps % spe
     if steps_per_epoch < 1:
         raise UserError("an epoch of {} samples is shorter than hardware.steps_per_execution={} steps; lower "
-                        "it".format(counts["train"], spe))
+                        "it".format(train_samples, spe))
     axes = list(cfg.data.axes)
-    input_context = None
-    if on_ipu and hardware.description.startswith("PopDist"):
-        import popdist
-
-        input_context = tf.distribute.InputContext(popdist.getNumInstances(), popdist.getInstanceIndex(), 1)
-    train_ds = dataset_lib.make_dataset(manifest["path"], "train", dataset_batch, axes=axes,
-                                        augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed, repeat=True,
-                                        cache=True, input_context=input_context)
-    val_ds = None
-    if validation_steps:
-        val_ds = dataset_lib.make_dataset(manifest["path"], "validation", dataset_batch, axes=axes,
-                                          repeat=True, cache=True, input_context=input_context)
-
     with hardware.strategy.scope():
         base = build_model(cfg.model, cfg.data.size, len(axes))
         total_steps = steps_per_epoch * cfg.train.epochs
@@ -209,8 +285,53 @@ def train(cfg):
         loss = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber(0.02)}[cfg.train.loss]
         model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=spe,
                       jit_compile=cfg.train.xla)
+    forward_flops = sum(c.flops for c in layer_costs(base))
+    return Session(hardware=hardware, on_ipu=on_ipu, batch=batch, policy=policy, step_batch=step_batch,
+                   dataset_batch=dataset_batch, steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                   steps_per_execution=spe, base=base, model=model, forward_flops=forward_flops)
 
-    gflops = sum(c.flops for c in layer_costs(base)) / 1e9
+
+def train(cfg):
+    """Run the whole recipe for a resolved configuration; returns the metrics dict."""
+    from conductivity_tf import dataset as dataset_lib
+    from conductivity_tf.fileio import check_writable_dir
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import build_model
+
+    out = cfg.train.out_dir
+    check_writable_dir(out, "run directory")
+    manifest = dataset_lib.load_manifest(cfg.data.path)
+    if manifest["sample_size"] != cfg.data.size:
+        raise UserError("the dataset {} holds {}^3 samples but data.size={}; set data.size={} (or use another "
+                        "dataset)".format(manifest["path"], manifest["sample_size"], cfg.data.size,
+                                          manifest["sample_size"]))
+    config_lib.save_config(cfg, os.path.join(out, "config.yaml"))
+    counts = manifest["counts"]
+    session = setup(cfg, counts["train"], counts["validation"])
+    hardware, batch, policy, base, model = (session.hardware, session.batch, session.policy, session.base,
+                                            session.model)
+    on_ipu, steps_per_epoch, validation_steps = session.on_ipu, session.steps_per_epoch, session.validation_steps
+    axes = list(cfg.data.axes)
+    input_context = None
+    if on_ipu and hardware.description.startswith("PopDist"):
+        import popdist
+
+        input_context = tf.distribute.InputContext(popdist.getNumInstances(), popdist.getInstanceIndex(), 1)
+    # a resumed run (BackupAndRestore) starts its data at the epoch it resumes at: same batches as without the kill
+    start = 0 if on_ipu else resume_epoch(os.path.join(out, "backup"))
+    aligned = not on_ipu  # stream epochs = training epochs (IPU steps are per replica; no resuming there)
+    train_ds = dataset_lib.make_dataset(manifest["path"], "train", session.dataset_batch, axes=axes,
+                                        augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed, repeat=True,
+                                        cache=True, input_context=input_context, start_epoch=start,
+                                        epoch_batches=steps_per_epoch if aligned else None,
+                                        epochs=cfg.train.epochs)
+    val_ds = None
+    if validation_steps:
+        # finite and the same every epoch: Keras reads it from the start each time (resumable, deterministic)
+        val_ds = dataset_lib.make_dataset(manifest["path"], "validation", session.dataset_batch, axes=axes,
+                                          cache=True, input_context=input_context, epoch_batches=validation_steps)
+
+    gflops = session.forward_flops / 1e9
     print("conductivity_tf.train: {} | {} replica(s) | global batch {} = micro-batch {} x accumulation {} x "
           "replicas {} | {} | {:.2f} GFLOP/sample forward | {} train, {} validation samples".format(
               hardware.description, hardware.replicas, batch.global_batch, batch.micro_batch, batch.accumulation,
@@ -219,21 +340,24 @@ def train(cfg):
     checkpoints = os.path.join(out, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     monitor = "val_loss" if val_ds is not None else "loss"
-    callbacks = [] if on_ipu else [keras.callbacks.BackupAndRestore(os.path.join(out, "backup"))]
-    callbacks += [
-        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "best.weights.h5"), monitor=monitor,
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(checkpoints, "last.weights.h5"), save_weights_only=True),
-        keras.callbacks.CSVLogger(os.path.join(out, "training_log.csv"), append=True),
-    ]
+    log = os.path.join(out, "training_log.csv")
+    if start > 0:
+        trim_log(log, start)
+    callbacks = [checkpoint_callback(keras, checkpoints, monitor, hardware.is_chief),
+                 keras.callbacks.CSVLogger(log, append=start > 0)]
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "logs"), profile_batch=0))
     if cfg.train.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping,
                                                        restore_best_weights=False))
+    if not on_ipu:
+        # last, so that an epoch counts as done only once its checkpoints and log line are written: a kill
+        # before that redoes the epoch (identically) on resume
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(out, "backup")))
     t0 = time.time()
-    model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-              validation_steps=validation_steps or None, callbacks=callbacks, verbose=verbose_level())
+    with hardware.strategy.scope():  # Graphcore's Keras wants fit inside the IPUStrategy's scope; harmless elsewhere
+        model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
+                  callbacks=callbacks, verbose=verbose_level())
     train_seconds = time.time() - t0
     # evaluation and exports run on a plain copy outside the strategy: no collectives, so only the chief
     # does them; other workers keep their final weights (identical to the chief's) for inspection
@@ -246,7 +370,7 @@ def train(cfg):
         return None
     best = os.path.join(checkpoints, "best.weights.h5")
     if os.path.exists(best):
-        plain.load_weights(best)
+        load_weights_checked(plain, best)
     return finish_run(cfg, plain, manifest, out, train_seconds)
 
 
