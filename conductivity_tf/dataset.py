@@ -167,8 +167,14 @@ def make_sample(spec, index):
     for key in ("axis", "layers"):
         if key in params:
             params[key] = int(params[key])
-    sample_seed = int(rng.integers(2 ** 31))
-    volume = microstructure.generate(family, spec.size, seed=sample_seed, **params)
+    for attempt in range(8):
+        sample_seed = int(rng.integers(2 ** 31))
+        try:
+            volume = microstructure.generate(family, spec.size, seed=sample_seed, **params)
+            break
+        except UserError:  # e.g. random packing jammed before its porosity: the next seed (still reproducible)
+            if attempt == 7:
+                raise
     results = physics.solve(volume)
     return {
         "index": index,

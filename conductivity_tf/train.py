@@ -141,7 +141,7 @@ def trim_log(path, start):
     write_text(path, "".join(",".join(r) + "\r\n" for r in kept))
 
 
-def checkpoint_callback(keras, directory, monitor, is_chief=True):
+def checkpoint_callback(keras, directory, monitor, is_chief=True, resuming=False):
     """``last.weights.h5`` after every epoch and ``best.weights.h5`` when ``monitor`` improves, each written
     under a temporary name and renamed (a kill while saving leaves the previous file whole). The best value
     so far is kept in ``best.json``, so a resumed run compares against the same record as an uninterrupted one."""
@@ -157,6 +157,14 @@ def checkpoint_callback(keras, directory, monitor, is_chief=True):
             for name in os.listdir(directory):  # temporaries of a run killed while saving
                 if name.startswith(".") and ".tmp" in name:
                     os.remove(os.path.join(directory, name))
+            if not resuming:  # a new run: an earlier run's record in this directory does not count
+                if os.path.exists(state_path):
+                    os.remove(state_path)
+                return
+            for name in ("best.weights.h5", "last.weights.h5"):
+                path = os.path.join(directory, name)
+                if os.path.exists(path):
+                    check_h5(path)
             if os.path.exists(state_path):
                 try:
                     with open(state_path) as handle:
@@ -208,6 +216,19 @@ def resume_epoch(backup_dir):
         raise UserError("the resume backup {} is damaged ({}); delete that directory to restart the run from its "
                         "beginning".format(directory, str(err).splitlines()[0][:120]))
     return epoch + 1 if epoch >= 0 else 0
+
+
+def check_h5(path):
+    """UserError naming ``path`` unless it is a readable HDF5 file whose every array can be read."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda name, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
+    except Exception as err:  # OSError, KeyError, ... from a truncated or overwritten file
+        raise UserError("checkpoint {} is damaged ({}); delete the run directory's checkpoints/ and backup/ to "
+                        "train again from the start".format(path, str(err).splitlines()[0][:120] if str(err) else
+                                                           type(err).__name__))
 
 
 def load_weights_checked(model, path):
@@ -343,7 +364,7 @@ def train(cfg):
     log = os.path.join(out, "training_log.csv")
     if start > 0:
         trim_log(log, start)
-    callbacks = [checkpoint_callback(keras, checkpoints, monitor, hardware.is_chief),
+    callbacks = [checkpoint_callback(keras, checkpoints, monitor, hardware.is_chief, resuming=start > 0),
                  keras.callbacks.CSVLogger(log, append=start > 0)]
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "logs"), profile_batch=0))
