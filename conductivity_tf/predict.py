@@ -56,6 +56,10 @@ class Predictor(object):
             raise UserError("{} has shape {} but the model takes {}^3 cubes; cut it into {}^3 tiles (python -m "
                             "conductivity_tf.dataset import --tile {}) or use a model trained at that size".format(
                                 name, "x".join(map(str, volume.shape)), self.size, self.size, self.size))
+        self.check_binary(volume, name)
+
+    @staticmethod
+    def check_binary(volume, name="volume"):
         values = np.unique(volume)
         if not set(values.tolist()) <= {0, 1}:
             raise UserError("{} is not binary (values {}); the model takes 1 = conducting, 0 = insulating: segment "
@@ -76,8 +80,8 @@ def evaluate(model_dir, data_path, split="test"):
     from conductivity_tf import dataset as dataset_lib
     from conductivity_tf.train import regression_metrics
 
+    manifest = dataset_lib.load_manifest(data_path)  # the cheap check first
     predictor = Predictor(model_dir)
-    manifest = dataset_lib.load_manifest(data_path)
     if manifest["sample_size"] != predictor.size:
         raise UserError("the dataset {} holds {}^3 samples but the model takes {}^3; evaluate on a dataset of that "
                         "size".format(manifest["path"], manifest["sample_size"], predictor.size))
@@ -111,10 +115,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError("--batch-size {} must be at least 1".format(args.batch_size))
+    # every volume is read and checked before the model loads: a bad file fails fast
+    arrays = [(path, load_volume_from_args(path, args).array) for path in args.volumes]
+    for path, array in arrays:
+        Predictor.check_binary(array, path)
     predictor = Predictor(args.model)
     volumes = []
-    for path in args.volumes:
-        array = load_volume_from_args(path, args).array
+    for path, array in arrays:
         predictor.check(array, path)
         volumes.append(array)
     for start in range(0, len(volumes), args.batch_size):
