@@ -53,3 +53,20 @@ def test_keras_compat_gives_the_keras_2_api(inherited):
     assert proc.returncode == 0, proc.stderr
     version, is3, _ = proc.stdout.split()
     assert version.startswith("2.") and is3 == "False"
+
+
+def test_no_unsafe_deserialisation_of_user_files():
+    """User files are read as data only: no pickle, no yaml.load without a safe loader, no Keras unsafe mode."""
+    import re
+
+    package = os.path.join(ROOT, "conductivity_tf")
+    forbidden = [r"\bimport pickle\b", r"\bpickle\.load", r"allow_pickle\s*=\s*True", r"yaml\.load\(",
+                 r"yaml\.unsafe_load", r"safe_mode\s*=\s*False", r"\beval\(", r"\bexec\(", r"marshal\.loads"]
+    hits = []
+    for name in sorted(os.listdir(package)):
+        if name.endswith(".py"):
+            with open(os.path.join(package, name)) as handle:
+                for number, line in enumerate(handle, 1):
+                    hits += ["{}:{}: {}".format(name, number, line.strip()) for pattern in forbidden
+                             if re.search(pattern, line)]
+    assert not hits, hits
