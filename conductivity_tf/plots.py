@@ -4,9 +4,12 @@ import numpy as np
 
 
 def _pyplot():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules:  # scripts: draw to files; notebooks keep their own backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
