@@ -66,7 +66,8 @@ class TrainConfig:
     optimizer: str = _f("adam", "adam | sgd")
     schedule: str = _f("cosine", "learning-rate schedule: cosine | constant")
     warmup_epochs: float = _f(0.5, "linear warm-up length in epochs")
-    loss: str = _f("mse", "mse | mae | huber")
+    loss: str = _f("mse", "mse | mae | huber | log_mse (squared error of log(sigma + 0.001): weighs relative "
+                          "error, for low-conductivity samples)")
     early_stopping: int = _f(0, "stop after this many epochs without validation improvement (0 = off)")
     seed: int = _f(0, "seed for weights, shuffling and augmentation")
     deterministic: bool = _f(False, "op determinism: bitwise reproducible CPU runs (slower)")
@@ -114,7 +115,7 @@ CHOICES = {
     "model.activation": ("relu", "gelu", "swish", "elu"),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("cosine", "constant"),
-    "train.loss": ("mse", "mae", "huber"),
+    "train.loss": ("mse", "mae", "huber", "log_mse"),
     "train.precision": ("fp32", "mixed_float16", "mixed_bfloat16", "fp16", "auto"),
     "hardware.kind": ("auto", "cpu", "gpu", "ipu"),
     "hardware.reduction": ("mean", "sum", "running_mean"),
@@ -202,8 +203,11 @@ def resolve_config_file(name):
         name, ", ".join(list_presets())))
 
 
+NOT_PRESETS = ("benchmarks", "dataset_mix64")  # configs/ also holds the benchmark list and a dataset specification
+
+
 def list_presets():
-    return sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".yaml"))
+    return sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".yaml") and n[:-5] not in NOT_PRESETS)
 
 
 def load_config(config_file=None, overrides=()):

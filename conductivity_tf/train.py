@@ -241,6 +241,16 @@ def load_weights_checked(model, path):
                                                          type(err).__name__))
 
 
+def loss_function(keras, tf, name):
+    """The Keras loss for ``train.loss``."""
+    if name == "log_mse":
+        def log_mse(y_true, y_pred):
+            y_true, y_pred = tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
+            return tf.reduce_mean(tf.square(tf.math.log(y_pred + 1e-3) - tf.math.log(y_true + 1e-3)), axis=-1)
+        return log_mse
+    return {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber(0.02)}[name]
+
+
 def verbose_level():
     return 1 if sys.stdout.isatty() else 2
 
@@ -303,7 +313,7 @@ def setup(cfg, train_samples, validation_samples=0):
             model = strategies.for_training(base, cfg.hardware.gradient_accumulation, cfg.hardware.reduction)
             optimizer = (keras.optimizers.Adam(lr) if cfg.train.optimizer == "adam"
                          else keras.optimizers.SGD(lr, momentum=0.9))
-        loss = {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber(0.02)}[cfg.train.loss]
+        loss = loss_function(keras, tf, cfg.train.loss)
         model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=spe,
                       jit_compile=cfg.train.xla)
     forward_flops = sum(c.flops for c in layer_costs(base))
