@@ -384,6 +384,7 @@ def _bench_dataclasses():
         micro_batch: int = 8
         accumulation: int = 4
         windows: int = 7
+        steps_per_window: int = 20
 
     @dataclass
     class BenchFile:
@@ -638,7 +639,7 @@ def measure_reference(settings):
 
     ref = settings["reference"]
     size, micro, k, windows = ref["size"], ref["micro_batch"], ref["accumulation"], ref["windows"]
-    per_window = settings["steps_per_window"]
+    per_window = ref["steps_per_window"]
     global_batch = micro * k
 
     def ours(accumulation):

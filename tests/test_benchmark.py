@@ -1,0 +1,53 @@
+"""The train benchmark writes its CSV, table and plots, skips absent hardware with the reason, and compares CSVs."""
+
+import csv
+import os
+
+from tests.conftest import run_module
+
+SMALL = """
+defaults: {size: 16, micro_batch: 4, model: {widths: [4, 8], head_units: 8}}
+windows: 5
+steps_per_window: 2
+warmup_steps: 1
+reference: {size: 16, micro_batch: 4, accumulation: 2, windows: 2, steps_per_window: 3}
+runs:
+  - {name: tiny-b4, quick: true}
+  - {name: tiny-b4-ga2, gradient_accumulation: 2, quick: true}
+  - {name: tiny-gpu, kind: gpu, quick: true}
+  - {name: tiny-ipu, kind: ipu, pipeline_stages: 2, gradient_accumulation: 4, precision: fp16, quick: true}
+  - {name: not-quick, micro_batch: 8}
+"""
+
+
+def test_train_suite_and_compare(tmp_path):
+    config = tmp_path / "bench.yaml"
+    config.write_text(SMALL)
+    out = tmp_path / "results" / "train.csv"
+    proc = run_module("conductivity_tf.benchmark", "train", "--quick", "--config", config, "--csv", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as handle:
+        rows = {r["name"]: r for r in csv.DictReader(handle)}
+    assert "not-quick" not in rows
+    for name in ("tiny-b4", "tiny-b4-ga2"):
+        row = rows[name]
+        assert row["status"] == "ok" and float(row["samples_per_s"]) > 0
+        assert float(row["min_samples_per_s"]) <= float(row["samples_per_s"]) <= float(row["max_samples_per_s"])
+        assert 0 < float(row["utilisation"]) < 1 and "matmul probe" in row["peak_source"]
+        assert float(row["peak_memory_mb"]) > 100 and row["machine"] and row["cpu"]
+    assert rows["tiny-b4-ga2"]["global_batch"] == "8"
+    assert rows["tiny-gpu"]["status"].startswith("skipped: hardware.kind=gpu")
+    assert rows["tiny-ipu"]["status"].startswith("skipped: hardware.kind=ipu needs Graphcore's Poplar SDK")
+    assert sum(name.startswith("reference: ") for name in rows) == 3
+    last = proc.stdout.strip().splitlines()[-2:]
+    assert last[0].startswith("our training step / bare model.fit: ")
+    assert last[1].startswith("gradient accumulation (2 micro-batches of 4) / one batch of 8: ")
+    for suffix in (".md", "_vs_batch.png", "_vs_accumulation.png", "_vs_stages.png"):
+        path = str(out)[:-4] + suffix
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        assert head == b"\x89PNG\r\n\x1a\n" or suffix == ".md", path
+    proc = run_module("conductivity_tf.benchmark", "compare", out, out, "--out", tmp_path / "cmp" / "both.png")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.path.exists(tmp_path / "cmp" / "both_by_configuration.png")
+    assert "tiny-b4" in proc.stdout
