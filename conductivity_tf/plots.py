@@ -97,9 +97,9 @@ def throughput_plots(rows, stem):
             ax.text(0.5, 0.5, "no configurations vary the {} here".format(what), transform=ax.transAxes,
                     ha="center", va="center", color="0.4")
         ax.set_xscale("log", base=2)
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import FuncFormatter
 
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: "{:g}".format(value)))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("training throughput (samples/s)")
         ax.set_title("Training throughput against {} (median of timed windows; bars: min–max)".format(
