@@ -1,0 +1,31 @@
+"""The pretrained model shipped in the package: found without --model, right on new structures, JSON output."""
+
+import json
+
+import numpy as np
+
+from conductivity_tf import microstructure, physics
+from tests.conftest import run_module
+
+
+def test_predict_without_model_uses_the_pretrained_model_and_agrees_with_the_solver(tmp_path):
+    volumes = [microstructure.generate("blobs", 64, seed=900, porosity=0.5, correlation_length=3.0),
+               microstructure.generate("fibres", 64, seed=901, porosity=0.75, radius=2.0, axis=1, spread=20.0),
+               microstructure.generate("packed_spheres", 64, seed=902, porosity=0.8, radius=4.0)]
+    paths = []
+    for i, volume in enumerate(volumes):
+        paths.append(tmp_path / "v{}.npy".format(i))
+        np.save(paths[-1], volume)
+    proc = run_module("conductivity_tf.predict", *paths, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(p) for p in paths]
+    for line, volume in zip(lines, volumes):
+        assert set(line) == {"file", "relative_conductivity", "porosity", "seconds"}
+        assert abs(line["porosity"] - volume.mean()) < 1e-6
+        solver = [r.relative_conductivity for r in physics.solve(volume)]
+        predicted = line["relative_conductivity"]
+        assert len(predicted) == 3
+        # within [0, porosity] by construction, and close to the solver on every axis
+        assert all(0.0 <= p <= line["porosity"] + 1e-6 for p in predicted)
+        assert np.max(np.abs(np.array(predicted) - solver)) < 0.04, (predicted, solver)
