@@ -26,8 +26,3 @@ def run_cli(main, argv=None):
         sys.exit(130)
     sys.exit(status or 0)
 
-
-def not_available(command, what):
-    """One line for a command whose capability this version does not have yet; exit status 1."""
-    print("{}: {} is not available in this version of conductivity_tf".format(command, what), file=sys.stderr)
-    return 1
