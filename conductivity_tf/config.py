@@ -76,6 +76,7 @@ class TrainConfig:
     xla: bool = _f(False, "compile the training step with XLA (jit_compile)")
     out_dir: str = _f("runs/default", "run directory: checkpoints, logs, metrics, exported model")
     tensorboard: bool = _f(True, "write TensorBoard logs")
+    initial_weights: str = _f("", "start from these Keras weights (a run's model.weights.h5) to fine-tune; '' = random")
 
 
 @dataclass

@@ -300,6 +300,11 @@ def setup(cfg, train_samples, validation_samples=0):
     axes = list(cfg.data.axes)
     with hardware.strategy.scope():
         base = build_model(cfg.model, cfg.data.size, len(axes))
+        if cfg.train.initial_weights:
+            if not os.path.isfile(cfg.train.initial_weights):
+                raise UserError("train.initial_weights={} does not exist; give a run's model.weights.h5".format(
+                    cfg.train.initial_weights))
+            load_weights_checked(base, cfg.train.initial_weights)
         total_steps = steps_per_epoch * cfg.train.epochs
         lr = warmup_cosine(keras, cfg.train.learning_rate, total_steps,
                            int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.schedule)

@@ -22,6 +22,14 @@ def run_module(module, *args, cwd=None, timeout=600, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def build_dataset(out, samples, size, seed, shard_size=16):
+    """A small dataset built by the real command; returns its path."""
+    proc = run_module("conductivity_tf.dataset", "build", "--out", out, "--samples", samples, "--size", size,
+                      "--seed", seed, "--quiet", "shard_size={}".format(shard_size))
+    assert proc.returncode == 0, proc.stderr
+    return str(out)
+
+
 def assert_one_line_error(proc, *fragments):
     """Exit status 2, exactly one line on stderr containing every fragment, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, assert_one_line_error, run_module
+from tests.conftest import ROOT, assert_one_line_error, build_dataset, run_module
 
 ARGS = ["model.widths=[4,8]", "model.head_units=8", "data.size=16", "train.batch_size=8", "train.epochs=4",
         "train.tensorboard=false", "train.deterministic=true", "train.seed=3"]
@@ -72,6 +72,13 @@ def _env():
     return dict(os.environ, PYTHONPATH=ROOT)
 
 
+def _kill_at(moment, command):
+    """Run the training command under KILLER; it must end by SIGKILL at ``moment``."""
+    proc = subprocess.run([sys.executable, "-c", KILLER, moment] + command, cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, (moment, proc.returncode, proc.stderr[-2000:])
+
+
 def _weights(path):
     import h5py
 
@@ -98,11 +105,7 @@ def _assert_same_run(a, b):
 
 @pytest.fixture(scope="module")
 def data16(tmp_path_factory):
-    out = tmp_path_factory.mktemp("faults") / "d16"
-    proc = run_module("conductivity_tf.dataset", "build", "--out", out, "--samples", "144", "--size", "16",
-                      "--seed", "5", "--quiet", "shard_size=16")
-    assert proc.returncode == 0, proc.stderr
-    return str(out)
+    return build_dataset(tmp_path_factory.mktemp("faults") / "d16", samples=144, size=16, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +123,7 @@ def test_training_killed_at_three_moments_resumes_to_identical_weights(data16, r
                "save:last.weights.h5:1",        # while writing the first checkpoint after resuming
                "epoch:3"]                       # between epochs 2 and 3
     for moment in moments:
-        proc = subprocess.run([sys.executable, "-c", KILLER, moment] + command, cwd=ROOT, env=_env(),
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == -signal.SIGKILL, (moment, proc.returncode, proc.stderr[-2000:])
+        _kill_at(moment, command)
         assert os.path.isdir(os.path.join(out, "backup")) or moment == "batch:1:5"
     # the checkpoint-writing kill left its temporary behind; resuming removes it
     proc = run_module("conductivity_tf.train", *command)
@@ -164,9 +165,7 @@ def _flip_byte(path, offset_fraction=0.5):
 def test_damaged_checkpoint_is_named_on_resume(data16, tmp_path):
     out = str(tmp_path / "run")
     command = ["data.path=" + data16] + ARGS + ["--out", out]
-    proc = subprocess.run([sys.executable, "-c", KILLER, "epoch:2"] + command, cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+    _kill_at("epoch:2", command)
     best = os.path.join(out, "checkpoints", "best.weights.h5")
     with open(best, "r+b") as handle:
         handle.truncate(os.path.getsize(best) // 3)
@@ -177,9 +176,7 @@ def test_damaged_checkpoint_is_named_on_resume(data16, tmp_path):
 def test_damaged_resume_backup_is_named(data16, tmp_path):
     out = str(tmp_path / "run")
     command = ["data.path=" + data16] + ARGS + ["--out", out]
-    proc = subprocess.run([sys.executable, "-c", KILLER, "epoch:2"] + command, cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+    _kill_at("epoch:2", command)
     backup = os.path.join(out, "backup", "chief")
     data_files = [os.path.join(backup, n) for n in os.listdir(backup) if ".data-" in n]
     assert data_files

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, assert_one_line_error, run_module
+from tests.conftest import ROOT, assert_one_line_error, build_dataset, run_module
 
 TINY = ["model.widths=[4,8]", "model.head_units=8", "data.size=16", "train.batch_size=8", "train.epochs=2",
         "train.tensorboard=false"]
@@ -19,11 +19,7 @@ TINY = ["model.widths=[4,8]", "model.head_units=8", "data.size=16", "train.batch
 
 @pytest.fixture(scope="module")
 def data16(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "d16"
-    proc = run_module("conductivity_tf.dataset", "build", "--out", out, "--samples", "160", "--size", "16",
-                      "--seed", "1", "--quiet", "shard_size=16")
-    assert proc.returncode == 0, proc.stderr
-    return str(out)
+    return build_dataset(tmp_path_factory.mktemp("data") / "d16", samples=160, size=16, seed=1)
 
 
 @pytest.fixture(scope="module")
