@@ -736,25 +736,28 @@ def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle
         volume = tf.ensure_shape(volume[..., None], [size, size, size, 1])
         return volume, tf.ensure_shape(tf.gather(sigma, axes), [len(axes)])
 
-    def one_epoch(epoch, samples):
+    def one_epoch(epoch, samples, tail=False):
+        """Epoch ``epoch``'s batches; ``tail``: every epoch from this one on, each reshuffled (not resumable)."""
         epoch_seed = (int(seed) * 1000003 + int(epoch)) % (1 << 62)
         if shuffle:
-            samples = samples.shuffle(4096, seed=epoch_seed, reshuffle_each_iteration=False)
-        if augment:
+            samples = samples.shuffle(4096, seed=epoch_seed, reshuffle_each_iteration=tail)
+        if tail:
+            samples = samples.repeat()
+        if augment:  # positions keep counting through a repeated tail, so its symmetries differ epoch to epoch
             samples = samples.enumerate().map(
                 lambda i, item: symmetry(item[0], item[1], tf.stack([tf.constant(epoch_seed, tf.int64), i])),
                 num_parallel_calls=tf.data.AUTOTUNE)
         samples = samples.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
         batches = samples.batch(batch_size, drop_remainder=True)
-        return batches.take(epoch_batches) if epoch_batches else batches
+        return batches.take(epoch_batches) if epoch_batches and not tail else batches
 
     if repeat:
         stop = max(int(epochs or 0), start_epoch + 1)
         stream = one_epoch(start_epoch, ds)
         for epoch in range(start_epoch + 1, stop):
             stream = stream.concatenate(one_epoch(epoch, ds))
-        # beyond the planned epochs (validation streams, benchmarks): the last epoch's recipe, repeated
-        ds = stream.concatenate(one_epoch(stop, ds).repeat())
+        # beyond the planned epochs (validation streams, benchmarks): reshuffled every pass
+        ds = stream.concatenate(one_epoch(stop, ds, tail=True))
     else:
         ds = one_epoch(start_epoch, ds)
     if input_context is None:

@@ -184,3 +184,25 @@ def test_import_tiles_a_tomogram(tmp_path):
 
 def test_missing_dataset_is_one_line(tmp_path):
     assert_one_line_error(run_module("conductivity_tf.dataset", "info", tmp_path / "nothing"), "no dataset at")
+
+
+def test_epoch_streams_resume_exactly_and_reshuffle_between_epochs():
+    """Epoch e of the stream depends only on (seed, e): a stream started at epoch 1 equals epochs 1.. of a stream
+    started at 0; consecutive epochs differ (order and symmetries); beyond the planned epochs it still reshuffles."""
+    from conductivity_tf.keras_compat import tf  # noqa: F401  (TensorFlow with the Keras 2 API, as everywhere)
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "small32")
+    batches = 398 // 32   # the validation split: 12 batches of 32 per epoch
+
+    def stream(start, count):
+        ds = D.make_dataset(path, "validation", 32, shuffle=True, augment=True, seed=7, repeat=True,
+                            start_epoch=start, epoch_batches=batches, epochs=3)
+        return [x.numpy() for x, _ in ds.take(count)]
+
+    whole = stream(0, 5 * batches)
+    resumed = stream(1, 4 * batches)
+    for a, b in zip(whole[batches:], resumed):
+        assert np.array_equal(a, b)
+    epochs = [np.concatenate(whole[e * batches:(e + 1) * batches]) for e in range(5)]
+    for e in range(4):
+        assert not np.array_equal(epochs[e], epochs[e + 1]), e
