@@ -34,7 +34,7 @@ test: install
 
 lint: install
 	$(PY) -m ruff check conductivity_tf tests
-	$(PY) -m vermin --no-tips --violations -t=3.8- conductivity_tf
+	$(dir $(PY))vermin --no-tips --violations -t=3.8- conductivity_tf
 
 clean-venv:
 	rm -rf $(VENV)
