@@ -529,15 +529,21 @@ def _windows(times, samples_per_tick, warmup, ticks_per_window, windows):
     return rates
 
 
+def _row_head(run):
+    """The columns of a row that describe its configuration."""
+    row = {k: run[k] for k in ("name", "kind", "replicas", "pipeline_stages", "gradient_accumulation",
+                               "micro_batch", "precision", "size")}
+    row["global_batch"] = run["micro_batch"] * run["gradient_accumulation"] * run["replicas"]
+    return row
+
+
 def measure_run(run, settings):
     """Time one configuration; returns its CSV row."""
     from conductivity_tf import train as train_lib
     from conductivity_tf.keras_compat import keras, tf
 
     cfg = run_training_config(run)
-    row = {k: run[k] for k in ("name", "kind", "replicas", "pipeline_stages", "gradient_accumulation",
-                               "micro_batch", "precision", "size")}
-    row["global_batch"] = run["micro_batch"] * run["gradient_accumulation"] * run["replicas"]
+    row = _row_head(run)
     windows, per_window, warmup = settings["windows"], settings["steps_per_window"], settings["warmup_steps"]
     if run["kind"] == "cpu" and run["pipeline_stages"] > 1:
         return measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup)
@@ -721,31 +727,24 @@ def run_train_suite(args):
         if not chosen:
             raise UserError("--only {}: no such run in the benchmark file; runs are {}".format(
                 args.only, ", ".join(r["name"] for r in runs)))
+    from tqdm import tqdm
+
+    config_args = ["--config", args.config] if args.config else []
     rows = []
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(items, **_):
-            return items
-    bar = tqdm(chosen + [None], desc="train benchmark", unit="run", file=sys.stderr)
-    for run in bar:
-        if run is None:
-            bar.set_postfix_str("reference comparisons")
-            got, error = _child(["train", "--reference"] + (["--config", args.config] if args.config else []))
+    with tqdm(total=len(chosen) + 1, desc="train benchmark", unit="run", file=sys.stderr) as bar:
+        for run in chosen:
+            bar.set_postfix_str(run["name"])
+            got, error = _child(["train", "--one", json.dumps(run)] + config_args)
             if error:
-                raise UserError("the reference comparisons failed: {}".format(error))
-            reference = got
-            continue
-        bar.set_postfix_str(run["name"])
-        got, error = _child(["train", "--one", json.dumps(run)] + (["--config", args.config] if args.config else []))
+                rows.append(dict(_row_head(run), status="skipped: " + error))
+            else:
+                rows.extend(got)
+            bar.update()
+        bar.set_postfix_str("reference comparisons")
+        reference, error = _child(["train", "--reference"] + config_args)
         if error:
-            row = {k: run[k] for k in ("name", "kind", "replicas", "pipeline_stages", "gradient_accumulation",
-                                       "micro_batch", "precision", "size")}
-            row["global_batch"] = run["micro_batch"] * run["gradient_accumulation"] * run["replicas"]
-            row["status"] = "skipped: " + error
-            rows.append(row)
-        else:
-            rows.extend(got)
+            raise UserError("the reference comparisons failed: {}".format(error))
+        bar.update()
     rows.extend(reference)
     table = markdown_table(rows, TRAIN_COLUMNS)
     print(table)

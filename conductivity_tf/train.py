@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -130,6 +131,7 @@ def bruggeman_fit(porosity, sigma):
 def trim_log(path, start):
     """Keep the CSV log's lines of epochs before ``start`` (a resumed run redoes the others)."""
     import csv as csv_lib
+    import io
 
     from conductivity_tf.fileio import write_text
 
@@ -138,7 +140,9 @@ def trim_log(path, start):
     with open(path, newline="") as handle:
         rows = list(csv_lib.reader(handle))
     kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < start]
-    write_text(path, "".join(",".join(r) + "\r\n" for r in kept))
+    text = io.StringIO()
+    csv_lib.writer(text).writerows(kept)  # the dialect CSVLogger writes
+    write_text(path, text.getvalue())
 
 
 def checkpoint_callback(keras, directory, monitor, is_chief=True, resuming=False):
@@ -259,15 +263,9 @@ def verbose_level():
 # the recipe
 
 
-class Session(object):
-    """Everything the recipe sets up before fitting (also what the ``train`` benchmark times)."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-
 def setup(cfg, train_samples, validation_samples=0):
-    """Seed, strategy, batch arithmetic, precision, and the model built and compiled in the strategy's scope.
+    """Seed, strategy, batch arithmetic, precision, and the model built and compiled in the strategy's scope:
+    everything the recipe sets up before fitting (also what the ``train`` benchmark times), as a namespace.
 
     ``train_samples`` sizes the epoch (and so the learning-rate schedule)."""
     from conductivity_tf import strategies
@@ -322,9 +320,10 @@ def setup(cfg, train_samples, validation_samples=0):
         model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=spe,
                       jit_compile=cfg.train.xla)
     forward_flops = sum(c.flops for c in layer_costs(base))
-    return Session(hardware=hardware, on_ipu=on_ipu, batch=batch, policy=policy, step_batch=step_batch,
-                   dataset_batch=dataset_batch, steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-                   steps_per_execution=spe, base=base, model=model, forward_flops=forward_flops)
+    return types.SimpleNamespace(hardware=hardware, on_ipu=on_ipu, batch=batch, policy=policy, step_batch=step_batch,
+                                 dataset_batch=dataset_batch, steps_per_epoch=steps_per_epoch,
+                                 validation_steps=validation_steps, steps_per_execution=spe, base=base, model=model,
+                                 forward_flops=forward_flops)
 
 
 def train(cfg):
