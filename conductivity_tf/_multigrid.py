@@ -56,16 +56,25 @@ def _residual(x, b, r, diag, cx, cy, cz):
 @njit(parallel=True, cache=True, fastmath=True)
 def _gauss_seidel_color(x, b, inv, cx, cy, cz, color):
     """One colour of red-black Gauss-Seidel. ``inv`` is 1/diag, 0 where a cell is not an unknown, so
-    the update needs neither a branch nor a division (the cell's conductances are 0 there too)."""
+    the update needs neither a branch nor a division (the cell's conductances are 0 there too).
+
+    Each row is updated in two unit-stride passes that the compiler vectorises: the update of every
+    cell into a row buffer, then the cells of this colour copied back. A cell's update reads only cells
+    of the other colour, which this sweep does not write, so the result is that of the plain loop over
+    this colour's cells, bit for bit, at about twice its speed.
+    """
     n0, n1, n2 = x.shape
     for i in prange(1, n0 - 1):
+        row = np.empty(n2, x.dtype)
         for j in range(1, n1 - 1):
+            for k in range(1, n2 - 1):
+                row[k] = (b[i, j, k]
+                          + cx[i - 1, j, k] * x[i - 1, j, k] + cx[i, j, k] * x[i + 1, j, k]
+                          + cy[i, j - 1, k] * x[i, j - 1, k] + cy[i, j, k] * x[i, j + 1, k]
+                          + cz[i, j, k - 1] * x[i, j, k - 1] + cz[i, j, k] * x[i, j, k + 1]) * inv[i, j, k]
             k0 = 1 + ((i + j + 1 + color) & 1)
             for k in range(k0, n2 - 1, 2):
-                x[i, j, k] = (b[i, j, k]
-                              + cx[i - 1, j, k] * x[i - 1, j, k] + cx[i, j, k] * x[i + 1, j, k]
-                              + cy[i, j - 1, k] * x[i, j - 1, k] + cy[i, j, k] * x[i, j + 1, k]
-                              + cz[i, j, k - 1] * x[i, j, k - 1] + cz[i, j, k] * x[i, j, k + 1]) * inv[i, j, k]
+                x[i, j, k] = row[k]
 
 
 @njit(parallel=True, cache=True)
