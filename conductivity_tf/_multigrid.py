@@ -18,11 +18,56 @@ correction, keeps the V-cycle a symmetric positive definite preconditioner for C
 is solved directly.
 """
 
+import threading
+
 import numpy as np
 from numba import njit, prange
 
 COARSE_SCALE = 0.5
 COARSEST_CELLS = 256
+# grids up to this many padded cells keep their arrays between solves (about 0.4 GB at 128^3)
+MAX_KEPT_CELLS = 130 ** 3
+
+
+class Workspace(object):
+    """Arrays kept between solves of grids of one shape (the three axes of a volume, the samples of a
+    dataset). Fresh memory costs a page fault per 4 KiB page on first touch, which was about a third of
+    a 64^3 solve. Only the most recent padded shape is kept, and nothing for grids above
+    ``MAX_KEPT_CELLS``; arrays handed out are only valid until the next solve."""
+
+    def __init__(self):
+        self.key = None
+        self.arrays = {}
+
+    def begin(self, padded_shape):
+        """Start a solve on a padded grid of this shape; forget the arrays of any other shape."""
+        key = tuple(padded_shape)
+        if key != self.key:
+            self.arrays = {}
+            self.key = key
+        self.keep = int(np.prod(key)) <= MAX_KEPT_CELLS
+
+    def get(self, name, shape, dtype=np.float64, zero=True):
+        """The array called ``name``; zero-filled when ``zero`` (else its contents are stale)."""
+        dtype = np.dtype(dtype)
+        array = self.arrays.get(name)
+        if array is None or array.shape != tuple(shape) or array.dtype != dtype:
+            array = np.zeros(shape, dtype)
+            if self.keep:
+                self.arrays[name] = array
+        elif zero:
+            array.fill(0)
+        return array
+
+
+_local = threading.local()
+
+
+def workspace():
+    """This thread's workspace."""
+    if not hasattr(_local, "workspace"):
+        _local.workspace = Workspace()
+    return _local.workspace
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -60,8 +105,8 @@ def _gauss_seidel_color(x, b, inv, cx, cy, cz, color):
 
     Each row is updated in two unit-stride passes that the compiler vectorises: the update of every
     cell into a row buffer, then the cells of this colour copied back. A cell's update reads only cells
-    of the other colour, which this sweep does not write, so the result is that of the plain loop over
-    this colour's cells, bit for bit, at about twice its speed.
+    of the other colour, which this sweep does not write, so this is the plain loop over this colour's
+    cells (up to the order of the additions) at about twice its speed.
     """
     n0, n1, n2 = x.shape
     for i in prange(1, n0 - 1):
@@ -106,22 +151,27 @@ def _prolong_add(xc, x, diag):
                     x[i, j, k] += xc[I, J, (k - 1) // 2 + 1]
 
 
-@njit(cache=True)
-def _coarsen(diag, cx, cy, cz, bnd, scale):
+def coarse_shape(shape):
+    return tuple((n - 2 + 1) // 2 + 2 for n in shape)
+
+
+def _coarsen(diag, cx, cy, cz, bnd, scale, ws, tag):
     """Galerkin coarse operator of 2x2x2 aggregation, scaled; returns coarse (diag, cx, cy, cz, bnd).
 
     ``bnd`` is each cell's Dirichlet boundary conductance (part of ``diag``).
     """
+    shape = coarse_shape(diag.shape)
+    out = [ws.get(tag + name, shape) for name in ("diag64", "cx64", "cy64", "cz64", "bnd64")]
+    active = ws.get(tag + "active", shape, np.bool_)
+    _coarsen_into(diag, cx, cy, cz, bnd, scale, out[0], out[1], out[2], out[3], out[4], active)
+    return out
+
+
+@njit(cache=True)
+def _coarsen_into(diag, cx, cy, cz, bnd, scale, dc, xc, yc, zc, bc, active):
+    """The coarse operator into zeroed arrays of the coarse shape."""
     n0, n1, n2 = diag.shape
-    m0 = (n0 - 2 + 1) // 2 + 2
-    m1 = (n1 - 2 + 1) // 2 + 2
-    m2 = (n2 - 2 + 1) // 2 + 2
-    dc = np.zeros((m0, m1, m2))
-    xc = np.zeros((m0, m1, m2))
-    yc = np.zeros((m0, m1, m2))
-    zc = np.zeros((m0, m1, m2))
-    bc = np.zeros((m0, m1, m2))
-    active = np.zeros((m0, m1, m2), dtype=np.bool_)
+    m0, m1, m2 = dc.shape
     for i in range(1, n0 - 1):
         I = (i - 1) // 2 + 1
         for j in range(1, n1 - 1):
@@ -151,7 +201,6 @@ def _coarsen(diag, cx, cy, cz, bnd, scale):
                 if active[I, J, K]:
                     dc[I, J, K] = (bc[I, J, K] + xc[I - 1, J, K] + xc[I, J, K] + yc[I, J - 1, K]
                                    + yc[I, J, K] + zc[I, J, K - 1] + zc[I, J, K])
-    return dc, xc, yc, zc, bc
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -189,22 +238,25 @@ def _direction(p, z, beta):
                 p[i, j, k] = z[i, j, k] + beta * p[i, j, k]
 
 
-@njit(parallel=True, cache=True)
-def assemble(s):
+def assemble(s, ws=None):
     """Padded system for transport along axis 0 of the conductivity field ``s`` (unpadded).
 
     Returns (cx, cy, cz, diag, bnd, rhs): harmonic-mean face conductances, the diagonal, each cell's
     Dirichlet boundary conductance (2 sigma: half a voxel to the outer face) and the right-hand side
-    for phi = 1 at the inlet face and 0 at the outlet face.
+    for phi = 1 at the inlet face and 0 at the outlet face. With a workspace ``ws`` the arrays are its.
     """
+    shape = tuple(n + 2 for n in s.shape)
+    if ws is None:
+        ws = Workspace()
+        ws.begin((0,))
+    out = [ws.get(name, shape) for name in ("cx", "cy", "cz", "diag", "bnd", "rhs")]
+    _assemble_into(s, *out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _assemble_into(s, cx, cy, cz, diag, bnd, rhs):
     n0, n1, n2 = s.shape
-    shape = (n0 + 2, n1 + 2, n2 + 2)
-    cx = np.zeros(shape)
-    cy = np.zeros(shape)
-    cz = np.zeros(shape)
-    diag = np.zeros(shape)
-    bnd = np.zeros(shape)
-    rhs = np.zeros(shape)
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
@@ -233,7 +285,6 @@ def assemble(s):
                 if s[i - 1, j - 1, k - 1] > 0.0:
                     diag[i, j, k] = (bnd[i, j, k] + cx[i - 1, j, k] + cx[i, j, k] + cy[i, j - 1, k]
                                      + cy[i, j, k] + cz[i, j, k - 1] + cz[i, j, k])
-    return cx, cy, cz, diag, bnd, rhs
 
 
 @njit(cache=True)
@@ -307,14 +358,18 @@ def power_and_sections(phi, diag, cx, cy, cz, bnd, rhs):
 
 
 class _Level(object):
-    def __init__(self, diag, cx, cy, cz, dtype=np.float32):
+    def __init__(self, diag, cx, cy, cz, ws, tag, dtype=np.float32):
         # the preconditioner needs no double precision: single halves the memory traffic
-        self.diag, self.cx, self.cy, self.cz = (a.astype(dtype) for a in (diag, cx, cy, cz))
-        self.inv = np.zeros_like(self.diag)
+        shape = diag.shape
+        self.diag, self.cx, self.cy, self.cz = (ws.get(tag + name, shape, dtype, zero=False)
+                                                for name in ("diag", "cx", "cy", "cz"))
+        for dst, src in ((self.diag, diag), (self.cx, cx), (self.cy, cy), (self.cz, cz)):
+            np.copyto(dst, src, casting="same_kind")
+        self.inv = ws.get(tag + "inv", shape, dtype)
         np.divide(1.0, self.diag, out=self.inv, where=self.diag != 0)
-        self.x = np.zeros_like(self.diag)
-        self.b = np.zeros_like(self.diag)
-        self.r = np.zeros_like(self.diag)
+        self.x = ws.get(tag + "x", shape, dtype)
+        self.b = ws.get(tag + "b", shape, dtype)
+        self.r = ws.get(tag + "r", shape, dtype)
 
 
 @njit(cache=True)
@@ -374,18 +429,23 @@ class _CoarsestSolver(object):
 class MultigridPCG(object):
     """Solve A x = b (padded layout, see module docstring) by CG with a multigrid V-cycle preconditioner."""
 
-    def __init__(self, diag, cx, cy, cz, bnd, smoothing=2, cycle=1):
+    def __init__(self, diag, cx, cy, cz, bnd, smoothing=2, cycle=1, ws=None):
+        if ws is None:
+            ws = Workspace()
+            ws.begin((0,))
+        self.ws = ws
         self.operator = (diag, cx, cy, cz)
-        self.levels = [_Level(diag, cx, cy, cz)]
+        self.levels = [_Level(diag, cx, cy, cz, ws, "L0.")]
         self.smoothing = smoothing
         self.cycle = cycle
         while np.count_nonzero(self.levels[-1].diag) > COARSEST_CELLS and min(self.levels[-1].diag.shape) > 3:
             lv = self.levels[-1]
+            tag = "L{}.".format(len(self.levels))
             if len(self.levels) == 1:
-                dc, xc, yc, zc, bnd = _coarsen(diag, cx, cy, cz, bnd, COARSE_SCALE)
+                dc, xc, yc, zc, bnd = _coarsen(diag, cx, cy, cz, bnd, COARSE_SCALE, ws, tag)
             else:
-                dc, xc, yc, zc, bnd = _coarsen(lv.diag, lv.cx, lv.cy, lv.cz, bnd, COARSE_SCALE)
-            self.levels.append(_Level(dc, xc, yc, zc))
+                dc, xc, yc, zc, bnd = _coarsen(lv.diag, lv.cx, lv.cy, lv.cz, bnd, COARSE_SCALE, ws, tag)
+            self.levels.append(_Level(dc, xc, yc, zc, ws, tag))
         self.coarsest = _CoarsestSolver(self.levels[-1])
 
     def _vcycle(self, depth):
@@ -416,17 +476,22 @@ class MultigridPCG(object):
         z[...] = top.x
 
     def solve(self, b, x0=None, rtol=1e-9, maxiter=500):
-        """Return (x, iterations, relative residual). The loop uses numba kernels only: BLAS threads
-        spinning between calls would compete with numba's threads for the cores."""
+        """Return (x, iterations, relative residual); x is the workspace's until its next solve. The
+        loop uses numba kernels only: BLAS threads spinning between calls would compete with numba's
+        threads for the cores."""
         diag, cx, cy, cz = self.operator
-        x = np.zeros_like(b) if x0 is None else x0.copy()
-        r = np.zeros_like(b)
+        ws = self.ws
+        x = ws.get("cg.x", b.shape, b.dtype, zero=x0 is None)
+        if x0 is not None:
+            np.copyto(x, x0)
+        r = ws.get("cg.r", b.shape, b.dtype)
         _residual(x, b, r, diag, cx, cy, cz)
         bnorm = np.sqrt(_dot(b, b)) or 1.0
-        z = np.zeros_like(b)
-        q = np.zeros_like(b)
+        z = ws.get("cg.z", b.shape, b.dtype)
+        q = ws.get("cg.q", b.shape, b.dtype)
         self.precondition(r, z)
-        p = z.copy()
+        p = ws.get("cg.p", b.shape, b.dtype, zero=False)
+        np.copyto(p, z)
         rz = _dot(r, z)
         rel = np.sqrt(_dot(r, r)) / bnorm
         it = 0

@@ -168,15 +168,17 @@ def _solve_axis0(s, rtol, maxiter):
     Returns (current for a unit potential drop, relative spread of the current over all sections,
     iterations, relative residual, potential on the unpadded grid).
     """
-    from conductivity_tf._multigrid import MultigridPCG, assemble, power_and_sections
+    from conductivity_tf._multigrid import MultigridPCG, assemble, power_and_sections, workspace
 
     n0 = s.shape[0]
-    cx, cy, cz, diag, bnd, rhs = assemble(s)
-    x0 = np.zeros_like(diag)
+    ws = workspace()
+    ws.begin(tuple(n + 2 for n in s.shape))
+    cx, cy, cz, diag, bnd, rhs = assemble(s, ws)
+    x0 = ws.get("x0", diag.shape, zero=False)
     ramp = 1.0 - (np.arange(n0 + 2) - 0.5) / n0      # linear start between the faces, on the unknowns
-    x0 += ramp[:, None, None]
+    x0[...] = ramp[:, None, None]
     x0[diag == 0] = 0.0
-    solver = MultigridPCG(diag, cx, cy, cz, bnd)
+    solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=ws)
     phi, iterations, residual = solver.solve(rhs, x0=x0, rtol=rtol, maxiter=maxiter)
     current, sections = power_and_sections(phi, diag, cx, cy, cz, bnd, rhs)
     mean = sections.mean()
