@@ -38,6 +38,7 @@ class Workspace(object):
     def __init__(self):
         self.key = None
         self.arrays = {}
+        self.keep = True
 
     def begin(self, padded_shape):
         """Start a solve on a padded grid of this shape; forget the arrays of any other shape."""
@@ -246,9 +247,7 @@ def assemble(s, ws=None):
     for phi = 1 at the inlet face and 0 at the outlet face. With a workspace ``ws`` the arrays are its.
     """
     shape = tuple(n + 2 for n in s.shape)
-    if ws is None:
-        ws = Workspace()
-        ws.begin((0,))
+    ws = ws or Workspace()
     out = [ws.get(name, shape) for name in ("cx", "cy", "cz", "diag", "bnd", "rhs")]
     _assemble_into(s, *out)
     return out
@@ -430,10 +429,7 @@ class MultigridPCG(object):
     """Solve A x = b (padded layout, see module docstring) by CG with a multigrid V-cycle preconditioner."""
 
     def __init__(self, diag, cx, cy, cz, bnd, smoothing=2, cycle=1, ws=None):
-        if ws is None:
-            ws = Workspace()
-            ws.begin((0,))
-        self.ws = ws
+        self.ws = ws = ws or Workspace()
         self.operator = (diag, cx, cy, cz)
         self.levels = [_Level(diag, cx, cy, cz, ws, "L0.")]
         self.smoothing = smoothing

@@ -218,3 +218,19 @@ def test_agrees_with_taufactor():
         ours = physics.solve(v, axes=[0])[0].relative_conductivity
         theirs = taufactor_relative_conductivity(taufactor, v)
         assert abs(ours - theirs) <= 0.005 * theirs
+
+
+def test_reused_working_arrays_give_the_results_of_fresh_ones():
+    from conductivity_tf import _multigrid
+
+    a = microstructure.blobs(24, 0.35, 3.0, seed=5)
+    b = microstructure.overlapping_spheres(24, 0.6, radius=3.0, seed=6)
+    _multigrid.workspace().begin((0,))       # forget any kept arrays: the next solve allocates afresh
+    fresh = physics.solve(a, return_potential=True)
+    kept_potential = fresh[0].potential.copy()
+    physics.solve(b)                          # same shape: b's solve reuses (and overwrites) the arrays
+    again = physics.solve(a)
+    for r, s in zip(fresh, again):
+        assert r.relative_conductivity == s.relative_conductivity and r.iterations == s.iterations
+    # a potential handed out is the caller's, not a view of the working arrays
+    np.testing.assert_array_equal(fresh[0].potential, kept_potential)
