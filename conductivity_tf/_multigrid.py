@@ -25,7 +25,7 @@ from numba import njit, prange
 
 COARSE_SCALE = 0.5
 COARSEST_CELLS = 256
-# grids up to this many padded cells keep their arrays between solves (about 0.4 GB at 128^3)
+# grids up to this many padded cells keep their arrays between solves (0.31 GB at 128^3)
 MAX_KEPT_CELLS = 130 ** 3
 
 
