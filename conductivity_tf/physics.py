@@ -186,6 +186,21 @@ def _solve_axis0(s, rtol, maxiter):
     return float(current), spread, iterations, residual, phi[1:-1, 1:-1, 1:-1]
 
 
+_blas_controller = []
+
+
+def _one_blas_thread():
+    """A context limiting BLAS to one thread. Finding the BLAS libraries takes over a millisecond, so
+    the controller (threadpoolctl >= 3) is made once and reused."""
+    import threadpoolctl
+
+    if not hasattr(threadpoolctl, "ThreadpoolController"):  # threadpoolctl 2
+        return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+    if not _blas_controller:
+        _blas_controller.append(threadpoolctl.ThreadpoolController())
+    return _blas_controller[0].limit(limits=1, user_api="blas")
+
+
 def solve(volume, axes=None, sigma=None, rtol=1e-6, maxiter=1000, return_potential=False):
     """Relative effective conductivity and tortuosity factor along each requested axis.
 
@@ -195,11 +210,9 @@ def solve(volume, axes=None, sigma=None, rtol=1e-6, maxiter=1000, return_potenti
     rtol: relative residual at which CG stops.
     Returns a list of ``AxisResult`` in the order of ``axes``.
     """
-    from threadpoolctl import threadpool_limits
-
     axes = parse_axes(axes)
     # BLAS threads left spinning by a LAPACK call would fight numba's threads for the cores
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _one_blas_thread():
         return _solve(volume, axes, sigma, rtol, maxiter, return_potential)
 
 
