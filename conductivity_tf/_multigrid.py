@@ -14,8 +14,15 @@ P^T A P of a 7-point operator is again a 7-point operator whose face conductance
 fine ones across each block interface; it is scaled by one half per level, which matches the
 rediscretised operator for a uniform medium (the classical over-correction of aggregation
 multigrid). Red-black Gauss-Seidel, red-then-black before and black-then-red after the coarse
-correction, keeps the V-cycle a symmetric positive definite preconditioner for CG. The coarsest grid
-is solved directly.
+correction, keeps the V-cycle a symmetric positive definite preconditioner for CG.
+
+Below the first ``GRID_LEVELS`` grids the blocks grow large enough (8^3 voxels and more) to hold pore
+branches that are not connected inside the block, and one aggregate per block would join them. The
+coarser levels are therefore graphs: an aggregate is a piece of a 2x2x2 block of the level above
+that is connected inside the block, the operator is the same scaled Galerkin product, and the
+smoother is a forward Gauss-Seidel sweep before and a backward one after the coarse correction
+(symmetric again). On 128^3 blobs of porosity 0.3 this takes CG from 21 to 14 iterations; these levels
+hold under 1 % of the unknowns. The coarsest level is solved directly.
 """
 
 import threading
@@ -25,6 +32,7 @@ from numba import njit, prange
 
 COARSE_SCALE = 0.5
 COARSEST_CELLS = 256
+GRID_LEVELS = 3          # levels kept as voxel grids; coarser levels aggregate connected pieces
 # grids up to this many padded cells keep their arrays between solves (0.31 GB at 128^3)
 MAX_KEPT_CELLS = 130 ** 3
 
@@ -369,6 +377,7 @@ class _Level(object):
         self.x = ws.get(tag + "x", shape, dtype)
         self.b = ws.get(tag + "b", shape, dtype)
         self.r = ws.get(tag + "r", shape, dtype)
+        self.agg = None          # above a graph level: each cell's aggregate there, -1 if none
 
 
 @njit(cache=True)
@@ -425,6 +434,236 @@ class _CoarsestSolver(object):
             x[...] = 0.0
 
 
+# ---------------------------------------------------------------------------------------------
+# coarse levels as graphs: nodes, each undirected coupling once (rows, cols, vals > 0), a diagonal
+
+
+@njit(cache=True)
+def _grid_graph(diag, cx, cy, cz):
+    """A grid level as a graph: node of each active cell (-1 elsewhere), the nodes' diagonal and cell
+    coordinates (unpadded), and the nonzero face conductances as edges."""
+    n0, n1, n2 = diag.shape
+    node = -np.ones((n0, n1, n2), dtype=np.int64)
+    count = 0
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                if diag[i, j, k] != 0.0:
+                    node[i, j, k] = count
+                    count += 1
+    d = np.empty(count)
+    coords = np.empty((count, 3), dtype=np.int64)
+    faces = 0
+    for i in range(1, n0 - 1):
+        for j in range(1, n1 - 1):
+            for k in range(1, n2 - 1):
+                a = node[i, j, k]
+                if a < 0:
+                    continue
+                d[a] = diag[i, j, k]
+                coords[a, 0], coords[a, 1], coords[a, 2] = i - 1, j - 1, k - 1
+                faces += (cx[i, j, k] != 0.0) + (cy[i, j, k] != 0.0) + (cz[i, j, k] != 0.0)
+    rows = np.empty(faces, dtype=np.int64)
+    cols = np.empty(faces, dtype=np.int64)
+    vals = np.empty(faces)
+    e = 0
+    for i in range(1, n0 - 1):
+        for j in range(1, n1 - 1):
+            for k in range(1, n2 - 1):
+                a = node[i, j, k]
+                if a < 0:
+                    continue
+                if cx[i, j, k] != 0.0:
+                    rows[e], cols[e], vals[e] = a, node[i + 1, j, k], cx[i, j, k]
+                    e += 1
+                if cy[i, j, k] != 0.0:
+                    rows[e], cols[e], vals[e] = a, node[i, j + 1, k], cy[i, j, k]
+                    e += 1
+                if cz[i, j, k] != 0.0:
+                    rows[e], cols[e], vals[e] = a, node[i, j, k + 1], cz[i, j, k]
+                    e += 1
+    return node, d, coords, rows, cols, vals
+
+
+@njit(cache=True)
+def _find(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@njit(cache=True)
+def _aggregate(coords, rows, cols):
+    """Aggregate of each node: its piece of its 2x2x2 block (coords // 2) connected inside the block.
+    Aggregates are numbered in order of their first node, so the result is reproducible."""
+    n = coords.shape[0]
+    parent = np.arange(n)
+    for e in range(rows.shape[0]):
+        a, b = rows[e], cols[e]
+        if (coords[a, 0] // 2 == coords[b, 0] // 2 and coords[a, 1] // 2 == coords[b, 1] // 2
+                and coords[a, 2] // 2 == coords[b, 2] // 2):
+            ra, rb = _find(parent, a), _find(parent, b)
+            if ra != rb:
+                if ra < rb:
+                    parent[rb] = ra
+                else:
+                    parent[ra] = rb
+    agg = np.empty(n, dtype=np.int64)
+    label = -np.ones(n, dtype=np.int64)
+    count = 0
+    for a in range(n):
+        r = _find(parent, a)
+        if label[r] < 0:
+            label[r] = count
+            count += 1
+        agg[a] = label[r]
+    return agg, count
+
+
+def _coarse_graph(d, coords, rows, cols, vals, agg, count, scale):
+    """Galerkin operator of the aggregation ``agg`` (P^T A P with a 0/1 P), scaled: coarse diagonal,
+    coordinates and edges (duplicates summed)."""
+    a, b = agg[rows], agg[cols]
+    inside = a == b
+    dc = np.bincount(agg, weights=d, minlength=count) - 2.0 * np.bincount(a[inside], weights=vals[inside],
+                                                                          minlength=count)
+    coarse_coords = np.empty((count, 3), dtype=np.int64)
+    coarse_coords[agg] = coords // 2
+    a, b, v = a[~inside], b[~inside], vals[~inside]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keys, index = np.unique(lo * count + hi, return_inverse=True)
+    vc = np.bincount(index.ravel(), weights=v, minlength=len(keys))
+    return dc * scale, coarse_coords, keys // count, keys % count, vc * scale
+
+
+@njit(cache=True)
+def _csr(n, rows, cols, vals):
+    """Symmetric off-diagonal part (-vals) in CSR form from the edge list."""
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    for e in range(rows.shape[0]):
+        indptr[rows[e] + 1] += 1
+        indptr[cols[e] + 1] += 1
+    for i in range(n):
+        indptr[i + 1] += indptr[i]
+    fill = indptr[:-1].copy()
+    indices = np.empty(indptr[n], dtype=np.int64)
+    data = np.empty(indptr[n])
+    for e in range(rows.shape[0]):
+        a, b = rows[e], cols[e]
+        indices[fill[a]], data[fill[a]] = b, -vals[e]
+        fill[a] += 1
+        indices[fill[b]], data[fill[b]] = a, -vals[e]
+        fill[b] += 1
+    return indptr, indices, data
+
+
+@njit(cache=True)
+def _graph_gauss_seidel(indptr, indices, data, inv, x, b, forward):
+    n = x.shape[0]
+    for t in range(n):
+        i = t if forward else n - 1 - t
+        s = b[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            s -= data[p] * x[indices[p]]
+        x[i] = s * inv[i]
+
+
+@njit(cache=True)
+def _graph_residual(indptr, indices, data, diag, x, b, r):
+    for i in range(x.shape[0]):
+        s = b[i] - diag[i] * x[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            s -= data[p] * x[indices[p]]
+        r[i] = s
+
+
+@njit(cache=True)
+def _graph_restrict(r, agg, rc):
+    rc[:] = 0.0
+    for i in range(r.shape[0]):
+        rc[agg[i]] += r[i]
+
+
+@njit(cache=True)
+def _graph_prolong_add(xc, agg, x):
+    for i in range(x.shape[0]):
+        x[i] += xc[agg[i]]
+
+
+@njit(cache=True)
+def _grid_restrict_to_graph(r, node_agg, rc):
+    """rc = P^T r from a grid level to the graph level below it (node_agg: aggregate per cell or -1)."""
+    rc[:] = 0.0
+    n0, n1, n2 = r.shape
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                a = node_agg[i, j, k]
+                if a >= 0:
+                    rc[a] += r[i, j, k]
+
+
+@njit(cache=True)
+def _graph_prolong_add_to_grid(xc, node_agg, x):
+    n0, n1, n2 = x.shape
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                a = node_agg[i, j, k]
+                if a >= 0:
+                    x[i, j, k] += xc[a]
+
+
+class _GraphLevel(object):
+    """A coarse level as a graph (float64: these levels are small)."""
+
+    def __init__(self, d, coords, rows, cols, vals):
+        self.n = len(d)
+        self.diag, self.coords, self.rows, self.cols, self.vals = d, coords, rows, cols, vals
+        self.indptr, self.indices, self.data = _csr(self.n, rows, cols, vals)
+        self.inv = np.where(d != 0, 1.0 / np.where(d != 0, d, 1.0), 0.0)
+        self.x = np.zeros(self.n)
+        self.b = np.zeros(self.n)
+        self.r = np.zeros(self.n)
+        self.agg = None          # aggregate of each node on the next coarser level
+
+
+@njit(cache=True)
+def _graph_dense(n, diag, rows, cols, vals):
+    a = np.zeros((n, n))
+    for i in range(n):
+        a[i, i] = diag[i]
+    for e in range(rows.shape[0]):
+        a[rows[e], cols[e]] = a[cols[e], rows[e]] = -vals[e]
+    return a
+
+
+@njit(cache=True)
+def _cholesky_solve_vector(lower, b, x):
+    n = lower.shape[0]
+    y = np.zeros(n)
+    for i in range(n):
+        s = b[i]
+        for k in range(i):
+            s -= lower[i, k] * y[k]
+        y[i] = s / lower[i, i]
+    for i in range(n - 1, -1, -1):
+        s = y[i]
+        for k in range(i + 1, n):
+            s -= lower[k, i] * y[k]
+        y[i] = s / lower[i, i]
+    x[:] = y
+
+
+class _GraphCoarsestSolver(object):
+    def __init__(self, level):
+        self.lower = _cholesky(_graph_dense(level.n, level.diag, level.rows, level.cols, level.vals))
+
+    def solve(self, b, x):
+        _cholesky_solve_vector(self.lower, b, x)
+
+
 class MultigridPCG(object):
     """Solve A x = b (padded layout, see module docstring) by CG with a multigrid V-cycle preconditioner."""
 
@@ -434,20 +673,57 @@ class MultigridPCG(object):
         self.levels = [_Level(diag, cx, cy, cz, ws, "L0.")]
         self.smoothing = smoothing
         self.cycle = cycle
-        while np.count_nonzero(self.levels[-1].diag) > COARSEST_CELLS and min(self.levels[-1].diag.shape) > 3:
+        grid = (diag, cx, cy, cz)       # the double-precision operator of the last grid level
+        while (len(self.levels) < GRID_LEVELS and np.count_nonzero(self.levels[-1].diag) > COARSEST_CELLS
+               and min(self.levels[-1].diag.shape) > 3):
             lv = self.levels[-1]
             tag = "L{}.".format(len(self.levels))
             if len(self.levels) == 1:
                 dc, xc, yc, zc, bnd = _coarsen(diag, cx, cy, cz, bnd, COARSE_SCALE, ws, tag)
             else:
                 dc, xc, yc, zc, bnd = _coarsen(lv.diag, lv.cx, lv.cy, lv.cz, bnd, COARSE_SCALE, ws, tag)
+            grid = (dc, xc, yc, zc)
             self.levels.append(_Level(dc, xc, yc, zc, ws, tag))
-        self.coarsest = _CoarsestSolver(self.levels[-1])
+        if np.count_nonzero(self.levels[-1].diag) > COARSEST_CELLS:
+            self._graph_levels(*grid)
+        if isinstance(self.levels[-1], _GraphLevel):
+            self.coarsest = _GraphCoarsestSolver(self.levels[-1])
+        else:
+            self.coarsest = _CoarsestSolver(self.levels[-1])
+
+    def _graph_levels(self, diag, cx, cy, cz):
+        """Graph levels below the last grid level, down to ``COARSEST_CELLS`` nodes."""
+        node, d, coords, rows, cols, vals = _grid_graph(diag, cx, cy, cz)
+        fine = self.levels[-1]
+        while len(d) > COARSEST_CELLS:
+            agg, count = _aggregate(coords, rows, cols)
+            if count == len(d):      # nothing joins any more (separate pieces): solve this level directly
+                break
+            d, coords, rows, cols, vals = _coarse_graph(d, coords, rows, cols, vals, agg, count, COARSE_SCALE)
+            if isinstance(fine, _Level):
+                fine.agg = np.where(node >= 0, agg[np.maximum(node, 0)], -1)
+            else:
+                fine.agg = agg
+            fine = _GraphLevel(d, coords, rows, cols, vals)
+            self.levels.append(fine)
 
     def _vcycle(self, depth):
         lv = self.levels[depth]
         if depth == len(self.levels) - 1:
             self.coarsest.solve(lv.b, lv.x)
+            return
+        if isinstance(lv, _GraphLevel):
+            self._graph_vcycle(depth)
+            return
+        nxt = self.levels[depth + 1]
+        if isinstance(nxt, _GraphLevel):
+            lv.x[...] = 0.0
+            self._smooth(lv, (0, 1))
+            _residual(lv.x, lv.b, lv.r, lv.diag, lv.cx, lv.cy, lv.cz)
+            _grid_restrict_to_graph(lv.r, lv.agg, nxt.b)
+            self._vcycle(depth + 1)
+            _graph_prolong_add_to_grid(nxt.x, lv.agg, lv.x)
+            self._smooth(lv, (1, 0))
             return
         lv.x[...] = 0.0
         self._smooth(lv, (0, 1))
@@ -459,6 +735,18 @@ class MultigridPCG(object):
             self._vcycle(depth + 1)
             _prolong_add(nxt.x, lv.x, lv.diag)
         self._smooth(lv, (1, 0))
+
+    def _graph_vcycle(self, depth):
+        lv, nxt = self.levels[depth], self.levels[depth + 1]
+        lv.x[:] = 0.0
+        for _ in range(self.smoothing):
+            _graph_gauss_seidel(lv.indptr, lv.indices, lv.data, lv.inv, lv.x, lv.b, True)
+        _graph_residual(lv.indptr, lv.indices, lv.data, lv.diag, lv.x, lv.b, lv.r)
+        _graph_restrict(lv.r, lv.agg, nxt.b)
+        self._vcycle(depth + 1)
+        _graph_prolong_add(nxt.x, lv.agg, lv.x)
+        for _ in range(self.smoothing):
+            _graph_gauss_seidel(lv.indptr, lv.indices, lv.data, lv.inv, lv.x, lv.b, False)
 
     def _smooth(self, lv, colors):
         for _ in range(self.smoothing):

@@ -234,3 +234,74 @@ def test_reused_working_arrays_give_the_results_of_fresh_ones():
         assert r.relative_conductivity == s.relative_conductivity and r.iterations == s.iterations
     # a potential handed out is the caller's, not a view of the working arrays
     np.testing.assert_array_equal(fresh[0].potential, kept_potential)
+
+
+def _system(volume):
+    """The padded system of a volume, transport along axis 0, percolating voxels only."""
+    from conductivity_tf import _multigrid
+
+    s, _ = physics.conductivity_field(volume)
+    keep = physics.connected_to_both_faces(s > 0, (0,))[0]
+    return _multigrid.assemble(np.where(keep, s, 0.0), _multigrid.Workspace())
+
+
+def test_coarse_aggregates_split_blocks_into_their_connected_pieces():
+    from conductivity_tf import _multigrid
+
+    # cells (2,2,2) and (2,3,3) share the block {2,3}^3 but touch only along an edge; they are joined
+    # outside it through a 2x2 plate of cells in the block {0,1} x {2,3}^2
+    v = np.zeros((6, 6, 6))
+    v[1, 2:4, 2:4] = v[2, 2, 2] = v[2, 3, 3] = 1
+    cx, cy, cz, diag, bnd, rhs = _multigrid.assemble(v)
+    node, d, coords, rows, cols, vals = _multigrid._grid_graph(diag, cx, cy, cz)
+    agg, count = _multigrid._aggregate(coords, rows, cols)
+    assert len(d) == 6 and count == 3
+    assert agg[node[3, 3, 3]] != agg[node[3, 4, 4]]         # same block, not connected inside it
+    assert len(set(agg[node[2, 3:5, 3:5].ravel()])) == 1    # the plate is one aggregate
+
+
+def test_graph_levels_are_the_grid_coarsening_where_blocks_are_connected():
+    """Where every block is connected the graph level's Galerkin operator is the grid's coarse operator."""
+    from conductivity_tf import _multigrid
+
+    cx, cy, cz, diag, bnd, rhs = _system(np.ones((16, 16, 16), np.uint8))
+    dc, xc, yc, zc, _ = _multigrid._coarsen(diag, cx, cy, cz, bnd, 0.5, _multigrid.Workspace(), "t.")
+    node, d, coords, rows, cols, vals = _multigrid._grid_graph(diag, cx, cy, cz)
+    agg, count = _multigrid._aggregate(coords, rows, cols)
+    gd, gcoords, grows, gcols, gvals = _multigrid._coarse_graph(d, coords, rows, cols, vals, agg, count, 0.5)
+    assert count == np.count_nonzero(dc) == 512
+    cnode, cd, ccoords, crows, ccols, cvals = _multigrid._grid_graph(dc, xc, yc, zc)
+    order = np.lexsort(gcoords.T[::-1])                      # graph aggregates in grid order
+    np.testing.assert_array_equal(gcoords[order], ccoords)
+    np.testing.assert_allclose(gd[order], cd, rtol=1e-12)
+    rank = np.empty(count, np.int64)
+    rank[order] = np.arange(count)
+    got = sorted(zip(np.minimum(rank[grows], rank[gcols]), np.maximum(rank[grows], rank[gcols]), gvals))
+    want = sorted(zip(np.minimum(crows, ccols), np.maximum(crows, ccols), cvals))
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-12)
+
+
+def test_preconditioner_with_graph_levels_is_symmetric_and_its_coarsest_solve_exact():
+    from conductivity_tf import _multigrid
+
+    cx, cy, cz, diag, bnd, rhs = _system(microstructure.blobs(64, 0.3, 4.0, seed=64))
+    solver = _multigrid.MultigridPCG(diag, cx, cy, cz, bnd, ws=_multigrid.Workspace())
+    kinds = [type(level).__name__ for level in solver.levels]
+    assert kinds[:_multigrid.GRID_LEVELS] == ["_Level"] * _multigrid.GRID_LEVELS
+    assert "_GraphLevel" in kinds
+    rng = np.random.default_rng(0)
+    active = diag != 0
+    r1, r2 = (rng.standard_normal(diag.shape) * active for _ in range(2))
+
+    def m(r):
+        z = np.zeros_like(r)
+        solver.precondition(r, z)
+        return z.copy()
+
+    assert np.sum(m(r1) * r2) == pytest.approx(np.sum(r1 * m(r2)), rel=1e-5)   # float32 smoothing
+    last = solver.levels[-1]
+    b = rng.standard_normal(last.n)
+    x = np.zeros(last.n)
+    solver.coarsest.solve(b, x)
+    a = _multigrid._graph_dense(last.n, last.diag, last.rows, last.cols, last.vals)
+    np.testing.assert_allclose(a @ x, b, atol=1e-10)
