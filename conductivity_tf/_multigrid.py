@@ -80,18 +80,6 @@ def workspace():
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _matvec(x, out, diag, cx, cy, cz):
-    n0, n1, n2 = x.shape
-    for i in prange(1, n0 - 1):
-        for j in range(1, n1 - 1):
-            for k in range(1, n2 - 1):
-                out[i, j, k] = (diag[i, j, k] * x[i, j, k]
-                                - cx[i - 1, j, k] * x[i - 1, j, k] - cx[i, j, k] * x[i + 1, j, k]
-                                - cy[i, j - 1, k] * x[i, j - 1, k] - cy[i, j, k] * x[i, j + 1, k]
-                                - cz[i, j, k - 1] * x[i, j, k - 1] - cz[i, j, k] * x[i, j, k + 1])
-
-
-@njit(parallel=True, cache=True, fastmath=True)
 def _residual(x, b, r, diag, cx, cy, cz):
     n0, n1, n2 = x.shape
     for i in prange(1, n0 - 1):
@@ -131,20 +119,49 @@ def _gauss_seidel_color(x, b, inv, cx, cy, cz, color):
                 x[i, j, k] = row[k]
 
 
-@njit(parallel=True, cache=True)
-def _restrict(r, rc):
-    """rc[block] = sum of r over the block (P^T r)."""
-    n0, n1, n2 = r.shape
+@njit(parallel=True, cache=True, fastmath=True)
+def _first_sweep(x, b, inv, color):
+    """The first colour sweep from x = 0: that colour's cells get b / diag, the others 0. Same result
+    as zeroing x and calling ``_gauss_seidel_color``, in one pass over two arrays instead of seven."""
+    n0, n1, n2 = x.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                x[i, j, k] = 0.0
+        if i == 0 or i == n0 - 1:
+            continue
+        for j in range(1, n1 - 1):
+            k0 = 1 + ((i + j + 1 + color) & 1)
+            for k in range(k0, n2 - 1, 2):
+                x[i, j, k] = b[i, j, k] * inv[i, j, k]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _residual_restrict(x, b, diag, cx, cy, cz, rc):
+    """rc = P^T (b - A x), the residual summed over each 2x2x2 block, without storing the residual.
+    Each coarse plane is written by one thread; a row's residual goes into a unit-stride buffer (zero
+    at the padding) whose pairs are then added to the coarse row."""
+    n0, n1, n2 = x.shape
     m0, m1, m2 = rc.shape
-    for I in prange(1, m0 - 1):
-        for J in range(1, m1 - 1):
-            for K in range(1, m2 - 1):
-                s = 0.0
-                for i in range(2 * I - 1, min(2 * I + 1, n0 - 1)):
-                    for j in range(2 * J - 1, min(2 * J + 1, n1 - 1)):
-                        for k in range(2 * K - 1, min(2 * K + 1, n2 - 1)):
-                            s += r[i, j, k]
-                rc[I, J, K] = s
+    for I in prange(m0):
+        for J in range(m1):
+            for K in range(m2):
+                rc[I, J, K] = 0.0
+        if I == 0 or I == m0 - 1:
+            continue
+        row = np.zeros(2 * m2, x.dtype)
+        for i in range(2 * I - 1, min(2 * I + 1, n0 - 1)):
+            for j in range(1, n1 - 1):
+                J = (j - 1) // 2 + 1
+                for k in range(1, n2 - 1):
+                    v = b[i, j, k] - (
+                        diag[i, j, k] * x[i, j, k]
+                        - cx[i - 1, j, k] * x[i - 1, j, k] - cx[i, j, k] * x[i + 1, j, k]
+                        - cy[i, j - 1, k] * x[i, j - 1, k] - cy[i, j, k] * x[i, j + 1, k]
+                        - cz[i, j, k - 1] * x[i, j, k - 1] - cz[i, j, k] * x[i, j, k + 1])
+                    row[k] = v if diag[i, j, k] != 0.0 else 0.0
+                for K in range(1, m2 - 1):
+                    rc[I, J, K] += row[2 * K - 1] + row[2 * K]
 
 
 @njit(parallel=True, cache=True)
@@ -224,22 +241,41 @@ def _dot(a, b):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _step(x, r, p, q, alpha):
-    """x += alpha p; r -= alpha q; return |r|^2."""
+def _matvec_dot(x, out, diag, cx, cy, cz):
+    """out = A x; return x . out (one pass)."""
+    n0, n1, n2 = x.shape
+    s = 0.0
+    for i in prange(1, n0 - 1):
+        for j in range(1, n1 - 1):
+            for k in range(1, n2 - 1):
+                v = (diag[i, j, k] * x[i, j, k]
+                     - cx[i - 1, j, k] * x[i - 1, j, k] - cx[i, j, k] * x[i + 1, j, k]
+                     - cy[i, j - 1, k] * x[i, j - 1, k] - cy[i, j, k] * x[i, j + 1, k]
+                     - cz[i, j, k - 1] * x[i, j, k - 1] - cz[i, j, k] * x[i, j, k + 1])
+                out[i, j, k] = v
+                s += x[i, j, k] * v
+    return s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _step(x, r, p, q, alpha, r32):
+    """x += alpha p; r -= alpha q; r32 = r in the preconditioner's precision; return |r|^2."""
     n0, n1, n2 = x.shape
     s = 0.0
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
                 x[i, j, k] += alpha * p[i, j, k]
-                r[i, j, k] -= alpha * q[i, j, k]
-                s += r[i, j, k] * r[i, j, k]
+                v = r[i, j, k] - alpha * q[i, j, k]
+                r[i, j, k] = v
+                r32[i, j, k] = v
+                s += v * v
     return s
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _direction(p, z, beta):
-    """p = z + beta p."""
+    """p = z + beta p (z in the preconditioner's precision)."""
     n0, n1, n2 = p.shape
     for i in prange(n0):
         for j in range(n1):
@@ -717,21 +753,17 @@ class MultigridPCG(object):
             return
         nxt = self.levels[depth + 1]
         if isinstance(nxt, _GraphLevel):
-            lv.x[...] = 0.0
-            self._smooth(lv, (0, 1))
+            self._presmooth(lv)
             _residual(lv.x, lv.b, lv.r, lv.diag, lv.cx, lv.cy, lv.cz)
             _grid_restrict_to_graph(lv.r, lv.agg, nxt.b)
             self._vcycle(depth + 1)
             _graph_prolong_add_to_grid(nxt.x, lv.agg, lv.x)
             self._smooth(lv, (1, 0))
             return
-        lv.x[...] = 0.0
-        self._smooth(lv, (0, 1))
-        nxt = self.levels[depth + 1]
+        self._presmooth(lv)
         # cycle = 1: V-cycle; 2: W-cycle (cheap in 3-D: each level has 1/8 of the cells)
         for _ in range(self.cycle if depth + 2 < len(self.levels) else 1):
-            _residual(lv.x, lv.b, lv.r, lv.diag, lv.cx, lv.cy, lv.cz)
-            _restrict(lv.r, nxt.b)
+            _residual_restrict(lv.x, lv.b, lv.diag, lv.cx, lv.cy, lv.cz, nxt.b)
             self._vcycle(depth + 1)
             _prolong_add(nxt.x, lv.x, lv.diag)
         self._smooth(lv, (1, 0))
@@ -748,12 +780,19 @@ class MultigridPCG(object):
         for _ in range(self.smoothing):
             _graph_gauss_seidel(lv.indptr, lv.indices, lv.data, lv.inv, lv.x, lv.b, False)
 
-    def _smooth(self, lv, colors):
-        for _ in range(self.smoothing):
+    def _presmooth(self, lv):
+        """Red-black sweeps from x = 0 (the first sweep needs no neighbours)."""
+        _first_sweep(lv.x, lv.b, lv.inv, 0)
+        _gauss_seidel_color(lv.x, lv.b, lv.inv, lv.cx, lv.cy, lv.cz, 1)
+        self._smooth(lv, (0, 1), self.smoothing - 1)
+
+    def _smooth(self, lv, colors, times=None):
+        for _ in range(self.smoothing if times is None else times):
             for color in colors:
                 _gauss_seidel_color(lv.x, lv.b, lv.inv, lv.cx, lv.cy, lv.cz, color)
 
     def precondition(self, r, z):
+        """z = M r: one V-cycle."""
         top = self.levels[0]
         top.b[...] = r
         self._vcycle(0)
@@ -762,18 +801,21 @@ class MultigridPCG(object):
     def solve(self, b, x0=None, rtol=1e-9, maxiter=500):
         """Return (x, iterations, relative residual); x is the workspace's until its next solve. The
         loop uses numba kernels only: BLAS threads spinning between calls would compete with numba's
-        threads for the cores."""
+        threads for the cores. The preconditioned residual z is the top level's single-precision
+        solution, used where it lies; the residual is copied into the top level as it is updated."""
         diag, cx, cy, cz = self.operator
         ws = self.ws
+        top = self.levels[0]
         x = ws.get("cg.x", b.shape, b.dtype, zero=x0 is None)
         if x0 is not None:
             np.copyto(x, x0)
         r = ws.get("cg.r", b.shape, b.dtype)
         _residual(x, b, r, diag, cx, cy, cz)
         bnorm = np.sqrt(_dot(b, b)) or 1.0
-        z = ws.get("cg.z", b.shape, b.dtype)
         q = ws.get("cg.q", b.shape, b.dtype)
-        self.precondition(r, z)
+        top.b[...] = r
+        self._vcycle(0)
+        z = top.x
         p = ws.get("cg.p", b.shape, b.dtype, zero=False)
         np.copyto(p, z)
         rz = _dot(r, z)
@@ -781,12 +823,11 @@ class MultigridPCG(object):
         it = 0
         while rel > rtol and it < maxiter:
             it += 1
-            _matvec(p, q, diag, cx, cy, cz)
-            alpha = rz / _dot(p, q)
-            rel = np.sqrt(_step(x, r, p, q, alpha)) / bnorm
+            alpha = rz / _matvec_dot(p, q, diag, cx, cy, cz)
+            rel = np.sqrt(_step(x, r, p, q, alpha, top.b)) / bnorm
             if rel <= rtol:
                 break
-            self.precondition(r, z)
+            self._vcycle(0)
             rz_new = _dot(r, z)
             _direction(p, z, rz_new / rz)
             rz = rz_new
