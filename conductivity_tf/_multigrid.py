@@ -121,19 +121,14 @@ def _gauss_seidel_color(x, b, inv, cx, cy, cz, color):
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _first_sweep(x, b, inv, color):
-    """The first colour sweep from x = 0: that colour's cells get b / diag, the others 0. Same result
-    as zeroing x and calling ``_gauss_seidel_color``, in one pass over two arrays instead of seven."""
+    """The first colour sweep from x = 0: that colour's cells get b / diag, the others (and the
+    padding, where ``inv`` is 0) get 0. Same result as zeroing x and calling ``_gauss_seidel_color``,
+    in one unit-stride pass over three arrays instead of two passes over seven."""
     n0, n1, n2 = x.shape
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
-                x[i, j, k] = 0.0
-        if i == 0 or i == n0 - 1:
-            continue
-        for j in range(1, n1 - 1):
-            k0 = 1 + ((i + j + 1 + color) & 1)
-            for k in range(k0, n2 - 1, 2):
-                x[i, j, k] = b[i, j, k] * inv[i, j, k]
+                x[i, j, k] = b[i, j, k] * inv[i, j, k] if (i + j + k + color) & 1 == 0 else 0.0
 
 
 @njit(parallel=True, cache=True, fastmath=True)
