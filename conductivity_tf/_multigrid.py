@@ -188,35 +188,35 @@ def _coarsen(diag, cx, cy, cz, bnd, scale, ws, tag):
     return out
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def _coarsen_into(diag, cx, cy, cz, bnd, scale, dc, xc, yc, zc, bc, active):
-    """The coarse operator into zeroed arrays of the coarse shape."""
+    """The coarse operator into zeroed arrays of the coarse shape (a coarse plane per thread)."""
     n0, n1, n2 = diag.shape
     m0, m1, m2 = dc.shape
-    for i in range(1, n0 - 1):
-        I = (i - 1) // 2 + 1
-        for j in range(1, n1 - 1):
-            J = (j - 1) // 2 + 1
-            for k in range(1, n2 - 1):
-                K = (k - 1) // 2 + 1
-                if diag[i, j, k] != 0.0:
-                    active[I, J, K] = True
-                bc[I, J, K] += bnd[i, j, k]
-                # a fine face joins two blocks when its cells fall in different blocks
-                if i < n0 - 2 and (i + 1 - 1) // 2 + 1 != I:
-                    xc[I, J, K] += cx[i, j, k]
-                if j < n1 - 2 and (j + 1 - 1) // 2 + 1 != J:
-                    yc[I, J, K] += cy[i, j, k]
-                if k < n2 - 2 and (k + 1 - 1) // 2 + 1 != K:
-                    zc[I, J, K] += cz[i, j, k]
-    for I in range(m0):
+    for I in prange(1, m0 - 1):
+        for i in range(2 * I - 1, min(2 * I + 1, n0 - 1)):
+            for j in range(1, n1 - 1):
+                J = (j - 1) // 2 + 1
+                for k in range(1, n2 - 1):
+                    K = (k - 1) // 2 + 1
+                    if diag[i, j, k] != 0.0:
+                        active[I, J, K] = True
+                    bc[I, J, K] += bnd[i, j, k]
+                    # a fine face joins two blocks when its cells fall in different blocks
+                    if i < n0 - 2 and (i + 1 - 1) // 2 + 1 != I:
+                        xc[I, J, K] += cx[i, j, k]
+                    if j < n1 - 2 and (j + 1 - 1) // 2 + 1 != J:
+                        yc[I, J, K] += cy[i, j, k]
+                    if k < n2 - 2 and (k + 1 - 1) // 2 + 1 != K:
+                        zc[I, J, K] += cz[i, j, k]
+    for I in prange(m0):
         for J in range(m1):
             for K in range(m2):
                 xc[I, J, K] *= scale
                 yc[I, J, K] *= scale
                 zc[I, J, K] *= scale
                 bc[I, J, K] *= scale
-    for I in range(1, m0 - 1):
+    for I in prange(1, m0 - 1):
         for J in range(1, m1 - 1):
             for K in range(1, m2 - 1):
                 if active[I, J, K]:
@@ -405,9 +405,11 @@ class _Level(object):
             np.copyto(dst, src, casting="same_kind")
         self.inv = ws.get(tag + "inv", shape, dtype)
         np.divide(1.0, self.diag, out=self.inv, where=self.diag != 0)
-        self.x = ws.get(tag + "x", shape, dtype)
-        self.b = ws.get(tag + "b", shape, dtype)
-        self.r = ws.get(tag + "r", shape, dtype)
+        # written whole before they are read (x by the first sweep or the coarsest solve, b by the
+        # restriction or the copy of the CG residual, r by the residual), so not zeroed
+        self.x = ws.get(tag + "x", shape, dtype, zero=False)
+        self.b = ws.get(tag + "b", shape, dtype, zero=False)
+        self.r = ws.get(tag + "r", shape, dtype, zero=False)
         self.agg = None          # above a graph level: each cell's aggregate there, -1 if none
 
 
