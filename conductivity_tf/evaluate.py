@@ -15,6 +15,8 @@ def build_parser():
     parser.add_argument("--data", default="data/small32", help="dataset directory (default data/small32)")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--zero-without-path", action="store_true",
+                        help="predict exactly 0 along axes with no conducting path between the two faces")
     return parser
 
 
@@ -22,7 +24,7 @@ def main(argv=None):
     from conductivity_tf.predict import evaluate
 
     args = build_parser().parse_args(argv)
-    metrics = evaluate(args.model, args.data, args.split)
+    metrics = evaluate(args.model, args.data, args.split, args.zero_without_path)
     if args.json:
         print(json.dumps(metrics))
         return 0

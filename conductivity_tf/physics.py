@@ -143,6 +143,17 @@ def conductivity_field(volume, sigma=None):
     return table[np.searchsorted(phases, volume)], sigma0
 
 
+def percolating_axes(mask, axes=(0, 1, 2)):
+    """{axis: whether a 6-connected cluster of ``mask`` touches both faces normal to it}."""
+    labels, _ = scipy.ndimage.label(mask)
+    out = {}
+    for axis in axes:
+        first = np.take(labels, 0, axis=axis)
+        last = np.take(labels, -1, axis=axis)
+        out[axis] = bool(np.intersect1d(first[first > 0], last[last > 0]).size)
+    return out
+
+
 def connected_to_both_faces(mask, axes=(0, 1, 2)):
     """For each axis, the voxels of ``mask`` in a 6-connected cluster touching both faces normal to it."""
     labels, count = scipy.ndimage.label(mask)

@@ -66,16 +66,26 @@ class Predictor(object):
                             "it with --otsu / --threshold or map phases with --phase-map".format(
                                 name, ", ".join(str(v) for v in values[:6])))
 
-    def __call__(self, volumes, batch_size=16):
-        volumes = np.asarray(volumes, np.float32)
+    def __call__(self, volumes, batch_size=16, zero_without_path=False):
+        """(N, len(axes)) predictions. With ``zero_without_path`` an axis along which a volume has no
+        conducting path between its two faces is given exactly 0 (the network alone predicts a small
+        positive value there); that labels the clusters of each volume, a few ms per 64^3 volume."""
+        volumes = np.asarray(volumes)
         out = []
         for start in range(0, len(volumes), batch_size):
-            chunk = self.tf.constant(volumes[start:start + batch_size, ..., None])
+            chunk = self.tf.constant(volumes[start:start + batch_size, ..., None].astype(np.float32))
             out.append(self.serve(volume=chunk)["relative_conductivity"].numpy())
-        return np.concatenate(out, axis=0)
+        predicted = np.concatenate(out, axis=0)
+        if zero_without_path:
+            from conductivity_tf.physics import percolating_axes
+
+            for i, volume in enumerate(volumes):
+                spans = percolating_axes(volume > 0.5, self.axes)
+                predicted[i, [not spans[a] for a in self.axes]] = 0.0
+        return predicted
 
 
-def evaluate(model_dir, data_path, split="test"):
+def evaluate(model_dir, data_path, split="test", zero_without_path=False):
     """Metrics (R2, MAE, RMSE, MAPE) of a model on a dataset split."""
     from conductivity_tf import dataset as dataset_lib
     from conductivity_tf.train import regression_metrics
@@ -86,7 +96,7 @@ def evaluate(model_dir, data_path, split="test"):
         raise UserError("the dataset {} holds {}^3 samples but the model takes {}^3; evaluate on a dataset of that "
                         "size".format(manifest["path"], manifest["sample_size"], predictor.size))
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
-    predicted = predictor(volumes)
+    predicted = predictor(volumes, zero_without_path=zero_without_path)
     truth = sigma[:, predictor.axes]
     return {"split": split, "dataset": manifest["path"], "axes": predictor.axes,
             "all": regression_metrics(truth, predicted),
@@ -105,6 +115,9 @@ def build_parser():
     parser.add_argument("--model", help="a run directory or its saved_model/ (default: pretrained)")
     parser.add_argument("--batch-size", type=int, default=16, help="volumes per batch")
     parser.add_argument("--json", action="store_true", help="one JSON object per volume and line")
+    parser.add_argument("--zero-without-path", action="store_true",
+                        help="predict exactly 0 along axes with no conducting path between the two faces "
+                             "(labels the connected clusters: a few ms more per 64^3 volume)")
     add_volume_arguments(parser)
     return parser
 
@@ -127,7 +140,7 @@ def main(argv=None):
     for start in range(0, len(volumes), args.batch_size):
         chunk = np.stack(volumes[start:start + args.batch_size])
         t0 = time.perf_counter()
-        predicted = predictor(chunk, args.batch_size)
+        predicted = predictor(chunk, args.batch_size, zero_without_path=args.zero_without_path)
         seconds = (time.perf_counter() - t0) / len(chunk)
         for path, volume, values in zip(args.volumes[start:], chunk, predicted):
             porosity = float(volume.mean())

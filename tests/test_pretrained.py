@@ -29,3 +29,25 @@ def test_predict_without_model_uses_the_pretrained_model_and_agrees_with_the_sol
         # within [0, porosity] by construction, and close to the solver on every axis
         assert all(0.0 <= p <= line["porosity"] + 1e-6 for p in predicted)
         assert np.max(np.abs(np.array(predicted) - solver)) < 0.04, (predicted, solver)
+
+
+def test_percolating_axes_agrees_with_the_solver():
+    for seed, porosity in enumerate((0.12, 0.16, 0.2, 0.25)):
+        volume = microstructure.blobs(32, porosity=porosity, correlation_length=2.0, seed=seed)
+        spans = physics.percolating_axes(volume > 0)
+        assert spans == {r.axis: r.percolates for r in physics.solve(volume)}
+
+
+def test_zero_without_path_gives_exact_zeros_and_leaves_other_axes_alone(tmp_path):
+    volume = microstructure.generate("blobs", 64, seed=903, porosity=0.5, correlation_length=3.0)
+    volume[30:32] = 0                                   # an insulating slab across axis 0
+    assert [r.percolates for r in physics.solve(volume)] == [False, True, True]
+    np.save(tmp_path / "slab.npy", volume)
+    outputs = []
+    for flags in ((), ("--zero-without-path",)):
+        proc = run_module("conductivity_tf.predict", tmp_path / "slab.npy", "--json", *flags)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(json.loads(proc.stdout)["relative_conductivity"])
+    plain, zeroed = outputs
+    assert zeroed[0] == 0.0 and plain[0] > 0.0
+    assert zeroed[1:] == plain[1:]
