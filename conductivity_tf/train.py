@@ -533,7 +533,7 @@ def check_pipeline_on_cpu(cfg, plan, model):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     cfg = resolve(args)
     if args.print_config:
         print(config_lib.config_to_yaml(cfg), end="")

@@ -91,3 +91,14 @@ def test_print_config_shows_resolved_values():
     proc = run_module("conductivity_tf.train", "--print-config", "train.epochs=4")
     assert proc.returncode == 0
     assert yaml.safe_load(proc.stdout)["train"]["epochs"] == 4
+
+
+def test_overrides_may_come_before_and_after_options(tmp_path):
+    """The README's commands put overrides on both sides of --out."""
+    proc = run_module("conductivity_tf.train", "--config", "pretrained64", "train.epochs=4", "--out",
+                      str(tmp_path / "run"), "train.learning_rate=0.001", "--print-config", "model.dropout=0.25")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = yaml.safe_load(proc.stdout)
+    assert (cfg["train"]["epochs"], cfg["train"]["learning_rate"], cfg["model"]["dropout"]) == (4, 0.001, 0.25)
+    assert cfg["model"]["widths"] == [16, 32, 64, 128]                      # the preset was read
+    assert cfg["train"]["out_dir"] == str(tmp_path / "run")
