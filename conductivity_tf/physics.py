@@ -143,26 +143,27 @@ def conductivity_field(volume, sigma=None):
     return table[np.searchsorted(phases, volume)], sigma0
 
 
-def percolating_axes(mask, axes=(0, 1, 2)):
-    """{axis: whether a 6-connected cluster of ``mask`` touches both faces normal to it}."""
-    labels, _ = scipy.ndimage.label(mask)
-    out = {}
+def _spanning_clusters(mask, axes):
+    """Cluster labels of ``mask`` (6-connected) and, per axis, the labels touching both faces normal to it."""
+    labels, count = scipy.ndimage.label(mask)
+    spanning = {}
     for axis in axes:
         first = np.take(labels, 0, axis=axis)
         last = np.take(labels, -1, axis=axis)
-        out[axis] = bool(np.intersect1d(first[first > 0], last[last > 0]).size)
-    return out
+        spanning[axis] = np.intersect1d(first[first > 0], last[last > 0])
+    return labels, count, spanning
+
+
+def percolating_axes(mask, axes=(0, 1, 2)):
+    """{axis: whether a 6-connected cluster of ``mask`` touches both faces normal to it}."""
+    return {axis: bool(both.size) for axis, both in _spanning_clusters(mask, axes)[2].items()}
 
 
 def connected_to_both_faces(mask, axes=(0, 1, 2)):
     """For each axis, the voxels of ``mask`` in a 6-connected cluster touching both faces normal to it."""
-    labels, count = scipy.ndimage.label(mask)
+    labels, count, spanning = _spanning_clusters(mask, axes)
     out = {}
-    for axis in axes:
-        first = np.unique(np.take(labels, 0, axis=axis))
-        last = np.unique(np.take(labels, -1, axis=axis))
-        both = np.intersect1d(first, last)
-        both = both[both != 0]
+    for axis, both in spanning.items():
         keep = np.zeros(count + 1, bool)
         keep[both] = True
         out[axis] = keep[labels]
