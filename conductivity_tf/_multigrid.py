@@ -325,40 +325,6 @@ def _assemble_into(s, cx, cy, cz, diag, bnd, rhs):
                                      + cy[i, j, k] + cz[i, j, k - 1] + cz[i, j, k])
 
 
-@njit(cache=True)
-def _dense_operator(diag, cx, cy, cz):
-    """The coarsest grid's operator as a dense matrix over its unknowns, and their indices."""
-    n0, n1, n2 = diag.shape
-    lookup = -np.ones((n0, n1, n2), dtype=np.int64)
-    count = 0
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                if diag[i, j, k] != 0.0:
-                    lookup[i, j, k] = count
-                    count += 1
-    index = np.zeros((count, 3), dtype=np.int64)
-    a = np.zeros((count, count))
-    for i in range(1, n0 - 1):
-        for j in range(1, n1 - 1):
-            for k in range(1, n2 - 1):
-                row = lookup[i, j, k]
-                if row < 0:
-                    continue
-                index[row, 0], index[row, 1], index[row, 2] = i, j, k
-                a[row, row] = diag[i, j, k]
-                col = lookup[i + 1, j, k]
-                if col >= 0 and cx[i, j, k] != 0.0:
-                    a[row, col] = a[col, row] = -cx[i, j, k]
-                col = lookup[i, j + 1, k]
-                if col >= 0 and cy[i, j, k] != 0.0:
-                    a[row, col] = a[col, row] = -cy[i, j, k]
-                col = lookup[i, j, k + 1]
-                if col >= 0 and cz[i, j, k] != 0.0:
-                    a[row, col] = a[col, row] = -cz[i, j, k]
-    return a, index
-
-
 @njit(parallel=True, cache=True, fastmath=True)
 def power_and_sections(phi, diag, cx, cy, cz, bnd, rhs):
     """Dissipated power (= current for a unit potential drop) and the current through each section.
@@ -432,39 +398,22 @@ def _cholesky(a):
     return lower
 
 
-@njit(cache=True)
-def _cholesky_solve(lower, index, b, x):
-    """x[index] = (L L^T)^-1 b[index]; x is zero elsewhere."""
-    n = lower.shape[0]
-    y = np.zeros(n)
-    for i in range(n):
-        s = b[index[i, 0], index[i, 1], index[i, 2]]
-        for k in range(i):
-            s -= lower[i, k] * y[k]
-        y[i] = s / lower[i, i]
-    for i in range(n - 1, -1, -1):
-        s = y[i]
-        for k in range(i + 1, n):
-            s -= lower[k, i] * y[k]
-        y[i] = s / lower[i, i]
-    x[...] = 0.0
-    for i in range(n):
-        x[index[i, 0], index[i, 1], index[i, 2]] = y[i]
-
-
 class _CoarsestSolver(object):
-    """Direct solve (Cholesky) on the few active cells of the coarsest grid."""
+    """Direct solve (Cholesky) on the few active cells of a coarsest level that is still a grid."""
 
     def __init__(self, level):
-        a, self.index = _dense_operator(*(x.astype(np.float64) for x in (level.diag, level.cx, level.cy, level.cz)))
-        self.n = len(self.index)
-        self.lower = _cholesky(a) if self.n else None
+        node, d, coords, rows, cols, vals = _grid_graph(*(a.astype(np.float64) for a in (
+            level.diag, level.cx, level.cy, level.cz)))
+        self.cells = tuple(np.nonzero(node >= 0))      # in the order of the nodes
+        self.n = len(d)
+        self.lower = _cholesky(_graph_dense(self.n, d, rows, cols, vals)) if self.n else None
 
     def solve(self, b, x):
+        x[...] = 0.0
         if self.n:
-            _cholesky_solve(self.lower, self.index, b, x)
-        else:
-            x[...] = 0.0
+            y = np.empty(self.n)
+            _cholesky_solve_vector(self.lower, b[self.cells].astype(np.float64), y)
+            x[self.cells] = y
 
 
 # ---------------------------------------------------------------------------------------------
