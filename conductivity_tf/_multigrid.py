@@ -376,7 +376,7 @@ class _Level(object):
         self.x = ws.get(tag + "x", shape, dtype, zero=False)
         self.b = ws.get(tag + "b", shape, dtype, zero=False)
         self.r = ws.get(tag + "r", shape, dtype, zero=False)
-        self.agg = None          # above a graph level: each cell's aggregate there, -1 if none
+        self.agg = None          # above a graph level: each cell's aggregate there (flattened), -1 if none
 
 
 @njit(cache=True)
@@ -435,16 +435,7 @@ def _grid_graph(diag, cx, cy, cz):
                     count += 1
     d = np.empty(count)
     coords = np.empty((count, 3), dtype=np.int64)
-    faces = 0
-    for i in range(1, n0 - 1):
-        for j in range(1, n1 - 1):
-            for k in range(1, n2 - 1):
-                a = node[i, j, k]
-                if a < 0:
-                    continue
-                d[a] = diag[i, j, k]
-                coords[a, 0], coords[a, 1], coords[a, 2] = i - 1, j - 1, k - 1
-                faces += (cx[i, j, k] != 0.0) + (cy[i, j, k] != 0.0) + (cz[i, j, k] != 0.0)
+    faces = np.count_nonzero(cx) + np.count_nonzero(cy) + np.count_nonzero(cz)   # only between active cells
     rows = np.empty(faces, dtype=np.int64)
     cols = np.empty(faces, dtype=np.int64)
     vals = np.empty(faces)
@@ -455,6 +446,8 @@ def _grid_graph(diag, cx, cy, cz):
                 a = node[i, j, k]
                 if a < 0:
                     continue
+                d[a] = diag[i, j, k]
+                coords[a, 0], coords[a, 1], coords[a, 2] = i - 1, j - 1, k - 1
                 if cx[i, j, k] != 0.0:
                     rows[e], cols[e], vals[e] = a, node[i + 1, j, k], cx[i, j, k]
                     e += 1
@@ -562,39 +555,19 @@ def _graph_residual(indptr, indices, data, diag, x, b, r):
 
 @njit(cache=True)
 def _graph_restrict(r, agg, rc):
+    """rc = P^T r; ``agg`` is each node's (or, flattened, each grid cell's) aggregate, -1 for none."""
     rc[:] = 0.0
     for i in range(r.shape[0]):
-        rc[agg[i]] += r[i]
+        if agg[i] >= 0:
+            rc[agg[i]] += r[i]
 
 
 @njit(cache=True)
 def _graph_prolong_add(xc, agg, x):
+    """x += P xc."""
     for i in range(x.shape[0]):
-        x[i] += xc[agg[i]]
-
-
-@njit(cache=True)
-def _grid_restrict_to_graph(r, node_agg, rc):
-    """rc = P^T r from a grid level to the graph level below it (node_agg: aggregate per cell or -1)."""
-    rc[:] = 0.0
-    n0, n1, n2 = r.shape
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                a = node_agg[i, j, k]
-                if a >= 0:
-                    rc[a] += r[i, j, k]
-
-
-@njit(cache=True)
-def _graph_prolong_add_to_grid(xc, node_agg, x):
-    n0, n1, n2 = x.shape
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                a = node_agg[i, j, k]
-                if a >= 0:
-                    x[i, j, k] += xc[a]
+        if agg[i] >= 0:
+            x[i] += xc[agg[i]]
 
 
 class _GraphLevel(object):
@@ -683,7 +656,7 @@ class MultigridPCG(object):
                 break
             d, coords, rows, cols, vals = _coarse_graph(d, coords, rows, cols, vals, agg, count, COARSE_SCALE)
             if isinstance(fine, _Level):
-                fine.agg = np.where(node >= 0, agg[np.maximum(node, 0)], -1)
+                fine.agg = np.where(node >= 0, agg[np.maximum(node, 0)], -1).ravel()
             else:
                 fine.agg = agg
             fine = _GraphLevel(d, coords, rows, cols, vals)
@@ -701,9 +674,9 @@ class MultigridPCG(object):
         if isinstance(nxt, _GraphLevel):
             self._presmooth(lv)
             _residual(lv.x, lv.b, lv.r, lv.diag, lv.cx, lv.cy, lv.cz)
-            _grid_restrict_to_graph(lv.r, lv.agg, nxt.b)
-            self._vcycle(depth + 1)
-            _graph_prolong_add_to_grid(nxt.x, lv.agg, lv.x)
+            _graph_restrict(lv.r.ravel(), lv.agg, nxt.b)        # the grid's arrays are C-contiguous:
+            self._vcycle(depth + 1)                              # ravel() gives views
+            _graph_prolong_add(nxt.x, lv.agg, lv.x.ravel())
             self._smooth(lv, (1, 0))
             return
         self._presmooth(lv)
