@@ -5,6 +5,7 @@ import argparse
 import json
 
 from conductivity_tf.errors import run_cli
+from conductivity_tf.predict import ZERO_WITHOUT_PATH_HELP
 
 
 def build_parser():
@@ -15,8 +16,7 @@ def build_parser():
     parser.add_argument("--data", default="data/small32", help="dataset directory (default data/small32)")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.add_argument("--zero-without-path", action="store_true",
-                        help="predict exactly 0 along axes with no conducting path between the two faces")
+    parser.add_argument("--zero-without-path", action="store_true", help=ZERO_WITHOUT_PATH_HELP)
     return parser
 
 

@@ -18,6 +18,8 @@ import yaml
 from conductivity_tf.errors import UserError, run_cli
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+ZERO_WITHOUT_PATH_HELP = ("predict exactly 0 along axes with no conducting path between the two faces (labels the "
+                          "connected clusters: a few ms more per 64^3 volume)")
 
 
 class Predictor(object):
@@ -115,9 +117,7 @@ def build_parser():
     parser.add_argument("--model", help="a run directory or its saved_model/ (default: pretrained)")
     parser.add_argument("--batch-size", type=int, default=16, help="volumes per batch")
     parser.add_argument("--json", action="store_true", help="one JSON object per volume and line")
-    parser.add_argument("--zero-without-path", action="store_true",
-                        help="predict exactly 0 along axes with no conducting path between the two faces "
-                             "(labels the connected clusters: a few ms more per 64^3 volume)")
+    parser.add_argument("--zero-without-path", action="store_true", help=ZERO_WITHOUT_PATH_HELP)
     add_volume_arguments(parser)
     return parser
 
