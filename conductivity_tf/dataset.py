@@ -869,7 +869,13 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse cannot intermix a sub-command's positionals with its options: key=value overrides that come
+    # between options are picked up here
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "build" or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error("unrecognized arguments: {}".format(" ".join(extra)))
+        args.overrides = list(args.overrides) + extra
     if args.command == "build":
         spec = load_build_spec(args.config, args.overrides, samples=args.samples, size=args.size, seed=args.seed)
         if args.workers < 1:

@@ -206,3 +206,14 @@ def test_epoch_streams_resume_exactly_and_reshuffle_between_epochs():
     epochs = [np.concatenate(whole[e * batches:(e + 1) * batches]) for e in range(5)]
     for e in range(4):
         assert not np.array_equal(epochs[e], epochs[e + 1]), e
+
+
+def test_build_overrides_may_come_between_options(tmp_path):
+    out = tmp_path / "d"
+    proc = run_module("conductivity_tf.dataset", "build", "--out", str(out), "samples=6", "--workers", "1",
+                      "size=16", "--quiet", "seed=5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["samples"], manifest["sample_size"], manifest["build"]["seed"]) == (6, 16, 5)
+    bad = run_module("conductivity_tf.dataset", "build", "--out", str(tmp_path / "e"), "samples=6", "--bogus")
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
