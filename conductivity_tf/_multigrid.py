@@ -573,9 +573,9 @@ def _graph_prolong_add(xc, agg, x):
 class _GraphLevel(object):
     """A coarse level as a graph (float64: these levels are small)."""
 
-    def __init__(self, d, coords, rows, cols, vals):
+    def __init__(self, d, rows, cols, vals):
         self.n = len(d)
-        self.diag, self.coords, self.rows, self.cols, self.vals = d, coords, rows, cols, vals
+        self.diag, self.rows, self.cols, self.vals = d, rows, cols, vals
         self.indptr, self.indices, self.data = _csr(self.n, rows, cols, vals)
         self.inv = np.where(d != 0, 1.0 / np.where(d != 0, d, 1.0), 0.0)
         self.x = np.zeros(self.n)
@@ -659,7 +659,7 @@ class MultigridPCG(object):
                 fine.agg = np.where(node >= 0, agg[np.maximum(node, 0)], -1).ravel()
             else:
                 fine.agg = agg
-            fine = _GraphLevel(d, coords, rows, cols, vals)
+            fine = _GraphLevel(d, rows, cols, vals)
             self.levels.append(fine)
 
     def _vcycle(self, depth):
