@@ -34,6 +34,7 @@ import math
 import os
 import struct
 import sys
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -340,7 +341,7 @@ def read_records(path):
                     raise damaged("bad data checksum at record {}".format(count))
                 count += 1
                 yield record
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:   # zlib: a flipped bit in deflate data
         raise damaged(str(err) or type(err).__name__)
 
 
