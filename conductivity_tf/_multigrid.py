@@ -717,11 +717,23 @@ class MultigridPCG(object):
         self._vcycle(0)
         z[...] = top.x
 
-    def solve(self, b, x0=None, rtol=1e-9, maxiter=500):
-        """Return (x, iterations, relative residual); x is the workspace's until its next solve. The
-        loop uses numba kernels only: BLAS threads spinning between calls would compete with numba's
-        threads for the cores. The preconditioned residual z is the top level's single-precision
-        solution, used where it lies; the residual is copied into the top level as it is updated."""
+    def solve(self, b, x0=None, rtol=None, maxiter=500, tol=None, offset=0.0):
+        """Return (x, iterations, relative residual); x is the workspace's until its next solve.
+
+        Stopping: with ``rtol``, when the residual is at most rtol times |b|; with ``tol``, when the
+        last step lowered the energy E(x) = offset + x.Ax - 2 b.x by at most tol times E. CG minimises
+        E, and each step lowers it by alpha r.z; what is left to lower is E(x) - E(x*) = |x - x*|_A^2,
+        at most the last decrease while the decreases shrink at least 2x per step (else the
+        geometric tail of the observed ratio is taken).
+        For a Dirichlet problem with offset = sum(b) (unit potential drop), E is the dissipated power,
+        so ``tol`` bounds the relative error of the effective conductivity. Given both, both must hold.
+
+        The loop uses numba kernels only: BLAS threads spinning between calls would compete with
+        numba's threads for the cores. The preconditioned residual z is the top level's
+        single-precision solution, used where it lies; the residual is copied into the top level as
+        it is updated."""
+        if rtol is None and tol is None:
+            raise ValueError("give rtol, tol or both")
         diag, cx, cy, cz = self.operator
         ws = self.ws
         top = self.levels[0]
@@ -731,6 +743,7 @@ class MultigridPCG(object):
         r = ws.get("cg.r", b.shape, b.dtype)
         _residual(x, b, r, diag, cx, cy, cz)
         bnorm = np.sqrt(_dot(b, b)) or 1.0
+        energy = offset - _dot(x, r) - _dot(x, b)        # x.Ax - 2 b.x = -x.(r + b)
         q = ws.get("cg.q", b.shape, b.dtype)
         top.b[...] = r
         self._vcycle(0)
@@ -740,11 +753,20 @@ class MultigridPCG(object):
         rz = _dot(r, z)
         rel = np.sqrt(_dot(r, r)) / bnorm
         it = 0
-        while rel > rtol and it < maxiter:
+        decrease = 0.0
+        done = rel == 0.0 or (tol is None and rel <= rtol)    # the energy test needs one step
+        while not done and it < maxiter:
             it += 1
             alpha = rz / _matvec_dot(p, q, diag, cx, cy, cz)
             rel = np.sqrt(_step(x, r, p, q, alpha, top.b)) / bnorm
-            if rel <= rtol:
+            decrease, previous = alpha * rz, decrease
+            energy -= decrease
+            # what is left to lower: at most the last decrease while decreases shrink at least 2x,
+            # else the geometric tail decrease * ratio / (1 - ratio)
+            ratio = decrease / previous if previous > 0 else 0.0
+            left = decrease * max(1.0, ratio / (1.0 - ratio)) if ratio < 1.0 else np.inf
+            done = rel == 0.0 or ((rtol is None or rel <= rtol) and (tol is None or left <= tol * energy))
+            if done:
                 break
             self._vcycle(0)
             rz_new = _dot(r, z)

@@ -174,7 +174,7 @@ def connected_to_both_faces(mask, axes=(0, 1, 2)):
 # the solve
 
 
-def _solve_axis0(s, rtol, maxiter):
+def _solve_axis0(s, tol, rtol, maxiter):
     """Solve with transport along axis 0 of the conductivity field ``s`` (percolating voxels only).
 
     Returns (current for a unit potential drop, relative spread of the current over all sections,
@@ -191,7 +191,9 @@ def _solve_axis0(s, rtol, maxiter):
     x0[...] = ramp[:, None, None]
     x0[diag == 0] = 0.0
     solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=ws)
-    phi, iterations, residual = solver.solve(rhs, x0=x0, rtol=rtol, maxiter=maxiter)
+    # offset sum(rhs): the solver's energy is then the dissipated power, the quantity sigma comes from
+    phi, iterations, residual = solver.solve(rhs, x0=x0, rtol=rtol, maxiter=maxiter, tol=tol,
+                                             offset=float(rhs.sum()))
     current, sections = power_and_sections(phi, diag, cx, cy, cz, bnd, rhs)
     mean = sections.mean()
     spread = float((sections.max() - sections.min()) / abs(mean)) if mean else 0.0
@@ -213,22 +215,26 @@ def _one_blas_thread():
     return _blas_controller[0].limit(limits=1, user_api="blas")
 
 
-def solve(volume, axes=None, sigma=None, rtol=1e-6, maxiter=1000, return_potential=False):
+def solve(volume, axes=None, sigma=None, tol=1e-6, rtol=None, maxiter=1000, return_potential=False):
     """Relative effective conductivity and tortuosity factor along each requested axis.
 
     volume: 3-D array of phase labels (bool/int; float only with ``sigma``).
     axes: 0, 1, 2, a list of them, or None / 'all' for all three (one labelling, three solves).
     sigma: {phase: conductivity}; default {0: 0, 1: 1}.
-    rtol: relative residual at which CG stops.
+    tol: relative accuracy of sigma_eff at which CG stops. sigma_eff comes from the dissipated power,
+        which CG lowers towards its minimum; it stops when a step lowers it by at most tol (what is
+        left is smaller still while each step at least halves it: about tol/10 here, measured).
+    rtol: if given, CG also runs until the residual is at most rtol times the right-hand side
+        (for a potential field accurate everywhere; tol=None leaves only this test).
     Returns a list of ``AxisResult`` in the order of ``axes``.
     """
     axes = parse_axes(axes)
     # BLAS threads left spinning by a LAPACK call would fight numba's threads for the cores
     with _one_blas_thread():
-        return _solve(volume, axes, sigma, rtol, maxiter, return_potential)
+        return _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential)
 
 
-def _solve(volume, axes, sigma, rtol, maxiter, return_potential):
+def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
     s, sigma0 = conductivity_field(volume, sigma)
     conducting = s > 0
     porosity = float(conducting.mean())
@@ -243,7 +249,7 @@ def _solve(volume, axes, sigma, rtol, maxiter, return_potential):
                                       seconds=time.perf_counter() - t0))
             continue
         s_axis = np.ascontiguousarray(np.moveaxis(np.where(keep, s, 0.0), axis, 0))
-        current, spread, iterations, residual, phi = _solve_axis0(s_axis, rtol, maxiter)
+        current, spread, iterations, residual, phi = _solve_axis0(s_axis, tol, rtol, maxiter)
         n = s_axis.shape
         relative = current * n[0] / (n[1] * n[2] * sigma0)
         tau = porosity / relative if relative > 0 else math.inf
@@ -311,7 +317,11 @@ def build_parser():
     parser.add_argument("--axis", default="0", help="transport axis: 0, 1, 2 or all (default 0)")
     parser.add_argument("--sigma", action="append", metavar="PHASE=VALUE",
                         help="conductivity of a phase (repeat per phase); default 0=0 1=1")
-    parser.add_argument("--rtol", type=float, default=1e-9, help="relative residual to stop at")
+    parser.add_argument("--tol", type=float, default=1e-6,
+                        help="relative accuracy of sigma_eff to stop at (default 1e-6)")
+    parser.add_argument("--rtol", type=float, default=None,
+                        help="also solve until the relative residual is at most this (a potential field "
+                             "accurate everywhere, e.g. 1e-9)")
     parser.add_argument("--json", action="store_true", help="one JSON object per volume and line")
     add_volume_arguments(parser)
     return parser
@@ -330,7 +340,7 @@ def main(argv=None):
     for path, loaded in volumes:
         t0 = time.perf_counter()
         try:
-            results = solve(loaded.array, axes=axes, sigma=sigma, rtol=args.rtol)
+            results = solve(loaded.array, axes=axes, sigma=sigma, tol=args.tol, rtol=args.rtol)
         except UserError as err:
             raise UserError("{}: {}".format(path, err))
         seconds = time.perf_counter() - t0
