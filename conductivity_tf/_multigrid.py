@@ -287,7 +287,8 @@ def assemble(s, ws=None):
     """
     shape = tuple(n + 2 for n in s.shape)
     ws = ws or Workspace()
-    out = [ws.get(name, shape) for name in ("cx", "cy", "cz", "diag", "bnd", "rhs")]
+    # every entry inside the padding is written; the padding stays as created (zero)
+    out = [ws.get(name, shape, zero=False) for name in ("cx", "cy", "cz", "diag", "bnd", "rhs")]
     _assemble_into(s, *out)
     return out
 
@@ -299,30 +300,49 @@ def _assemble_into(s, cx, cy, cz, diag, bnd, rhs):
         for j in range(n1):
             for k in range(n2):
                 a = s[i, j, k]
-                if a <= 0.0:
-                    continue
-                if i + 1 < n0 and s[i + 1, j, k] > 0.0:
-                    b = s[i + 1, j, k]
-                    cx[i + 1, j + 1, k + 1] = 2.0 * a * b / (a + b)
-                if j + 1 < n1 and s[i, j + 1, k] > 0.0:
-                    b = s[i, j + 1, k]
-                    cy[i + 1, j + 1, k + 1] = 2.0 * a * b / (a + b)
-                if k + 1 < n2 and s[i, j, k + 1] > 0.0:
-                    b = s[i, j, k + 1]
-                    cz[i + 1, j + 1, k + 1] = 2.0 * a * b / (a + b)
+                fx = 0.0
+                fy = 0.0
+                fz = 0.0
                 g = 0.0
-                if i == 0:
-                    g += 2.0 * a
-                    rhs[1, j + 1, k + 1] = 2.0 * a
-                if i == n0 - 1:
-                    g += 2.0 * a
+                if a > 0.0:
+                    if i + 1 < n0 and s[i + 1, j, k] > 0.0:
+                        b = s[i + 1, j, k]
+                        fx = 2.0 * a * b / (a + b)
+                    if j + 1 < n1 and s[i, j + 1, k] > 0.0:
+                        b = s[i, j + 1, k]
+                        fy = 2.0 * a * b / (a + b)
+                    if k + 1 < n2 and s[i, j, k + 1] > 0.0:
+                        b = s[i, j, k + 1]
+                        fz = 2.0 * a * b / (a + b)
+                    if i == 0:
+                        g += 2.0 * a
+                    if i == n0 - 1:
+                        g += 2.0 * a
+                cx[i + 1, j + 1, k + 1] = fx
+                cy[i + 1, j + 1, k + 1] = fy
+                cz[i + 1, j + 1, k + 1] = fz
                 bnd[i + 1, j + 1, k + 1] = g
+                rhs[i + 1, j + 1, k + 1] = 2.0 * a if i == 0 else 0.0
     for i in prange(1, n0 + 1):
         for j in range(1, n1 + 1):
             for k in range(1, n2 + 1):
                 if s[i - 1, j - 1, k - 1] > 0.0:
                     diag[i, j, k] = (bnd[i, j, k] + cx[i - 1, j, k] + cx[i, j, k] + cy[i, j - 1, k]
                                      + cy[i, j, k] + cz[i, j, k - 1] + cz[i, j, k])
+                else:
+                    diag[i, j, k] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def initial_guess(diag, x0):
+    """The linear potential between the faces (1 at the inlet, 0 at the outlet) on the unknowns, 0 elsewhere."""
+    n0, n1, n2 = diag.shape
+    m = n0 - 2
+    for i in prange(n0):
+        v = 1.0 - (i - 0.5) / m
+        for j in range(n1):
+            for k in range(n2):
+                x0[i, j, k] = v if diag[i, j, k] != 0.0 else 0.0
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -361,16 +381,29 @@ def power_and_sections(phi, diag, cx, cy, cz, bnd, rhs):
     return power, sections
 
 
+@njit(parallel=True, cache=True)
+def _to_single(diag, cx, cy, cz, d, x, y, z, inv):
+    """The operator rounded to single precision, and 1/diag (0 where diag is 0), in one pass."""
+    n0, n1, n2 = diag.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                dv = np.float32(diag[i, j, k])
+                d[i, j, k] = dv
+                x[i, j, k] = np.float32(cx[i, j, k])
+                y[i, j, k] = np.float32(cy[i, j, k])
+                z[i, j, k] = np.float32(cz[i, j, k])
+                inv[i, j, k] = np.float32(1.0) / dv if dv != 0 else np.float32(0.0)
+
+
 class _Level(object):
-    def __init__(self, diag, cx, cy, cz, ws, tag, dtype=np.float32):
+    def __init__(self, diag, cx, cy, cz, ws, tag):
+        dtype = np.float32
         # the preconditioner needs no double precision: single halves the memory traffic
         shape = diag.shape
-        self.diag, self.cx, self.cy, self.cz = (ws.get(tag + name, shape, dtype, zero=False)
-                                                for name in ("diag", "cx", "cy", "cz"))
-        for dst, src in ((self.diag, diag), (self.cx, cx), (self.cy, cy), (self.cz, cz)):
-            np.copyto(dst, src, casting="same_kind")
-        self.inv = ws.get(tag + "inv", shape, dtype)
-        np.divide(1.0, self.diag, out=self.inv, where=self.diag != 0)
+        self.diag, self.cx, self.cy, self.cz, self.inv = (ws.get(tag + name, shape, dtype, zero=False)
+                                                          for name in ("diag", "cx", "cy", "cz", "inv"))
+        _to_single(diag, cx, cy, cz, self.diag, self.cx, self.cy, self.cz, self.inv)
         # written whole before they are read (x by the first sweep or the coarsest solve, b by the
         # restriction or the copy of the CG residual, r by the residual), so not zeroed
         self.x = ws.get(tag + "x", shape, dtype, zero=False)
@@ -740,11 +773,12 @@ class MultigridPCG(object):
         x = ws.get("cg.x", b.shape, b.dtype, zero=x0 is None)
         if x0 is not None:
             np.copyto(x, x0)
-        r = ws.get("cg.r", b.shape, b.dtype)
+        # r and q are written inside the padding before they are read; their padding stays zero
+        r = ws.get("cg.r", b.shape, b.dtype, zero=False)
         _residual(x, b, r, diag, cx, cy, cz)
         bnorm = np.sqrt(_dot(b, b)) or 1.0
         energy = offset - _dot(x, r) - _dot(x, b)        # x.Ax - 2 b.x = -x.(r + b)
-        q = ws.get("cg.q", b.shape, b.dtype)
+        q = ws.get("cg.q", b.shape, b.dtype, zero=False)
         top.b[...] = r
         self._vcycle(0)
         z = top.x

@@ -113,7 +113,11 @@ def conductivity_field(volume, sigma=None):
             raise UserError("the volume holds floating-point values, not phase labels; segment it (threshold "
                             "or Otsu) or give a conductivity for each value with --sigma PHASE=VALUE")
     small_labels = np.issubdtype(volume.dtype, np.integer) and volume.dtype.itemsize <= 2 and volume.min() >= 0
-    if small_labels:  # a count per label is much cheaper than sorting the voxels
+    binary = small_labels and volume.max() <= 1
+    if binary:        # which of 0 and 1 occur, from one count
+        ones = np.count_nonzero(volume)
+        phases = np.array([p for p, present in ((0, ones < volume.size), (1, ones > 0)) if present], volume.dtype)
+    elif small_labels:  # a count per label is much cheaper than sorting the voxels
         phases = np.flatnonzero(np.bincount(volume.ravel())).astype(volume.dtype)
     else:
         phases = np.unique(volume)
@@ -135,6 +139,12 @@ def conductivity_field(volume, sigma=None):
     sigma0 = max(sigma.values())
     if sigma0 <= 0:
         raise UserError("no phase conducts (all conductivities are 0); give one phase a positive --sigma")
+    if binary:
+        low, high = sigma.get(0.0, 0.0), sigma.get(1.0, 0.0)
+        if low == 0.0:
+            field = volume.astype(np.float64)
+            return (field * high if high != 1.0 else field), sigma0
+        return np.where(volume != 0, high, low), sigma0
     table = np.array([sigma[float(p)] for p in phases.tolist()])
     if small_labels:
         lookup = np.zeros(int(phases[-1]) + 1)
@@ -180,16 +190,13 @@ def _solve_axis0(s, tol, rtol, maxiter):
     Returns (current for a unit potential drop, relative spread of the current over all sections,
     iterations, relative residual, potential on the unpadded grid).
     """
-    from conductivity_tf._multigrid import MultigridPCG, assemble, power_and_sections, workspace
+    from conductivity_tf._multigrid import MultigridPCG, assemble, initial_guess, power_and_sections, workspace
 
-    n0 = s.shape[0]
     ws = workspace()
     ws.begin(tuple(n + 2 for n in s.shape))
     cx, cy, cz, diag, bnd, rhs = assemble(s, ws)
     x0 = ws.get("x0", diag.shape, zero=False)
-    ramp = 1.0 - (np.arange(n0 + 2) - 0.5) / n0      # linear start between the faces, on the unknowns
-    x0[...] = ramp[:, None, None]
-    x0[diag == 0] = 0.0
+    initial_guess(diag, x0)
     solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=ws)
     # offset sum(rhs): the solver's energy is then the dissipated power, the quantity sigma comes from
     phi, iterations, residual = solver.solve(rhs, x0=x0, rtol=rtol, maxiter=maxiter, tol=tol,
@@ -237,7 +244,7 @@ def solve(volume, axes=None, sigma=None, tol=1e-6, rtol=None, maxiter=1000, retu
 def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
     s, sigma0 = conductivity_field(volume, sigma)
     conducting = s > 0
-    porosity = float(conducting.mean())
+    porosity = np.count_nonzero(conducting) / conducting.size
     paths = connected_to_both_faces(conducting, axes)
     results = []
     for axis in axes:
