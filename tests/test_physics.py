@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.ndimage
 
 from conductivity_tf import microstructure, physics
 from conductivity_tf.errors import UserError
@@ -375,3 +376,16 @@ def test_three_phase_non_cubic_volume_agrees_with_an_independent_solve():
         ours = physics.solve(volume, axes=[axis], sigma=sigma)[0].relative_conductivity
         reference = _reference_relative_conductivity(np.moveaxis(s, axis, 0), sigma0)
         assert ours == pytest.approx(reference, rel=1e-6)
+
+
+@pytest.mark.parametrize("shape,porosity", [((31, 17, 23), 0.3), ((40, 40, 40), 0.5), ((9, 50, 12), 0.25)])
+def test_cluster_labels_are_the_6_connected_components(shape, porosity):
+    # the same partition as scipy.ndimage.label (6-connectivity), whichever library labels
+    mask = np.random.default_rng(sum(shape)).random(shape) < porosity
+    mask = np.asfortranarray(mask) if shape[0] == 9 else mask
+    labels, count = physics.label_clusters(mask)
+    want, want_count = scipy.ndimage.label(mask)
+    assert count == want_count > 10
+    assert np.array_equal(labels > 0, mask)
+    pairs = np.unique(np.stack([labels[mask], want[mask]]), axis=1)
+    assert pairs.shape[1] == count      # one-to-one: no cluster split or merged
