@@ -51,3 +51,24 @@ def test_train_suite_and_compare(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.exists(tmp_path / "cmp" / "both_by_configuration.png")
     assert "tiny-b4" in proc.stdout
+
+
+def test_solver_suite_quick(tmp_path):
+    # without the anchors (not in [dev]) it times ours alone and says which anchors it skipped
+    import pytest
+
+    pytest.importorskip("numba")
+    from conductivity_tf import microstructure, physics
+
+    out = tmp_path / "solver.csv"
+    proc = run_module("conductivity_tf.benchmark", "solver", "--quick", "--csv", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["size"], r["porosity"]) for r in rows] == [("64", "0.3"), ("64", "0.5"), ("128", "0.3"), ("128", "0.5")]
+    first = microstructure.blobs(64, porosity=0.3, correlation_length=4, seed=64)
+    assert abs(float(rows[0]["ours_sigma"]) / physics.solve(first, axes=[0])[0].relative_conductivity - 1) < 1e-6
+    assert all(float(r["ours_s"]) > 0 and int(r["iterations"]) > 0 for r in rows)
+    for anchor in ("taufactor", "porespy"):
+        if not rows[0].get(anchor + "_s"):
+            assert "{} is not installed: skipped".format(anchor) in proc.stderr
