@@ -156,18 +156,19 @@ def run_solver_suite(args):
     warm = microstructure.blobs(16, 0.5, 2, seed=0)
     physics.solve(warm, axes=[0])  # compile the numba kernels outside the timings
     for size in sizes:
-        # best of several runs, ours and TauFactor's alternating, so that a slow spell of this shared
-        # machine hits both; a 64^3 solve takes tens of milliseconds, so more runs there
-        repeats = {64: 7, 128: 3}.get(size, 1)
+        # best of several runs in two rounds, each a block of ours then a block of TauFactor's, so that
+        # a slow spell of this shared machine hits both; a 64^3 solve takes tens of milliseconds, so
+        # more runs there
+        rounds, repeats = {64: (2, 4), 128: (2, 2)}.get(size, (1, 1))
         for porosity in porosities:
             volume = microstructure.blobs(size, porosity=porosity, correlation_length=4, seed=size)
             row = {"size": size, "porosity": porosity}
             ours, theirs = [], []
-            for _ in range(repeats):
-                ours.append(best_time(lambda v=volume: physics.solve(v, axes=[0])[0], 1))
+            for _ in range(rounds):
+                ours.append(best_time(lambda v=volume: physics.solve(v, axes=[0])[0], repeats))
                 if anchors["taufactor"] is not None:
                     theirs.append(best_time(
-                        lambda v=volume: taufactor_relative_conductivity(anchors["taufactor"], v), 1))
+                        lambda v=volume: taufactor_relative_conductivity(anchors["taufactor"], v), repeats))
             seconds, result = min(ours, key=lambda pair: pair[0])
             row.update(ours_s=seconds, iterations=result.iterations, ours_sigma=result.relative_conductivity)
             if theirs:
