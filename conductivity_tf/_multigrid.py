@@ -763,10 +763,12 @@ class MultigridPCG(object):
         Stopping: with ``rtol``, when the residual is at most rtol times |b|; with ``tol``, when the
         last step lowered the energy E(x) = offset + x.Ax - 2 b.x by at most tol times E. CG minimises
         E, and each step lowers it by alpha r.z; what is left to lower is E(x) - E(x*) = |x - x*|_A^2,
-        at most the last decrease while the decreases shrink at least 2x per step (else the
-        geometric tail of the observed ratio is taken).
-        For a Dirichlet problem with offset = sum(b) (unit potential drop), E is the dissipated power,
-        so ``tol`` bounds the relative error of the effective conductivity. Given both, both must hold.
+        estimated as the last decrease while the decreases shrink at least 2x per step (else as the
+        geometric tail of the last ratio). An estimate, not a bound: CG's decreases need not shrink
+        steadily (on the 12,118 non-zero labels of data/small32 the error stayed below 1.6 tol, and below tol
+        for all but 8). For a Dirichlet problem with offset = sum(b) (unit potential drop), E is the
+        dissipated power, so ``tol`` is the relative accuracy of the effective conductivity. Given
+        both, both must hold.
 
         The loop uses numba kernels only: BLAS threads spinning between calls would compete with
         numba's threads for the cores. The preconditioned residual z is the top level's
