@@ -765,10 +765,11 @@ class MultigridPCG(object):
         E, and each step lowers it by alpha r.z; what is left to lower is E(x) - E(x*) = |x - x*|_A^2,
         estimated as the last decrease while the decreases shrink at least 2x per step (else as the
         geometric tail of the last ratio). An estimate, not a bound: CG's decreases need not shrink
-        steadily (on the 12,118 non-zero labels of data/small32 the error stayed below 1.6 tol, and below tol
-        for all but 8). For a Dirichlet problem with offset = sum(b) (unit potential drop), E is the
-        dissipated power, so ``tol`` is the relative accuracy of the effective conductivity. Given
-        both, both must hold.
+        steadily (on the 12,118 non-zero labels of data/small32 the error stayed below 1.6 tol, and
+        below tol for all but 8). For a Dirichlet problem with offset = sum(b) (unit potential drop),
+        E is the dissipated power, so ``tol`` is the relative accuracy of the effective conductivity.
+        Given both, both must hold. Without ``rtol`` the products use the single-precision operator
+        (see below), and the residual returned is that system's.
 
         The loop uses numba kernels only: BLAS threads spinning between calls would compete with
         numba's threads for the cores. The preconditioned residual z is the top level's
@@ -810,8 +811,8 @@ class MultigridPCG(object):
             rel = np.sqrt(_step(x, r, p, q, alpha, top.b)) / bnorm
             decrease, previous = alpha * rz, decrease
             energy -= decrease
-            # what is left to lower: at most the last decrease while decreases shrink at least 2x,
-            # else the geometric tail decrease * ratio / (1 - ratio)
+            # what is left to lower, estimated: the last decrease while decreases shrink at least
+            # 2x per step, else the geometric tail decrease * ratio / (1 - ratio)
             ratio = decrease / previous if previous > 0 else 0.0
             left = decrease * max(1.0, ratio / (1.0 - ratio)) if ratio < 1.0 else np.inf
             done = rel == 0.0 or ((rtol is None or rel <= rtol) and (tol is None or left <= tol * energy))
