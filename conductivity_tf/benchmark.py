@@ -173,46 +173,44 @@ def run_solver_suite(args):
     # The anchors run in a process of their own: with torch (TauFactor's) imported, our solver's numba
     # kernels ran 10-65 % slower in the same process, which would measure the neighbour, not the
     # solver. The volumes go there by pipe; each side times itself.
-    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def anchor(name, volume, repeats):
+            return pool.submit(_time_anchor, name, volume, repeats).result()
 
-    def anchor(name, volume, repeats):
-        return pool.submit(_time_anchor, name, volume, repeats).result()
-
-    rows = []
-    warm = microstructure.blobs(16, 0.5, 2, seed=0)
-    physics.solve(warm, axes=[0])  # compile the numba kernels outside the timings
-    for name in anchors:
-        anchor(name, warm, 1)      # and import the anchors
-    for size in sizes:
-        # best of several runs in two rounds, each a block of ours then a block of TauFactor's, so that
-        # a slow spell of this shared machine hits both; a 64^3 solve takes tens of milliseconds, so
-        # more runs there
-        rounds, repeats = {64: (2, 4), 128: (2, 2)}.get(size, (1, 1))
-        for porosity in porosities:
-            volume = microstructure.blobs(size, porosity=porosity, correlation_length=4, seed=size)
-            row = {"size": size, "porosity": porosity}
-            ours, theirs = [], []
-            for _ in range(rounds):
-                ours.append(best_time(lambda v=volume: physics.solve(v, axes=[0])[0], repeats))
-                if "taufactor" in anchors:
-                    theirs.append(anchor("taufactor", volume, repeats))
-            seconds, result = min(ours, key=lambda pair: pair[0])
-            row.update(ours_s=seconds, iterations=result.iterations, ours_sigma=result.relative_conductivity)
-            if theirs:
-                seconds, sigma = min(theirs, key=lambda pair: pair[0])
-                row.update(taufactor_s=seconds, taufactor_sigma=sigma)
-            if "porespy" in anchors:
-                seconds, sigma = anchor("porespy", volume, 1)
-                row.update(porespy_s=seconds, porespy_sigma=sigma)
-            anchor_times = [row[k] for k in ("taufactor_s", "porespy_s") if k in row]
-            anchor_sigmas = [row[k] for k in ("taufactor_sigma", "porespy_sigma") if k in row]
-            if anchor_times:
-                row["speedup"] = min(anchor_times) / row["ours_s"]
-                row["max_rel_diff"] = max(abs(row["ours_sigma"] - s) / s for s in anchor_sigmas)
-            rows.append(row)
-            say("solver {}^3 porosity {}: ours {:.3f} s{}".format(size, porosity, row["ours_s"], "".join(
-                ", {} {:.3f} s".format(k[:-2], row[k]) for k in ("taufactor_s", "porespy_s") if k in row)))
-    pool.shutdown()
+        rows = []
+        warm = microstructure.blobs(16, 0.5, 2, seed=0)
+        physics.solve(warm, axes=[0])  # compile the numba kernels outside the timings
+        for name in anchors:
+            anchor(name, warm, 1)      # and import the anchors
+        for size in sizes:
+            # best of several runs in two rounds, each a block of ours then a block of TauFactor's, so that
+            # a slow spell of this shared machine hits both; a 64^3 solve takes tens of milliseconds, so
+            # more runs there
+            rounds, repeats = {64: (2, 4), 128: (2, 2)}.get(size, (1, 1))
+            for porosity in porosities:
+                volume = microstructure.blobs(size, porosity=porosity, correlation_length=4, seed=size)
+                row = {"size": size, "porosity": porosity}
+                ours, theirs = [], []
+                for _ in range(rounds):
+                    ours.append(best_time(lambda v=volume: physics.solve(v, axes=[0])[0], repeats))
+                    if "taufactor" in anchors:
+                        theirs.append(anchor("taufactor", volume, repeats))
+                seconds, result = min(ours, key=lambda pair: pair[0])
+                row.update(ours_s=seconds, iterations=result.iterations, ours_sigma=result.relative_conductivity)
+                if theirs:
+                    seconds, sigma = min(theirs, key=lambda pair: pair[0])
+                    row.update(taufactor_s=seconds, taufactor_sigma=sigma)
+                if "porespy" in anchors:
+                    seconds, sigma = anchor("porespy", volume, 1)
+                    row.update(porespy_s=seconds, porespy_sigma=sigma)
+                anchor_times = [row[k] for k in ("taufactor_s", "porespy_s") if k in row]
+                anchor_sigmas = [row[k] for k in ("taufactor_sigma", "porespy_sigma") if k in row]
+                if anchor_times:
+                    row["speedup"] = min(anchor_times) / row["ours_s"]
+                    row["max_rel_diff"] = max(abs(row["ours_sigma"] - s) / s for s in anchor_sigmas)
+                rows.append(row)
+                say("solver {}^3 porosity {}: ours {:.3f} s{}".format(size, porosity, row["ours_s"], "".join(
+                    ", {} {:.3f} s".format(k[:-2], row[k]) for k in ("taufactor_s", "porespy_s") if k in row)))
     print(markdown_table(rows, SOLVER_COLUMNS))
     if args.csv:
         write_csv(args.csv, rows, SOLVER_COLUMNS)
