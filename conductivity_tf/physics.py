@@ -95,6 +95,12 @@ def conductivity_field(volume, sigma=None):
     Raises UserError for anything the solver cannot take: not 3-D, empty, NaN/inf, float labels
     without a map, a phase with no conductivity, negative conductivities, nothing conducting.
     """
+    field, sigma0, _ = _conductivity_field(volume, sigma)
+    return field, sigma0
+
+
+def _conductivity_field(volume, sigma):
+    """``conductivity_field`` and the positive conductivities of the phases present (sorted)."""
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise UserError("the volume has {} dimension(s), shape {}; the solver needs a 3-D array".format(
@@ -139,18 +145,19 @@ def conductivity_field(volume, sigma=None):
     sigma0 = max(sigma.values())
     if sigma0 <= 0:
         raise UserError("no phase conducts (all conductivities are 0); give one phase a positive --sigma")
+    positive = sorted({sigma[float(p)] for p in phases.tolist()} - {0.0})
     if binary:
         low, high = sigma.get(0.0, 0.0), sigma.get(1.0, 0.0)
         if low == 0.0:
             field = volume.astype(np.float64)
-            return (field * high if high != 1.0 else field), sigma0
-        return np.where(volume != 0, high, low), sigma0
+            return (field * high if high != 1.0 else field), sigma0, positive
+        return np.where(volume != 0, high, low), sigma0, positive
     table = np.array([sigma[float(p)] for p in phases.tolist()])
     if small_labels:
         lookup = np.zeros(int(phases[-1]) + 1)
         lookup[phases] = table
-        return lookup[volume], sigma0
-    return table[np.searchsorted(phases, volume)], sigma0
+        return lookup[volume], sigma0, positive
+    return table[np.searchsorted(phases, volume)], sigma0, positive
 
 
 def label_clusters(mask):
@@ -196,9 +203,10 @@ def connected_to_both_faces(mask, axes=(0, 1, 2)):
 # the solve
 
 
-def _solve_axis0(s, tol, rtol, maxiter):
+def _solve_axis0(s, tol, rtol, maxiter, uniform=None):
     """Solve with transport along axis 0 of the conductivity field ``s`` (percolating voxels only).
 
+    ``uniform``: the one conductivity of every conducting voxel, if they share one.
     Returns (current for a unit potential drop, relative spread of the current over all sections,
     iterations, relative residual, potential on the unpadded grid).
     """
@@ -209,7 +217,9 @@ def _solve_axis0(s, tol, rtol, maxiter):
     cx, cy, cz, diag, bnd, rhs = assemble(s, ws)
     x0 = ws.get("x0", diag.shape, zero=False)
     initial_guess(diag, x0)
-    solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=ws)
+    # the face conductance between two voxels of conductivity ``uniform``, as the assembly computes it
+    face = None if uniform is None else 2.0 * uniform * uniform / (uniform + uniform)
+    solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=ws, uniform=face)
     # offset sum(rhs): the solver's energy is then the dissipated power, the quantity sigma comes from
     phi, iterations, residual = solver.solve(rhs, x0=x0, rtol=rtol, maxiter=maxiter, tol=tol,
                                              offset=float(rhs.sum()))
@@ -254,7 +264,7 @@ def solve(volume, axes=None, sigma=None, tol=1e-6, rtol=None, maxiter=1000, retu
 
 
 def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
-    s, sigma0 = conductivity_field(volume, sigma)
+    s, sigma0, positive = _conductivity_field(volume, sigma)
     conducting = s > 0
     porosity = np.count_nonzero(conducting) / conducting.size
     paths = connected_to_both_faces(conducting, axes)
@@ -268,7 +278,8 @@ def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
                                       seconds=time.perf_counter() - t0))
             continue
         s_axis = np.ascontiguousarray(np.moveaxis(np.where(keep, s, 0.0), axis, 0))
-        current, spread, iterations, residual, phi = _solve_axis0(s_axis, tol, rtol, maxiter)
+        current, spread, iterations, residual, phi = _solve_axis0(
+            s_axis, tol, rtol, maxiter, uniform=positive[0] if len(positive) == 1 else None)
         n = s_axis.shape
         relative = current * n[0] / (n[1] * n[2] * sigma0)
         tau = porosity / relative if relative > 0 else math.inf

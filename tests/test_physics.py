@@ -378,6 +378,21 @@ def test_three_phase_non_cubic_volume_agrees_with_an_independent_solve():
         assert ours == pytest.approx(reference, rel=1e-6)
 
 
+def test_binary_volume_kernels_agree_with_the_general_ones_and_an_independent_solve():
+    """A binary volume (one conductivity, here 2.5) takes the fine-grid kernels that read no face
+    conductances; they give the general kernels' solve and the independent scipy solve's sigma."""
+    volume = microstructure.blobs(40, porosity=0.35, correlation_length=2.5, seed=11)
+    sigma = {0: 0.0, 1: 2.5}
+    s, sigma0 = physics.conductivity_field(volume, sigma)
+    s = np.where(physics.connected_to_both_faces(s > 0, (0,))[0], s, 0.0)
+    general = physics._solve_axis0(s, 1e-10, None, 1000, uniform=None)
+    uniform = physics._solve_axis0(s, 1e-10, None, 1000, uniform=2.5)
+    assert uniform[0] == pytest.approx(general[0], rel=1e-9)
+    assert uniform[2] == general[2]
+    ours = physics.solve(volume, axes=[0], sigma=sigma)[0].relative_conductivity
+    assert ours == pytest.approx(_reference_relative_conductivity(s, sigma0), rel=1e-6)
+
+
 @pytest.mark.parametrize("shape,porosity", [((31, 17, 23), 0.3), ((40, 40, 40), 0.5), ((9, 50, 12), 0.25)])
 def test_cluster_labels_are_the_6_connected_components(shape, porosity):
     # the same partition as scipy.ndimage.label (6-connectivity), whichever library labels
