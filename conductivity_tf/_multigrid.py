@@ -85,14 +85,12 @@ def _residual(x, b, r, diag, cx, cy, cz):
     for i in prange(1, n0 - 1):
         for j in range(1, n1 - 1):
             for k in range(1, n2 - 1):
-                if diag[i, j, k] == 0.0:
-                    r[i, j, k] = 0.0
-                else:
-                    r[i, j, k] = b[i, j, k] - (
-                        diag[i, j, k] * x[i, j, k]
-                        - cx[i - 1, j, k] * x[i - 1, j, k] - cx[i, j, k] * x[i + 1, j, k]
-                        - cy[i, j - 1, k] * x[i, j - 1, k] - cy[i, j, k] * x[i, j + 1, k]
-                        - cz[i, j, k - 1] * x[i, j, k - 1] - cz[i, j, k] * x[i, j, k + 1])
+                v = b[i, j, k] - (
+                    diag[i, j, k] * x[i, j, k]
+                    - cx[i - 1, j, k] * x[i - 1, j, k] - cx[i, j, k] * x[i + 1, j, k]
+                    - cy[i, j - 1, k] * x[i, j - 1, k] - cy[i, j, k] * x[i, j + 1, k]
+                    - cz[i, j, k - 1] * x[i, j, k - 1] - cz[i, j, k] * x[i, j, k + 1])
+                r[i, j, k] = v if diag[i, j, k] != 0.0 else 0.0     # a select: vectorised
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -421,11 +419,11 @@ def power_and_sections(phi, diag, cx, cy, cz, bnd, rhs):
     """
     n0, n1, n2 = phi.shape
     sections = np.zeros(n0 - 1)
-    power = 0.0
+    per_layer = np.zeros(n0)
     for i in prange(1, n0 - 1):
+        power = 0.0
         layer = 0.0
-        inlet = 0.0
-        outlet = 0.0
+        below = 1.0 if i < n0 - 2 else 0.0      # the last layer's current leaves through the outlet
         for j in range(1, n1 - 1):
             for k in range(1, n2 - 1):
                 x = phi[i, j, k]
@@ -434,18 +432,18 @@ def power_and_sections(phi, diag, cx, cy, cz, bnd, rhs):
                       - cy[i, j - 1, k] * phi[i, j - 1, k] - cy[i, j, k] * phi[i, j + 1, k]
                       - cz[i, j, k - 1] * phi[i, j, k - 1] - cz[i, j, k] * phi[i, j, k + 1])
                 power += rhs[i, j, k] * (1.0 - 2.0 * x) + x * ax
-                if i < n0 - 2:
-                    layer += cx[i, j, k] * (x - phi[i + 1, j, k])
-                if i == 1:
-                    inlet += rhs[i, j, k] * (1.0 - x)
-                if i == n0 - 2:
-                    outlet += (bnd[i, j, k] - rhs[i, j, k]) * x
-        sections[i] = layer
-        if i == 1:
-            sections[0] = inlet
-        if i == n0 - 2:
-            sections[n0 - 2] = outlet
-    return power, sections
+                layer += cx[i, j, k] * (x - phi[i + 1, j, k])
+        per_layer[i] = power
+        sections[i] = layer * below
+    inlet = 0.0
+    outlet = 0.0
+    for j in range(1, n1 - 1):
+        for k in range(1, n2 - 1):
+            inlet += rhs[1, j, k] * (1.0 - phi[1, j, k])
+            outlet += (bnd[n0 - 2, j, k] - rhs[n0 - 2, j, k]) * phi[n0 - 2, j, k]
+    sections[0] = inlet
+    sections[n0 - 2] = outlet
+    return per_layer.sum(), sections
 
 
 @njit(parallel=True, cache=True)
