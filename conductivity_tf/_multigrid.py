@@ -343,6 +343,33 @@ def _direction(p, z, beta):
                 p[i, j, k] = z[i, j, k] + beta * p[i, j, k]
 
 
+@njit(parallel=True, cache=True)
+def spanning_field(labels, keep, value, axis):
+    """The conductivity field along ``axis`` of a volume whose conducting voxels all have conductivity
+    ``value``: ``value`` where ``keep[labels]`` (clusters joining the two faces), else 0, float64, with
+    ``axis`` moved first (numpy's moveaxis order)."""
+    n0, n1, n2 = labels.shape
+    if axis == 0:
+        out = np.empty((n0, n1, n2))
+        for a in prange(n0):
+            for b in range(n1):
+                for c in range(n2):
+                    out[a, b, c] = value if keep[labels[a, b, c]] else 0.0
+    elif axis == 1:
+        out = np.empty((n1, n0, n2))
+        for a in prange(n1):
+            for b in range(n0):
+                for c in range(n2):
+                    out[a, b, c] = value if keep[labels[b, a, c]] else 0.0
+    else:
+        out = np.empty((n2, n0, n1))
+        for a in prange(n2):
+            for b in range(n0):
+                for c in range(n1):
+                    out[a, b, c] = value if keep[labels[b, c, a]] else 0.0
+    return out
+
+
 def assemble(s, ws=None):
     """Padded system for transport along axis 0 of the conductivity field ``s`` (unpadded).
 
