@@ -336,7 +336,7 @@ def run_surrogate_suite(args):
         solver_times.append(time.perf_counter() - t0)
     solver = statistics.median(solver_times)
     say("solver: {:.3f} s per {}^3 volume (three axes)".format(solver, size))
-    batch = np.stack(volumes).astype("float32")
+    batch = np.stack(volumes)      # uint8 labels, as the generators and TIFF stacks give them
     if args.model:
         from conductivity_tf.predict import Predictor
 
@@ -360,7 +360,7 @@ def run_surrogate_suite(args):
         def serve(x):
             return model(x, training=False)
 
-        data = tf.constant(batch[..., None])
+        data = tf.constant(batch[..., None].astype("float32"))
 
         def infer():
             return serve(data).numpy()

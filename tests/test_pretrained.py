@@ -51,3 +51,16 @@ def test_zero_without_path_gives_exact_zeros_and_leaves_other_axes_alone(tmp_pat
     plain, zeroed = outputs
     assert zeroed[0] == 0.0 and plain[0] > 0.0
     assert zeroed[1:] == plain[1:]
+
+
+def test_byte_volumes_give_the_predictions_of_float_volumes():
+    # uint8 and bool volumes go into the graph as bytes and are converted there
+    from conductivity_tf.predict import Predictor
+
+    volumes = np.stack([microstructure.generate("blobs", 64, seed=910 + i, porosity=0.3 + 0.2 * i,
+                                                correlation_length=3.0) for i in range(3)])
+    predictor = Predictor()
+    as_float = predictor(volumes.astype(np.float32), batch_size=2)
+    np.testing.assert_array_equal(predictor(volumes.astype(np.uint8), batch_size=2), as_float)
+    np.testing.assert_array_equal(predictor(volumes.astype(bool), batch_size=2), as_float)
+    assert as_float.shape == (3, 3) and np.all(np.diff(as_float.mean(axis=1)) > 0)   # denser conducts better
