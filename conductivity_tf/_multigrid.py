@@ -23,6 +23,12 @@ that is connected inside the block, the operator is the same scaled Galerkin pro
 smoother is a forward Gauss-Seidel sweep before and a backward one after the coarse correction
 (symmetric again). On 128^3 blobs of porosity 0.3 this takes CG from 21 to 14 iterations; these levels
 hold under 1 % of the unknowns. The coarsest level is solved directly.
+
+When every conducting voxel has the same conductivity (a binary volume, the common case), every face
+between two unknowns has the same conductance c, and the fine-grid sweeps, restriction and CG's
+operator product use c times the sum of the six neighbours instead of reading three conductance
+arrays: x is zero wherever a cell is not an unknown, so the sum holds exactly the connected ones
+(1.1x per solve at 64^3, 1.35x at 128^3, where the fine grid no longer fits in cache).
 """
 
 import threading
@@ -329,6 +335,21 @@ def _step(x, r, p, q, alpha, r32):
                 v = r[i, j, k] - alpha * q[i, j, k]
                 r[i, j, k] = v
                 r32[i, j, k] = v
+                s += v * v
+    return s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _step_single(x, r, p, q, alpha):
+    """x += alpha p; r -= alpha q; return |r|^2 (single precision vectors, r is the V-cycle's input)."""
+    n0, n1, n2 = x.shape
+    s = 0.0
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                x[i, j, k] += alpha * p[i, j, k]
+                v = r[i, j, k] - alpha * q[i, j, k]
+                r[i, j, k] = v
                 s += v * v
     return s
 
@@ -913,8 +934,8 @@ class MultigridPCG(object):
         steadily (on the 12,118 non-zero labels of data/small32 the error stayed below 1.6 tol, and
         below tol for all but 8). For a Dirichlet problem with offset = sum(b) (unit potential drop),
         E is the dissipated power, so ``tol`` is the relative accuracy of the effective conductivity.
-        Given both, both must hold. Without ``rtol`` the products use the single-precision operator
-        (see below), and the residual returned is that system's.
+        Given both, both must hold. Without ``rtol`` the vectors and the operator products are single
+        precision (see below), and the residual returned is that system's.
 
         The loop uses numba kernels only: BLAS threads spinning between calls would compete with
         numba's threads for the cores. The preconditioned residual z is the top level's
@@ -931,19 +952,32 @@ class MultigridPCG(object):
             diag, cx, cy, cz = top.diag, top.cx, top.cy, top.cz
         else:
             diag, cx, cy, cz = self.operator
-        x = ws.get("cg.x", b.shape, b.dtype, zero=x0 is None)
+        # Without rtol the vectors are single precision too (the operator products already are):
+        # CG's vector updates are half the memory traffic of an iteration, and the power computed
+        # afterwards is second order in the error of x. The residual is then the V-cycle's right-hand
+        # side itself. With rtol, double precision throughout.
+        single = rtol is None
+        dtype = np.float32 if single else b.dtype
+        suffix = "32" if single else ""
+        x = ws.get("cg.x" + suffix, b.shape, dtype, zero=x0 is None)
         if x0 is not None:
             np.copyto(x, x0)
-        # r and q are written inside the padding before they are read; their padding stays zero
-        r = ws.get("cg.r", b.shape, b.dtype, zero=False)
+        if single:
+            b64, b = b, ws.get("cg.b32", b.shape, dtype, zero=False)
+            np.copyto(b, b64)
+            r = top.b
+        else:
+            # r and q are written inside the padding before they are read; their padding stays zero
+            r = ws.get("cg.r", b.shape, dtype, zero=False)
         _residual(x, b, r, diag, cx, cy, cz)
         bnorm = np.sqrt(_dot(b, b)) or 1.0
         energy = offset - _dot(x, r) - _dot(x, b)        # x.Ax - 2 b.x = -x.(r + b)
-        q = ws.get("cg.q", b.shape, b.dtype, zero=False)
-        top.b[...] = r
+        q = ws.get("cg.q" + suffix, b.shape, dtype, zero=False)
+        if not single:
+            top.b[...] = r
         self._vcycle(0)
         z = top.x
-        p = ws.get("cg.p", b.shape, b.dtype, zero=False)
+        p = ws.get("cg.p" + suffix, b.shape, dtype, zero=False)
         np.copyto(p, z)
         rz = _dot(r, z)
         rel = np.sqrt(_dot(r, r)) / bnorm
@@ -956,7 +990,10 @@ class MultigridPCG(object):
                 alpha = rz / _matvec_dot_uniform(p, q, diag, self.uniform)
             else:
                 alpha = rz / _matvec_dot(p, q, diag, cx, cy, cz)
-            rel = np.sqrt(_step(x, r, p, q, alpha, top.b)) / bnorm
+            if single:
+                rel = np.sqrt(_step_single(x, r, p, q, np.float32(alpha))) / bnorm
+            else:
+                rel = np.sqrt(_step(x, r, p, q, alpha, top.b)) / bnorm
             decrease, previous = alpha * rz, decrease
             energy -= decrease
             # what is left to lower, estimated: the last decrease while decreases shrink at least
@@ -968,6 +1005,10 @@ class MultigridPCG(object):
                 break
             self._vcycle(0)
             rz_new = _dot(r, z)
-            _direction(p, z, rz_new / rz)
+            _direction(p, z, p.dtype.type(rz_new / rz))
             rz = rz_new
+        if single:
+            x64 = ws.get("cg.x", x.shape, np.float64, zero=False)
+            np.copyto(x64, x)
+            x = x64
         return x, it, rel

@@ -227,7 +227,11 @@ def run_solver_suite(args):
         voxels = np.log([s ** 3 for s in sizes])
         times = np.log([statistics.median([r["ours_s"] for r in rows if r["size"] == s]) for s in sizes])
         exponent = float(np.polyfit(voxels, times, 1)[0])
-        print("cost growth {}^3 -> {}^3: time ~ voxels^{:.2f} (1.00 = linear)".format(sizes[0], sizes[-1], exponent))
+        per_iteration = np.log([statistics.median([r["ours_s"] / max(r["iterations"], 1) for r in rows
+                                                   if r["size"] == s]) for s in sizes])
+        print("cost growth {}^3 -> {}^3: time ~ voxels^{:.2f} (1.00 = linear); time per CG iteration ~ voxels^{:.2f} "
+              "(the rest is the growth in iterations)".format(sizes[0], sizes[-1], exponent,
+                                                               float(np.polyfit(voxels, per_iteration, 1)[0])))
     return 0
 
 
