@@ -435,7 +435,7 @@ def finish_run(cfg, base, manifest, out, train_seconds):
                       title="Test split: R² {:.4f}, RMSE {:.4f} (Bruggeman ε^{:.2f}: RMSE {:.4f})".format(
                           metrics["test"]["r2"], metrics["test"]["rmse"], exponent, metrics["bruggeman"]["rmse"]),
                       labels=["axis {}".format(a) for a in axes])
-    export(base, out)
+    export(base, out, cfg.model)
     print("test: R² {:.4f}  MAE {:.4f}  RMSE {:.4f}  MAPE (percolating) {:.2f} %  |  Bruggeman ε^{:.2f}: R² {:.4f} "
           "RMSE {:.4f}  ({:.1f}x the CNN's RMSE)".format(
               metrics["test"]["r2"], metrics["test"]["mae"], metrics["test"]["rmse"],
@@ -445,12 +445,16 @@ def finish_run(cfg, base, manifest, out, train_seconds):
     return metrics
 
 
-def export(base, out):
-    """SavedModel (plain TensorFlow can load and call it) and Keras weights, each written atomically."""
+def export(base, out, model_cfg=None):
+    """SavedModel (plain TensorFlow can load and call it) and Keras weights, each written atomically.
+    With ``model_cfg`` the SavedModel is the inference copy with batch norms folded into the
+    convolutions (``model.fold_batch_norm``); the Keras weights are always the trained model's."""
     import shutil
 
     from conductivity_tf.keras_compat import tf
+    from conductivity_tf.model import fold_batch_norm
 
+    served = fold_batch_norm(base, model_cfg) if model_cfg is not None else base
     target = os.path.join(out, "saved_model")
     staging = target + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -458,9 +462,9 @@ def export(base, out):
 
     @tf.function(input_signature=[spec])
     def serve(volume):
-        return {"relative_conductivity": base(volume, training=False)}
+        return {"relative_conductivity": served(volume, training=False)}
 
-    tf.saved_model.save(base, staging, signatures={"serving_default": serve})
+    tf.saved_model.save(served, staging, signatures={"serving_default": serve})
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
     base.save_weights(os.path.join(out, "model.weights.h5"))

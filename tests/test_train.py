@@ -158,3 +158,25 @@ def test_model_builds_and_fits_under_keras_3(tmp_path):
                           env=dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok" in proc.stdout
+
+
+def test_folded_batch_norms_predict_what_the_trained_model_predicts():
+    """The exported inference copy: each batch norm folded into its convolution, same predictions."""
+    from conductivity_tf import config as C
+    from conductivity_tf.keras_compat import keras
+    from conductivity_tf.model import build_model, fold_batch_norm
+
+    cfg = C.load_config(overrides=["model.widths=[4,8,8]", "model.head_units=8", "model.norm=batch"])
+    model = build_model(cfg.model, 16, 3)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):       # statistics far from the initial ones
+            channels = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(0.5, 2.0, channels), rng.normal(0, 0.5, channels),
+                               rng.normal(0, 0.5, channels), rng.uniform(1e-3, 0.05, channels)])
+    folded = fold_batch_norm(model, cfg.model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    volumes = (rng.random((6, 16, 16, 16, 1)) < 0.5).astype("float32")
+    expected = model(volumes, training=False).numpy()
+    np.testing.assert_allclose(folded(volumes, training=False).numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert np.ptp(expected) > 1e-3                                     # the predictions are not all alike
