@@ -358,10 +358,11 @@ def run_surrogate_suite(args):
         which = args.model
     else:
         from conductivity_tf.keras_compat import tf
-        from conductivity_tf.model import build_model
+        from conductivity_tf.model import build_model, fold_batch_norm
 
         cfg = config_lib.load_config()
-        model = build_model(cfg.model, size, 3)
+        # as exported: batch norms folded into the convolutions
+        model = fold_batch_norm(build_model(cfg.model, size, 3), cfg.model)
         @tf.function
         def serve(x):
             return model(x, training=False)
@@ -371,7 +372,7 @@ def run_surrogate_suite(args):
         def infer():
             return serve(data).numpy()
         infer_checked = None
-        which = "default architecture (untrained weights: the time does not depend on them)"
+        which = "default architecture as exported (untrained weights: the time does not depend on them)"
     median, low, high = windows_throughput(infer, len(batch), windows=5, steps_per_window=2, warmup=1)
     cnn = 1.0 / median
     rows = [{"method": "physics solver, 3 axes", "seconds_per_volume": solver, "min": min(solver_times),
