@@ -963,8 +963,9 @@ class MultigridPCG(object):
         if x0 is not None:
             np.copyto(x, x0)
         if single:
-            b64, b = b, ws.get("cg.b32", b.shape, dtype, zero=False)
-            np.copyto(b, b64)
+            b32 = ws.get("cg.b32", b.shape, dtype, zero=False)
+            np.copyto(b32, b)
+            b = b32
             r = top.b
         else:
             # r and q are written inside the padding before they are read; their padding stays zero
