@@ -193,7 +193,7 @@ def run_solver_suite(args):
                 ours, theirs = [], []
                 for _ in range(rounds):
                     # at least two of ours: the first solve at 256^3 spent 3 of its 4-5 s in the kernel,
-                    # touching fresh memory (1.5 GB); TauFactor's one run there takes 1.5-3 minutes
+                    # touching fresh memory (~2 GB); TauFactor's one run there takes 1.5-3 minutes
                     ours.append(best_time(lambda v=volume: physics.solve(v, axes=[0])[0], max(repeats, 2)))
                     if "taufactor" in anchors:
                         theirs.append(anchor("taufactor", volume, repeats))
