@@ -18,6 +18,7 @@ Suites:
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import numpy as np
 
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.fileio import atomic_path
+from conductivity_tf.model import BFLOAT16_SIGNATURE
 
 SUITES = {
     "solver": "our conduction solver against TauFactor and PoreSpy on the same volumes",
@@ -343,58 +345,61 @@ def run_surrogate_suite(args):
     solver = statistics.median(solver_times)
     say("solver: {:.3f} s per {}^3 volume (three axes)".format(solver, size))
     batch = np.stack(volumes)      # uint8 labels, as the generators and TIFF stacks give them
+    infer = {}                     # precision -> function predicting the batch
+    infer_checked = None
     if args.model:
         from conductivity_tf.predict import Predictor
 
-        predictor = Predictor(args.model)
-        if predictor.size != size:
-            raise UserError("--model takes {0}^3 volumes; run with --size {0}".format(predictor.size))
-
-        def infer():
-            return predictor(batch, batch_size=len(batch))
-
-        def infer_checked():
-            return predictor(batch, batch_size=len(batch), zero_without_path=True)
+        predictors = {"fp32": Predictor(args.model, "fp32")}
+        if BFLOAT16_SIGNATURE in predictors["fp32"].module.signatures:
+            predictors["bf16"] = Predictor(args.model, "bf16")
+        chosen = Predictor(args.model).precision                     # what predict picks here by default
+        if predictors["fp32"].size != size:
+            raise UserError("--model takes {0}^3 volumes; run with --size {0}".format(predictors["fp32"].size))
+        for precision, predictor in predictors.items():
+            infer[precision] = functools.partial(predictor, batch, batch_size=len(batch))
+        infer_checked = functools.partial(predictors[chosen], batch, batch_size=len(batch), zero_without_path=True)
         which = args.model
     else:
         from conductivity_tf.keras_compat import tf
-        from conductivity_tf.model import build_model, fold_batch_norm
+        from conductivity_tf.model import build_model, inference_copy
+        from conductivity_tf.predict import resolve_precision
 
         cfg = config_lib.load_config()
-        # as exported: batch norms folded into the convolutions
-        model = fold_batch_norm(build_model(cfg.model, size, 3), cfg.model)
-        @tf.function
-        def serve(x):
-            return model(x, training=False)
-
+        model = build_model(cfg.model, size, 3)
         data = tf.constant(batch[..., None].astype("float32"))
+        def predicting(served):
+            serve = tf.function(lambda x: served(x, training=False))
+            return lambda: serve(data).numpy()
 
-        def infer():
-            return serve(data).numpy()
-        infer_checked = None
+        for precision, policy in (("fp32", "float32"), ("bf16", "mixed_bfloat16")):
+            # as exported: batch norms folded, one copy per precision
+            infer[precision] = predicting(inference_copy(model, cfg.model, policy=policy))
+        chosen = resolve_precision("auto", True, tf)
         which = "default architecture as exported (untrained weights: the time does not depend on them)"
-    median, low, high = windows_throughput(infer, len(batch), windows=5, steps_per_window=2, warmup=1)
-    cnn = 1.0 / median
     rows = [{"method": "physics solver, 3 axes", "seconds_per_volume": solver, "min": min(solver_times),
-             "max": max(solver_times)},
-            {"method": "CNN, batches of {}".format(len(batch)), "seconds_per_volume": cnn, "min": 1.0 / high,
-             "max": 1.0 / low}]
-    checked = None
+             "max": max(solver_times)}]
+    cnn = {}
+    timed = [("CNN {}, batches of {}".format(p, len(batch)), p, fn) for p, fn in infer.items()]
     if infer_checked is not None:
-        median, low, high = windows_throughput(infer_checked, len(batch), windows=5, steps_per_window=2, warmup=1)
-        checked = 1.0 / median
-        rows.append({"method": "CNN, batches of {}, exact zeros without a path".format(len(batch)),
-                     "seconds_per_volume": checked, "min": 1.0 / high, "max": 1.0 / low})
+        timed.append(("CNN {}, batches of {}, exact zeros without a path".format(chosen, len(batch)), "checked",
+                      infer_checked))
+    for method, key, fn in timed:
+        median, low, high = windows_throughput(fn, len(batch), windows=5, steps_per_window=2, warmup=1)
+        cnn[key] = 1.0 / median
+        rows.append({"method": method, "seconds_per_volume": cnn[key], "min": 1.0 / high, "max": 1.0 / low})
     print("model: {}".format(which))
     print(markdown_table(rows, ["method", "seconds_per_volume", "min", "max"]))
     if args.csv:
         write_csv(args.csv, rows, ["method", "seconds_per_volume", "min", "max"])
     print()
-    print("CNN inference is {:.0f}x faster per {}^3 volume than the solver (all three axes)".format(
-        solver / cnn, size))
-    if checked is not None:
+    for precision in infer:
+        print("CNN inference in {} is {:.0f}x faster per {}^3 volume than the solver (all three axes){}".format(
+            precision, solver / cnn[precision], size, "  <- predict's default on this machine"
+            if precision == chosen else ""))
+    if "checked" in cnn:
         print("with --zero-without-path (cluster labelling per volume): {:.0f}x faster than the solver".format(
-            solver / checked))
+            solver / cnn["checked"]))
     return 0
 
 

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from conductivity_tf.errors import run_cli
-from conductivity_tf.predict import ZERO_WITHOUT_PATH_HELP
+from conductivity_tf.predict import PRECISION_HELP, ZERO_WITHOUT_PATH_HELP
 
 
 def build_parser():
@@ -17,6 +17,7 @@ def build_parser():
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--zero-without-path", action="store_true", help=ZERO_WITHOUT_PATH_HELP)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help=PRECISION_HELP)
     return parser
 
 
@@ -24,13 +25,14 @@ def main(argv=None):
     from conductivity_tf.predict import evaluate
 
     args = build_parser().parse_args(argv)
-    metrics = evaluate(args.model, args.data, args.split, args.zero_without_path)
+    metrics = evaluate(args.model, args.data, args.split, args.zero_without_path, args.precision)
     if args.json:
         print(json.dumps(metrics))
         return 0
     m = metrics["all"]
-    print("{} split of {} ({} values): R² {:.4f}  MAE {:.4f}  RMSE {:.4f}  MAPE (percolating) {:.2f} %".format(
-        args.split, metrics["dataset"], m["count"], m["r2"], m["mae"], m["rmse"], m["mape_percolating"] or 0.0))
+    print("{} split of {} ({} values, {}): R² {:.4f}  MAE {:.4f}  RMSE {:.4f}  MAPE (percolating) {:.2f} %".format(
+        args.split, metrics["dataset"], m["count"], metrics["precision"], m["r2"], m["mae"], m["rmse"],
+        m["mape_percolating"] or 0.0))
     for family, fm in metrics["per_family"].items():
         print("  {:20s} R² {:.4f}  MAE {:.4f}".format(family, fm["r2"], fm["mae"]))
     return 0

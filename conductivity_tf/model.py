@@ -12,6 +12,8 @@ normalisation comes from ``keras.layers.GroupNormalization`` where it exists, el
 it under Keras 3).
 """
 
+BFLOAT16_SIGNATURE = "serving_bfloat16"   # the SavedModel signature computing in bfloat16 (train.export)
+
 
 def _keras(keras):
     if keras is not None:
@@ -73,31 +75,37 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
 
 
 
-def fold_batch_norm(model, model_cfg, keras=None):
-    """An inference copy of ``model`` with each batch normalisation folded into the convolution before it.
+def inference_copy(model, model_cfg, keras=None, policy="float32"):
+    """An inference copy of ``model``: batch norms folded into the convolutions, computing in ``policy``.
 
     In inference a batch norm is a per-channel affine map, y = s (z - mean) + beta with
     s = gamma / sqrt(var + epsilon), so conv-then-norm equals one convolution with kernel W s and bias
     beta - mean s. The copy is the same architecture built with ``norm: none`` (convolutions with a
     bias); it predicts what ``model`` predicts in inference (up to rounding) and skips the batch norms'
-    passes over the activations (30 % of a 64^3 prediction here). Models without batch norm are
-    returned as they are."""
-    if model_cfg.norm != "batch":
-        return model
+    passes over the activations (30 % of a 64^3 prediction here). ``policy`` is a Keras dtype policy:
+    "float32", or "mixed_bfloat16" for a copy whose convolutions compute in bfloat16 (weights, porosity
+    and output stay float32; 1.65x faster on CPUs with native bfloat16, within about 1e-3 of float32 on
+    the pretrained model). Group-norm and norm-free models are copied as they are."""
     import dataclasses
 
     import numpy as np
 
     keras = _keras(keras)
     outputs = int(model.output_shape[-1])
-    folded = build_model(dataclasses.replace(model_cfg, norm="none"), int(model.input_shape[1]), outputs,
-                         keras=keras, name=model.name)
-    for layer in folded.layers:
+    fold = model_cfg.norm == "batch"
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        copy = build_model(dataclasses.replace(model_cfg, norm="none") if fold else model_cfg,
+                           int(model.input_shape[1]), outputs, keras=keras, name=model.name)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    for layer in copy.layers:
         weights = layer.get_weights()
         if not weights:
             continue
         source = model.get_layer(layer.name)
-        if layer.name.startswith("level") and "_conv" in layer.name:
+        if fold and layer.name.startswith("level") and "_conv" in layer.name:
             norm = model.get_layer(layer.name.replace("_conv", "_norm"))
             gamma, beta, mean, var = (np.asarray(w, np.float64) for w in norm.get_weights())
             scale = gamma / np.sqrt(var + norm.epsilon)
@@ -105,4 +113,4 @@ def fold_batch_norm(model, model_cfg, keras=None):
             layer.set_weights([(kernel * scale).astype(np.float32), (beta - mean * scale).astype(np.float32)])
         else:
             layer.set_weights(source.get_weights())
-    return folded
+    return copy

@@ -16,16 +16,47 @@ import numpy as np
 import yaml
 
 from conductivity_tf.errors import UserError, run_cli
+from conductivity_tf.model import BFLOAT16_SIGNATURE
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 ZERO_WITHOUT_PATH_HELP = ("predict exactly 0 along axes with no conducting path between the two faces (labels the "
                           "connected clusters: a few ms more per 64^3 volume)")
 
 
+PRECISION_HELP = ("auto (default): bf16 on CPUs with native bfloat16 (AVX512-BF16 or AMX) when no GPU is visible, "
+                  "else fp32; fp32; bf16 (1.65x faster on such CPUs, within about 1e-3 of fp32)")
+
+
+def native_bfloat16():
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16; Linux flags)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision, has_bfloat16, tf, saved="the model"):
+    """The precision ``--precision`` (auto | fp32 | bf16) comes to: "fp32" or "bf16"."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError("--precision {} is not one of auto, fp32, bf16".format(precision))
+    if precision == "bf16" and not has_bfloat16:
+        raise UserError("{} has no bfloat16 signature (it was exported by an older version); use --precision "
+                        "fp32, or retrain to export one".format(saved))
+    if precision == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        return "bf16" if has_bfloat16 and not gpus and native_bfloat16() else "fp32"
+    return precision
+
+
 class Predictor(object):
     """A loaded model: ``predictor(volumes)`` -> (N, len(axes)) sigma_eff/sigma_0."""
 
-    def __init__(self, model_dir=None):
+    def __init__(self, model_dir=None, precision="auto"):
         model_dir = model_dir or PRETRAINED
         saved = os.path.join(model_dir, "saved_model")
         if not os.path.isdir(saved):
@@ -43,7 +74,8 @@ class Predictor(object):
         except Exception as err:  # any load failure means the directory is damaged or not ours
             raise UserError("cannot load the SavedModel in {} ({}); it is damaged or incomplete: re-export or "
                             "retrain".format(saved, str(err).splitlines()[0][:200]))
-        self.serve = self.module.signatures["serving_default"]
+        self.precision = resolve_precision(precision, BFLOAT16_SIGNATURE in self.module.signatures, tf, saved)
+        self.serve = self.module.signatures[BFLOAT16_SIGNATURE if self.precision == "bf16" else "serving_default"]
         spec = self.serve.structured_input_signature[1]["volume"]
         self.size = int(spec.shape[1])
         self.axes = [0, 1, 2]
@@ -100,20 +132,20 @@ class Predictor(object):
         return predicted
 
 
-def evaluate(model_dir, data_path, split="test", zero_without_path=False):
+def evaluate(model_dir, data_path, split="test", zero_without_path=False, precision="auto"):
     """Metrics (R2, MAE, RMSE, MAPE) of a model on a dataset split."""
     from conductivity_tf import dataset as dataset_lib
     from conductivity_tf.train import regression_metrics
 
     manifest = dataset_lib.load_manifest(data_path)  # the cheap check first
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, precision)
     if manifest["sample_size"] != predictor.size:
         raise UserError("the dataset {} holds {}^3 samples but the model takes {}^3; evaluate on a dataset of that "
                         "size".format(manifest["path"], manifest["sample_size"], predictor.size))
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
     predicted = predictor(volumes, zero_without_path=zero_without_path)
     truth = sigma[:, predictor.axes]
-    return {"split": split, "dataset": manifest["path"], "axes": predictor.axes,
+    return {"split": split, "dataset": manifest["path"], "axes": predictor.axes, "precision": predictor.precision,
             "all": regression_metrics(truth, predicted),
             "per_family": {f: regression_metrics(truth[families == f], predicted[families == f])
                            for f in sorted(set(families.tolist()))}}
@@ -131,6 +163,7 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=16, help="volumes per batch")
     parser.add_argument("--json", action="store_true", help="one JSON object per volume and line")
     parser.add_argument("--zero-without-path", action="store_true", help=ZERO_WITHOUT_PATH_HELP)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help=PRECISION_HELP)
     add_volume_arguments(parser)
     return parser
 
@@ -145,7 +178,7 @@ def main(argv=None):
     arrays = [(path, load_volume_from_args(path, args).array) for path in args.volumes]
     for path, array in arrays:
         Predictor.check_binary(array, path)
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, args.precision)
     volumes = []
     for path, array in arrays:
         predictor.check(array, path)

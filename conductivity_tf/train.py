@@ -445,26 +445,35 @@ def finish_run(cfg, base, manifest, out, train_seconds):
     return metrics
 
 
-def export(base, out, model_cfg=None):
+def export(base, out, model_cfg):
     """SavedModel (plain TensorFlow can load and call it) and Keras weights, each written atomically.
-    With ``model_cfg`` the SavedModel is the inference copy with batch norms folded into the
-    convolutions (``model.fold_batch_norm``); the Keras weights are always the trained model's."""
+    The SavedModel serves inference copies of ``base`` (``model.inference_copy``: batch norms folded
+    into the convolutions): signature ``serving_default`` computes in float32, ``serving_bfloat16`` in
+    bfloat16 (what ``predict`` picks on CPUs with native bfloat16). The Keras weights are always the
+    trained model's."""
     import shutil
 
     from conductivity_tf.keras_compat import tf
-    from conductivity_tf.model import fold_batch_norm
+    from conductivity_tf.model import BFLOAT16_SIGNATURE, inference_copy
 
-    served = fold_batch_norm(base, model_cfg) if model_cfg is not None else base
+    spec = tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")
+    root = tf.Module()
+    signatures = {}
+
+    def serving_function(served):
+        @tf.function(input_signature=[spec])
+        def serve(volume):
+            return {"relative_conductivity": served(volume, training=False)}
+        return serve
+
+    for signature, policy in (("serving_default", "float32"), (BFLOAT16_SIGNATURE, "mixed_bfloat16")):
+        served = inference_copy(base, model_cfg, policy=policy)
+        setattr(root, policy, served)          # tracked: the copy's variables are saved with the root
+        signatures[signature] = serving_function(served)
     target = os.path.join(out, "saved_model")
     staging = target + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    spec = tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")
-
-    @tf.function(input_signature=[spec])
-    def serve(volume):
-        return {"relative_conductivity": served(volume, training=False)}
-
-    tf.saved_model.save(served, staging, signatures={"serving_default": serve})
+    tf.saved_model.save(root, staging, signatures=signatures)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
     base.save_weights(os.path.join(out, "model.weights.h5"))

@@ -64,3 +64,15 @@ def test_byte_volumes_give_the_predictions_of_float_volumes():
     np.testing.assert_array_equal(predictor(volumes.astype(np.uint8), batch_size=2), as_float)
     np.testing.assert_array_equal(predictor(volumes.astype(bool), batch_size=2), as_float)
     assert as_float.shape == (3, 3) and np.all(np.diff(as_float.mean(axis=1)) > 0)   # denser conducts better
+
+
+def test_bfloat16_is_the_default_where_the_cpu_has_it_and_agrees_with_fp32():
+    from conductivity_tf.predict import Predictor, native_bfloat16
+
+    volumes = np.stack([microstructure.generate(family, 64, seed=920 + i) for i, family in
+                        enumerate(("blobs", "fibres", "overlapping_spheres", "graded", "packed_spheres"))])
+    assert Predictor().precision == ("bf16" if native_bfloat16() else "fp32")     # no GPU in these tests
+    fp32 = Predictor(precision="fp32")(volumes)
+    bf16 = Predictor(precision="bf16")(volumes)
+    assert np.any(bf16 != fp32)
+    np.testing.assert_allclose(bf16, fp32, atol=2e-3)

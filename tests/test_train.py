@@ -67,18 +67,25 @@ def test_saved_model_loads_in_a_fresh_process_with_only_tensorflow(run_dir, data
     # the same volumes through the predict CLI, and through the Keras weights
     for i, v in enumerate(volumes):
         np.save(tmp_path / "v{}.npy".format(i), v.astype(np.uint8))
-    cli = run_module("conductivity_tf.predict", "--model", run_dir, "--json",
-                     *[tmp_path / "v{}.npy".format(i) for i in range(4)])
-    assert cli.returncode == 0, cli.stderr
-    rows = [json.loads(line) for line in cli.stdout.splitlines()]
-    np.testing.assert_allclose([r["relative_conductivity"] for r in rows], fresh, rtol=1e-5, atol=1e-6)
+    by_precision = {}
+    for precision in ("fp32", "bf16"):
+        cli = run_module("conductivity_tf.predict", "--model", run_dir, "--json", "--precision", precision,
+                         *[tmp_path / "v{}.npy".format(i) for i in range(4)])
+        assert cli.returncode == 0, cli.stderr
+        by_precision[precision] = np.array([json.loads(line)["relative_conductivity"]
+                                            for line in cli.stdout.splitlines()])
+    np.testing.assert_allclose(by_precision["fp32"], fresh, rtol=1e-5, atol=1e-6)
+    # the bfloat16 signature computes in bfloat16 (not bit-equal) and stays within its rounding of float32
+    assert np.any(by_precision["bf16"] != fresh)
+    np.testing.assert_allclose(by_precision["bf16"], fresh, atol=3e-3)
     # physics bound: 0 <= prediction <= porosity
     porosity = volumes.reshape(4, -1).mean(1)
     assert np.all(fresh >= 0) and np.all(fresh <= porosity[:, None] + 1e-6)
 
 
 def test_evaluate_matches_the_training_metrics(run_dir, data16):
-    proc = run_module("conductivity_tf.evaluate", "--model", run_dir, "--data", data16, "--json")
+    proc = run_module("conductivity_tf.evaluate", "--model", run_dir, "--data", data16, "--json",
+                      "--precision", "fp32")
     assert proc.returncode == 0, proc.stderr
     evaluated = json.loads(proc.stdout)["all"]
     trained = json.load(open(os.path.join(run_dir, "metrics.json")))["test"]
@@ -89,6 +96,26 @@ def test_predict_refuses_a_volume_of_another_size(run_dir, tmp_path):
     np.save(tmp_path / "big.npy", np.ones((20, 20, 20), np.uint8))
     assert_one_line_error(run_module("conductivity_tf.predict", "--model", run_dir, tmp_path / "big.npy"),
                           "16^3", "--tile 16")
+
+
+def test_a_model_exported_without_bfloat16_runs_in_fp32_and_refuses_bf16(tmp_path):
+    """SavedModels from before the bfloat16 signature: auto falls back to fp32, bf16 is one clear line."""
+    from conductivity_tf.keras_compat import tf
+
+    class Porosity(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 16, 16, 16, 1], tf.float32, name="volume")])
+        def serve(self, volume):
+            return {"relative_conductivity": tf.reduce_mean(volume, axis=[1, 2, 3]) * tf.ones([1, 3])}
+
+    module = Porosity()
+    tf.saved_model.save(module, str(tmp_path / "old"), signatures={"serving_default": module.serve})
+    volume = (np.random.default_rng(0).random((16, 16, 16)) < 0.3).astype(np.uint8)
+    np.save(tmp_path / "v.npy", volume)
+    proc = run_module("conductivity_tf.predict", "--model", tmp_path / "old", "--json", tmp_path / "v.npy")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["relative_conductivity"] == pytest.approx([volume.mean()] * 3, rel=1e-6)
+    assert_one_line_error(run_module("conductivity_tf.predict", "--model", tmp_path / "old", "--precision", "bf16",
+                                     tmp_path / "v.npy"), "bfloat16", "--precision fp32")
 
 
 def test_dataset_of_another_size_than_the_model(data16, tmp_path):
@@ -164,7 +191,7 @@ def test_folded_batch_norms_predict_what_the_trained_model_predicts():
     """The exported inference copy: each batch norm folded into its convolution, same predictions."""
     from conductivity_tf import config as C
     from conductivity_tf.keras_compat import keras
-    from conductivity_tf.model import build_model, fold_batch_norm
+    from conductivity_tf.model import build_model, inference_copy
 
     cfg = C.load_config(overrides=["model.widths=[4,8,8]", "model.head_units=8", "model.norm=batch"])
     model = build_model(cfg.model, 16, 3)
@@ -174,9 +201,21 @@ def test_folded_batch_norms_predict_what_the_trained_model_predicts():
             channels = layer.get_weights()[0].shape[0]
             layer.set_weights([rng.uniform(0.5, 2.0, channels), rng.normal(0, 0.5, channels),
                                rng.normal(0, 0.5, channels), rng.uniform(1e-3, 0.05, channels)])
-    folded = fold_batch_norm(model, cfg.model)
+    folded = inference_copy(model, cfg.model)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     volumes = (rng.random((6, 16, 16, 16, 1)) < 0.5).astype("float32")
     expected = model(volumes, training=False).numpy()
     np.testing.assert_allclose(folded(volumes, training=False).numpy(), expected, rtol=1e-4, atol=1e-6)
     assert np.ptp(expected) > 1e-3                                     # the predictions are not all alike
+    # the bfloat16 copy: convolutions compute in bfloat16, the output stays float32 and near the model's
+    half = inference_copy(model, cfg.model, policy="mixed_bfloat16")
+    assert half.get_layer("level1_conv0").compute_dtype == "bfloat16"
+    assert half.get_layer("relative_conductivity").compute_dtype == "float32"
+    assert half(volumes, training=False).numpy().dtype == np.float32
+    # (the random statistics saturate the sigmoid, so compare the features before it)
+    head, half_head = (keras.Model(m.input, m.get_layer("head").output) for m in (model, half))
+    features = head(volumes, training=False).numpy()
+    rounded = half_head(volumes, training=False).numpy().astype(np.float32)
+    assert np.any(rounded != features) and np.ptp(features) > 1.0
+    np.testing.assert_allclose(rounded, features, atol=2e-2 * np.abs(features).max())
+    assert keras.mixed_precision.global_policy().name == "float32"     # the global policy is left alone
