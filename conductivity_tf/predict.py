@@ -27,19 +27,6 @@ PRECISION_HELP = ("auto (default): bf16 on CPUs with native bfloat16 (AVX512-BF1
                   "else fp32; fp32; bf16 (1.65x faster on such CPUs, within about 1e-3 of fp32)")
 
 
-def native_bfloat16():
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16; Linux flags)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
 def resolve_precision(precision, has_bfloat16, tf, saved="the model"):
     """The precision ``--precision`` (auto | fp32 | bf16) comes to: "fp32" or "bf16"."""
     if precision not in ("auto", "fp32", "bf16"):
@@ -49,6 +36,8 @@ def resolve_precision(precision, has_bfloat16, tf, saved="the model"):
                         "fp32, or retrain to export one".format(saved))
     if precision == "auto":
         gpus = tf.config.list_physical_devices("GPU")
+        from conductivity_tf.strategies import native_bfloat16
+
         return "bf16" if has_bfloat16 and not gpus and native_bfloat16() else "fp32"
     return precision
 

@@ -25,6 +25,18 @@ from dataclasses import dataclass
 from conductivity_tf.errors import UserError
 
 
+def native_bfloat16():
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16; Linux CPU flags)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 @dataclass
 class Hardware:
     strategy: object

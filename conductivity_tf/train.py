@@ -73,12 +73,9 @@ def precision_policy(precision, kind):
     if precision == "auto":
         if kind == "gpu":
             return "mixed_float16"
-        try:
-            with open("/proc/cpuinfo") as handle:
-                flags = handle.read()
-        except OSError:
-            flags = ""
-        return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+        from conductivity_tf.strategies import native_bfloat16
+
+        return "mixed_bfloat16" if native_bfloat16() else "float32"
     return {"fp32": "float32", "fp16": "float16"}.get(precision, precision)
 
 

@@ -67,7 +67,8 @@ def test_byte_volumes_give_the_predictions_of_float_volumes():
 
 
 def test_bfloat16_is_the_default_where_the_cpu_has_it_and_agrees_with_fp32():
-    from conductivity_tf.predict import Predictor, native_bfloat16
+    from conductivity_tf.predict import Predictor
+    from conductivity_tf.strategies import native_bfloat16
 
     volumes = np.stack([microstructure.generate(family, 64, seed=920 + i) for i, family in
                         enumerate(("blobs", "fibres", "overlapping_spheres", "graded", "packed_spheres"))])
