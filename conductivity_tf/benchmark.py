@@ -348,12 +348,13 @@ def run_surrogate_suite(args):
     infer = {}                     # precision -> function predicting the batch
     infer_checked = None
     if args.model:
-        from conductivity_tf.predict import Predictor
+        from conductivity_tf.keras_compat import tf
+        from conductivity_tf.predict import Predictor, resolve_precision
 
         predictors = {"fp32": Predictor(args.model, "fp32")}
         if BFLOAT16_SIGNATURE in predictors["fp32"].module.signatures:
             predictors["bf16"] = Predictor(args.model, "bf16")
-        chosen = Predictor(args.model).precision                     # what predict picks here by default
+        chosen = resolve_precision("auto", "bf16" in predictors, tf)     # what predict picks here by default
         if predictors["fp32"].size != size:
             raise UserError("--model takes {0}^3 volumes; run with --size {0}".format(predictors["fp32"].size))
         for precision, predictor in predictors.items():
@@ -368,6 +369,7 @@ def run_surrogate_suite(args):
         cfg = config_lib.load_config()
         model = build_model(cfg.model, size, 3)
         data = tf.constant(batch[..., None].astype("float32"))
+
         def predicting(served):
             serve = tf.function(lambda x: served(x, training=False))
             return lambda: serve(data).numpy()

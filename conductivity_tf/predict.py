@@ -21,8 +21,6 @@ from conductivity_tf.model import BFLOAT16_SIGNATURE
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 ZERO_WITHOUT_PATH_HELP = ("predict exactly 0 along axes with no conducting path between the two faces (labels the "
                           "connected clusters: a few ms more per 64^3 volume)")
-
-
 PRECISION_HELP = ("auto (default): bf16 on CPUs with native bfloat16 (AVX512-BF16 or AMX) when no GPU is visible, "
                   "else fp32; fp32; bf16 (1.65x faster on such CPUs, within about 1e-3 of fp32)")
 

@@ -72,3 +72,18 @@ def test_solver_suite_quick(tmp_path):
     for anchor in ("taufactor", "porespy"):
         if not rows[0].get(anchor + "_s"):
             assert "{} is not installed: skipped".format(anchor) in proc.stderr
+
+
+def test_surrogate_suite_times_both_precisions_of_the_pretrained_model(tmp_path):
+    out = tmp_path / "surrogate.csv"
+    proc = run_module("conductivity_tf.benchmark", "surrogate", "--quick", "--model", "conductivity_tf/pretrained",
+                      "--csv", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as handle:
+        rows = {r["method"]: float(r["seconds_per_volume"]) for r in csv.DictReader(handle)}
+    solver = rows["physics solver, 3 axes"]
+    for precision in ("fp32", "bf16"):
+        cnn = rows["CNN {}, batches of 8".format(precision)]
+        # the printed ratio is the one measured in this run, from these rows
+        assert "CNN inference in {} is {:.0f}x faster".format(precision, solver / cnn) in proc.stdout
+    assert any(m.endswith("exact zeros without a path") for m in rows)
