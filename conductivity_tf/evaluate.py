@@ -5,7 +5,7 @@ import argparse
 import json
 
 from conductivity_tf.errors import run_cli
-from conductivity_tf.predict import PRECISION_HELP, ZERO_WITHOUT_PATH_HELP
+from conductivity_tf.predict import PRECISION_HELP, PRECISIONS, ZERO_WITHOUT_PATH_HELP
 
 
 def build_parser():
@@ -17,7 +17,7 @@ def build_parser():
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--zero-without-path", action="store_true", help=ZERO_WITHOUT_PATH_HELP)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help=PRECISION_HELP)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     return parser
 
 
