@@ -6,8 +6,8 @@
 #   docker run --ulimit memlock=-1:-1 --net=host --cap-add=IPC_LOCK --device=/dev/infiniband/ --ipc=host \
 #       -e IPUOF_VIPU_API_HOST -e IPUOF_VIPU_API_PARTITION_ID conductivity-tf-ipu          # IPU-PODs
 #
-# The default command trains the embedded default run; pass a preset and overrides after the image name,
-# e.g. `... conductivity-tf-ipu --config ipu_pod16 train.epochs=10`.
+# The default command trains the embedded default run on one IPU; pass a preset and overrides after the image
+# name instead, e.g. `... conductivity-tf-ipu --config ipu_pod16 train.epochs=10`.
 ARG BASE_IMAGE=graphcore/tensorflow:2
 FROM ${BASE_IMAGE}
 
@@ -23,4 +23,4 @@ RUN python3 -m pip install --no-cache-dir ".[ipu]" \
  && python3 -c "import conductivity_tf, conductivity_tf.physics"
 
 ENTRYPOINT ["python3", "-m", "conductivity_tf.train"]
-CMD []
+CMD ["hardware.kind=ipu"]

@@ -1,6 +1,9 @@
 # Two commands for a newcomer:  make train  and  make test.
 # Both create .venv if needed and install the package with pinned versions (constraints.txt):
 # the [gpu] extra when an NVIDIA GPU is visible, otherwise [cpu]; plus [dev].
+# make test also builds .venv-sdk, the stack of Graphcore's SDK 3.4 images (Python 3.8, TensorFlow 2.6.3,
+# Keras 2.6; constraints-sdk.txt) without the IPU parts, and runs the suite there too. It needs a Python 3.8
+# (on PATH as python3.8, or from pyenv); without one that leg is skipped, saying so (REQUIRE_SDK_LEG=1: an error).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,8 +14,15 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 ARGS ?=
+# the first Python 3.8 that runs: pyenv's, then one on PATH (a pyenv shim for an inactive version does not run)
+PYTHON_SDK ?= $(shell for p in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.8*/bin/python3.8 $$(command -v python3.8); do \
+                "$$p" -c "" 2>/dev/null && echo "$$p" && break; done)
+SDK_VENV ?= .venv-sdk
+SDK_PY := $(SDK_VENV)/bin/python
+SDK_STAMP := $(SDK_VENV)/.installed
+REQUIRE_SDK_LEG ?=
 
-.PHONY: install train test lint clean-venv
+.PHONY: install install-sdk train test test-sdk lint clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +41,32 @@ train: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-sdk
+
+$(SDK_STAMP): setup.cfg pyproject.toml constraints-sdk.txt
+	rm -rf $(SDK_VENV)
+	$(PYTHON_SDK) -m venv $(SDK_VENV)
+	$(SDK_PY) -m pip install --quiet -c constraints-sdk.txt -e ".[cpu,dev]"
+	touch $@
+
+install-sdk:
+ifeq ($(PYTHON_SDK),)
+	@echo "SDK-like leg skipped: no Python 3.8 here (install one, e.g. pyenv install 3.8, or set PYTHON_SDK=...)"
+	@test -z "$(REQUIRE_SDK_LEG)"
+else
+	@$(MAKE) --no-print-directory $(SDK_STAMP)
+endif
+
+# the same suite on the SDK images' stack; tests that need what TensorFlow 2.6 lacks skip, saying why
+test-sdk: install-sdk
+ifneq ($(PYTHON_SDK),)
+	@echo "SDK-like leg: $$($(SDK_PY) -c 'import sys, tensorflow as tf, keras; print("Python {}, TensorFlow {}, Keras {}".format(sys.version.split()[0], tf.__version__, keras.__version__))' 2>/dev/null)"
+	$(SDK_PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+endif
 
 lint: install
 	$(PY) -m ruff check conductivity_tf tests
 	$(dir $(PY))vermin --no-tips --violations -t=3.8- conductivity_tf
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(SDK_VENV)

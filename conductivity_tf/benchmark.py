@@ -31,7 +31,6 @@ import numpy as np
 
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.fileio import atomic_path
-from conductivity_tf.model import BFLOAT16_SIGNATURE
 
 SUITES = {
     "solver": "our conduction solver against TauFactor and PoreSpy on the same volumes",
@@ -352,7 +351,7 @@ def run_surrogate_suite(args):
         from conductivity_tf.predict import Predictor, resolve_precision
 
         predictors = {"fp32": Predictor(args.model, "fp32")}
-        if BFLOAT16_SIGNATURE in predictors["fp32"].module.signatures:
+        if predictors["fp32"].has_bfloat16:
             predictors["bf16"] = Predictor(args.model, "bf16")
         chosen = resolve_precision("auto", "bf16" in predictors, tf)     # what predict picks here by default
         if predictors["fp32"].size != size:
@@ -609,16 +608,17 @@ def measure_run(run, settings):
     if run["kind"] == "cpu" and run["pipeline_stages"] > 1:
         return measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup)
     session = train_lib.setup(cfg, 10 ** 7)
-    spe = session.steps_per_execution
+    steps = session.steps
+    spe = steps.steps_per_execution
     ticks_per_window = max(1, -(-per_window // spe))
     ticks = warmup + windows * ticks_per_window
-    x, y = _synthetic(tf, session.dataset_batch * 4, run["size"], len(cfg.data.axes))
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(session.dataset_batch, drop_remainder=True)
+    x, y = _synthetic(tf, steps.dataset_batch * 4, run["size"], len(cfg.data.axes))
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(steps.dataset_batch, drop_remainder=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     clock = _clock(keras)
     with session.hardware.strategy.scope():
-        session.model.fit(ds, epochs=1, steps_per_epoch=ticks * spe, callbacks=[clock], verbose=0)
-    samples_per_tick = session.step_batch * spe
+        session.model.fit(ds, epochs=1, steps_per_epoch=steps.fit_steps(ticks * spe), callbacks=[clock], verbose=0)
+    samples_per_tick = steps.samples_per_step * spe
     rates = _windows(clock.times, samples_per_tick, warmup, ticks_per_window, windows)
     row.update(status="ok", first_step_s=clock.times[1] - clock.times[0], samples_per_s=statistics.median(rates),
                min_samples_per_s=min(rates), max_samples_per_s=max(rates))
@@ -658,14 +658,14 @@ def _utilisation(tf, row, run, forward_flops, policy, hardware):
 
 def measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup):
     """The IPU pipeline's stages on logical CPU devices (the CPU pipeline reference), as one compiled step."""
-    from conductivity_tf import pipeline_plan
+    from conductivity_tf import keras_compat, pipeline_plan
     from conductivity_tf.keras_compat import keras, tf
     from conductivity_tf.model import build_model
     from conductivity_tf.strategies import _configure_logical_cpus
 
     stages = run["pipeline_stages"]
     _configure_logical_cpus(tf, stages)
-    keras.utils.set_random_seed(cfg.train.seed)
+    keras_compat.set_random_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
     plan = pipeline_plan.make_plan(cfg, model)
     if plan.violations:

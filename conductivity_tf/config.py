@@ -22,6 +22,7 @@ from typing import List
 
 from conductivity_tf.errors import UserError
 from conductivity_tf.fileio import write_text
+from conductivity_tf.steps import batch_arithmetic
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -338,25 +339,6 @@ def validate(config):
         raise UserError(
             "hardware.steps_per_execution={} is not divisible by hardware.gradient_accumulation={}; "
             "use a multiple, e.g. {}".format(steps, h.gradient_accumulation, h.gradient_accumulation))
-
-
-@dataclass(frozen=True)
-class BatchArithmetic:
-    global_batch: int
-    micro_batch: int
-    accumulation: int
-    replicas: int
-
-
-def batch_arithmetic(global_batch, replicas, accumulation):
-    """global batch = micro-batch x accumulation x replicas; UserError when it does not divide."""
-    per_step = replicas * accumulation
-    if global_batch % per_step:
-        lower = max(per_step, global_batch // per_step * per_step)
-        raise UserError(
-            "train.batch_size={} is not divisible by replicas x gradient accumulation = {} x {} = {}; "
-            "use a multiple such as {}".format(global_batch, replicas, accumulation, per_step, lower))
-    return BatchArithmetic(global_batch, global_batch // per_step, accumulation, replicas)
 
 
 def resolve_data_path(path):

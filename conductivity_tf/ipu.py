@@ -13,6 +13,11 @@ from conductivity_tf.errors import UserError
 
 SCHEDULES = {"grouped": "Grouped", "interleaved": "Interleaved", "sequential": "Sequential"}
 REDUCTIONS = {"sum": "SUM", "mean": "MEAN", "running_mean": "RUNNING_MEAN"}
+# hardware.recomputation per schedule: SDK 3.4 accepts RecomputeAndBackpropagateInterleaved (the one that keeps
+# the least in flight) with Grouped and Sequential only, and RecomputeThenBackpropagate with Grouped and
+# Interleaved (tensorflow/compiler/plugin/poplar/driver/tools/pipeline_util.cc, GetPipelineRecomputationMode)
+RECOMPUTATION = {"grouped": "RecomputeAndBackpropagateInterleaved", "interleaved": "RecomputeThenBackpropagate",
+                 "sequential": "RecomputeAndBackpropagateInterleaved"}
 
 
 def import_sdk():
@@ -52,7 +57,10 @@ def ipu_config(cfg, plan, sdk):
     config.auto_select_ipus = plan.ipus
     config.selection_order = getattr(sdk.config.SelectionOrder, h.selection_order.upper())
     config.allow_recompute = bool(h.recomputation)
-    options = _poplar_options(cfg.train.precision)
+    # per-stage options reach only a pipeline of two or more stages (pipelining_ops.pipeline); one stage takes its
+    # available memory proportion here, for every convolution and matmul
+    single = h.available_memory_proportion[0] if len(plan.stages) == 1 and h.available_memory_proportion else None
+    options = _poplar_options(cfg.train.precision, single)
     if options:
         config.convolutions.poplar_options = dict(options)
         config.matmuls.poplar_options = dict(options)
@@ -98,18 +106,16 @@ def make_strategy(hardware_cfg, cfg=None, sdk=None, popdist_module=None):
         popdist_module.tensorflow.set_ipu_config(config, ipus_per_replica=plan.ipus_per_replica)
         config.configure_ipu_system()
         strategy = PopDistStrategy()
-        worker = popdist_module.getInstanceIndex()
-        description = "PopDistStrategy: instance {} of {}".format(worker, popdist_module.getNumInstances())
+        worker, instances = popdist_module.getInstanceIndex(), popdist_module.getNumInstances()
+        description = "PopDistStrategy: instance {} of {}".format(worker, instances)
     else:
         config.configure_ipu_system()
         strategy = sdk.ipu_strategy.IPUStrategy()
-        worker = 0
+        worker, instances = 0, 1
         description = "IPUStrategy: {} IPUs, {} stage(s) x {} replica(s)".format(plan.ipus, len(plan.stages),
                                                                               plan.replicas)
     sdk.utils.reset_ipu_seed(cfg.train.seed)
-    hardware = Hardware(strategy, "ipu", plan.replicas, description, worker)
-    hardware.plan = plan
-    return hardware
+    return Hardware(strategy, "ipu", plan.replicas, description, worker, instances, plan)
 
 
 def configure_model(model, plan, cfg, sdk):
@@ -131,7 +137,7 @@ def configure_model(model, plan, cfg, sdk):
                   "gradient_accumulation_reduction_method": reduction,
                   "pipeline_schedule": getattr(ops.PipelineSchedule, SCHEDULES[h.schedule])}
         if h.recomputation:
-            kwargs["recomputation_mode"] = ops.RecomputationMode.RecomputeAndBackpropagateInterleaved
+            kwargs["recomputation_mode"] = getattr(ops.RecomputationMode, RECOMPUTATION[h.schedule])
         if h.available_memory_proportion or cfg.train.precision == "fp16":
             per_stage = [ops.PipelineStageOptions(
                 convolution_options=_poplar_options(cfg.train.precision, stage.available_memory_proportion),

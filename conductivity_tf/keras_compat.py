@@ -9,8 +9,15 @@ Every other module does ``from conductivity_tf.keras_compat import tf, keras``.
 """
 
 import contextlib
+import functools
+import inspect
 import os
+import random
 import sys
+
+import numpy as np
+
+from conductivity_tf.errors import UserError
 
 
 @contextlib.contextmanager
@@ -56,6 +63,7 @@ def _keras_version():
     return "unknown"
 
 
+TF_VERSION = tuple(int(part) for part in tf.__version__.split(".")[:2])
 KERAS_VERSION = _keras_version()
 IS_KERAS_3 = KERAS_VERSION.split(".")[0] == "3"
 if IS_KERAS_3:
@@ -66,4 +74,66 @@ if IS_KERAS_3:
                   "conductivity_tf modules before tensorflow, or set TF_USE_LEGACY_KERAS=1".format(KERAS_VERSION),
                   stacklevel=2)
 
-__all__ = ["tf", "keras", "KERAS_VERSION", "IS_KERAS_3"]
+
+
+# ---------------------------------------------------------------------------------------------
+# what differs between the Keras 2 versions the project runs on: tf-keras 2.21 and Keras 2.6 (Graphcore's SDK)
+
+
+def set_random_seed(seed):
+    """Seed Python, numpy and TensorFlow (``keras.utils.set_random_seed``, which arrived in TensorFlow 2.7)."""
+    if hasattr(keras.utils, "set_random_seed"):
+        keras.utils.set_random_seed(seed)
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+
+
+def enable_op_determinism():
+    """Bitwise reproducible runs: ``tf.config.experimental.enable_op_determinism`` (TensorFlow >= 2.8). Before it
+    (the SDK's 2.6): the deterministic kernels that ``TF_DETERMINISTIC_OPS`` selects, and one thread within and
+    between ops, so that every reduction adds in one order. Call it before TensorFlow runs anything."""
+    if hasattr(tf.config.experimental, "enable_op_determinism"):
+        tf.config.experimental.enable_op_determinism()
+        return
+    os.environ["TF_DETERMINISTIC_OPS"] = "1"
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        raise UserError("train.deterministic=true must be set before TensorFlow runs anything (TensorFlow {} has "
+                        "no enable_op_determinism); start a fresh process".format(tf.__version__))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bfloat16_convolutions():
+    """Whether TensorFlow here has CPU kernels for bfloat16 3-D convolutions (TensorFlow 2.6 has none)."""
+    try:
+        with tf.device("/cpu:0"):
+            tf.nn.conv3d(tf.zeros([1, 1, 1, 1, 1], tf.bfloat16), tf.zeros([1, 1, 1, 1, 1], tf.bfloat16),
+                         [1, 1, 1, 1, 1], "SAME")
+        return True
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        return False
+
+
+def backup_and_restore(directory):
+    """``keras.callbacks.BackupAndRestore`` (``keras.callbacks.experimental.BackupAndRestore`` before Keras 2.8)."""
+    callback = getattr(keras.callbacks, "BackupAndRestore", None) or keras.callbacks.experimental.BackupAndRestore
+    return callback(directory)
+
+
+def compile_options(xla):
+    """Keyword arguments for ``model.compile`` that turn XLA on or off: ``jit_compile`` where compile takes it
+    (Keras >= 2.8; Keras 2.6 raises TypeError for it); UserError when XLA is asked for and compile cannot."""
+    if "jit_compile" in inspect.signature(keras.Model.compile).parameters:
+        return {"jit_compile": bool(xla)}
+    if xla:
+        raise UserError("train.xla=true needs Keras >= 2.8 (compile(jit_compile=...)); this is Keras {} (on IPUs "
+                        "every step is compiled by XLA anyway): set train.xla=false".format(KERAS_VERSION))
+    return {}
+
+
+__all__ = ["tf", "keras", "TF_VERSION", "KERAS_VERSION", "IS_KERAS_3", "set_random_seed", "enable_op_determinism",
+           "backup_and_restore", "compile_options", "cpu_bfloat16_convolutions"]

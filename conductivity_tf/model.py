@@ -29,12 +29,18 @@ def _group_norm(keras, groups, name):
         return layer(groups=groups, name=name)
     try:  # Keras 2.6 on Graphcore's SDK
         from ipu_tensorflow_addons.keras.layers import GroupNorm
-
-        return GroupNorm(groups=groups, name=name)
     except ImportError:
-        from conductivity_tf.errors import UserError
+        GroupNorm = None
+    if GroupNorm is not None:
+        # the function keras.layers.GroupNormalization computes: contiguous channel groups (GroupNorm's default
+        # strided_channel_grouping=True puts channel c in group c % groups), gamma 1 and beta 0 at the start (its
+        # None initializers are Keras's glorot_uniform), epsilon 1e-3 (ipu_tensorflow_addons/keras/layers/
+        # normalization.py, GroupNormalization.__init__; the grouping: tensorflow/python/ipu/ops/normalization_ops.py)
+        return GroupNorm(groups=groups, channels_axis=-1, center=True, scale=True, epsilon=1e-3,
+                         beta_initializer="zeros", gamma_initializer="ones", strided_channel_grouping=False, name=name)
+    from conductivity_tf.errors import UserError
 
-        raise UserError("model.norm=group needs keras.layers.GroupNormalization (TensorFlow >= 2.11) or "
+    raise UserError("model.norm=group needs keras.layers.GroupNormalization (TensorFlow >= 2.11) or "
                         "ipu_tensorflow_addons; use model.norm=batch or none")
 
 

@@ -23,8 +23,8 @@ With ``hardware.split_points`` the user's split is taken and its balance reporte
 from dataclasses import dataclass, field
 from typing import List
 
-from conductivity_tf.config import batch_arithmetic
 from conductivity_tf.errors import UserError
+from conductivity_tf.steps import StepPlan, describe, step_plan
 
 BYTES = {"fp32": 4, "fp16": 2, "mixed_float16": 2, "mixed_bfloat16": 2, "auto": 4}
 OPTIMIZER_COPIES = 4  # weight, gradient accumulator, Adam m and v
@@ -56,17 +56,33 @@ class PipelinePlan:
     stages: List[Stage]
     ipus: int
     ipus_per_replica: int
-    replicas: int
-    micro_batch: int
-    accumulation: int
-    global_batch: int
-    steps_per_execution: int
+    steps: StepPlan
     schedule: str
     reduction: str
     budget_mb: float
     device_mapping: List[int]
     violations: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+
+    @property
+    def replicas(self):
+        return self.steps.replicas
+
+    @property
+    def micro_batch(self):
+        return self.steps.micro_batch
+
+    @property
+    def accumulation(self):
+        return self.steps.accumulation
+
+    @property
+    def global_batch(self):
+        return self.steps.global_batch
+
+    @property
+    def steps_per_execution(self):
+        return self.steps.steps_per_execution
 
     @property
     def balance(self):
@@ -181,35 +197,35 @@ def make_plan(cfg, model=None, train_samples=None):
                                         or ipus_per_replica))
     accumulation = h.gradient_accumulation
     try:
-        batch = batch_arithmetic(t.batch_size, replicas, accumulation)
-        micro_batch = batch.micro_batch
-    except UserError as err:
+        steps = step_plan(t.batch_size, replicas, accumulation, h.steps_per_execution, on_ipu=True)
+    except UserError as err:  # the batch does not split: plan the nearest one that does, and say so
         violations.append(str(err))
-        micro_batch = max(1, t.batch_size // (replicas * accumulation))
+        micro = max(1, t.batch_size // (replicas * accumulation))
+        steps = step_plan(micro * accumulation * replicas, replicas, accumulation, accumulation, on_ipu=True)
+    if train_samples is not None:
+        try:
+            steps = step_plan(steps.global_batch, replicas, accumulation, steps.steps_per_execution, on_ipu=True,
+                              train_samples=train_samples)
+        except UserError as err:
+            violations.append(str(err))
+    micro_batch = steps.micro_batch
     if stages > 1:
-        if h.schedule == "grouped" and accumulation < 2 * stages:
-            violations.append("the grouped pipeline schedule needs hardware.gradient_accumulation >= 2 x stages = {} "
-                              "(got {}); raise it".format(2 * stages, accumulation))
+        # SDK 3.4 (tensorflow/compiler/plugin/poplar/driver/visitors/pipeline_visitor.cc,
+        # PipelineVisitor::VerifyPipelineArgumentsFixed): the accumulation count must be a multiple of the
+        # schedule's overlap length: Grouped, every forward and backward stage (2 x stages when training);
+        # Interleaved, the stages on distinct IPUs (pipeline_visitor_utils.h, CircularUnion); Sequential, 1.
+        # The project sets no IO tiles (io_tiles.num_io_tiles = 0), so the Grouped rule is not the IO-tile
+        # visitor's (grouped_overlap_pipeline_visitor.cc: >= 2 x stages + 2).
+        if h.schedule == "grouped" and accumulation % (2 * stages):
+            violations.append("the grouped pipeline schedule needs hardware.gradient_accumulation to be a multiple "
+                              "of 2 x stages = {} (got {}); use {}".format(
+                                  2 * stages, accumulation, -(-accumulation // (2 * stages)) * 2 * stages))
         if h.schedule == "interleaved" and accumulation % stages:
             violations.append("the interleaved schedule needs hardware.gradient_accumulation to be a multiple of the "
                               "{} stages (got {})".format(stages, accumulation))
         if model_uses_batch_norm(costs):
             notes.append("BatchNormalization in a pipeline does not update its moving statistics properly on IPUs; "
                          "model.norm=group is the usual choice")
-    spe = h.steps_per_execution or accumulation
-    if spe % accumulation:
-        violations.append("hardware.steps_per_execution={} is not divisible by hardware.gradient_accumulation={}; use "
-                          "a multiple".format(spe, accumulation))
-    if train_samples is not None and micro_batch:
-        per_replica_steps = train_samples // (micro_batch * replicas)
-        usable = per_replica_steps // spe * spe
-        if usable == 0:
-            violations.append("an epoch of {} samples is shorter than one execution of {} steps x micro-batch {} x {} "
-                              "replicas; lower hardware.steps_per_execution".format(train_samples, spe, micro_batch,
-                                                                                     replicas))
-        elif usable != per_replica_steps:
-            notes.append("an epoch is trimmed to {} of {} steps per replica (a multiple of steps_per_execution={})"
-                         .format(usable, per_replica_steps, spe))
     bytes_per_value = BYTES.get(t.precision, 4)
     budget = h.ipu_memory_mb - h.memory_reserve_mb
 
@@ -247,8 +263,7 @@ def make_plan(cfg, model=None, train_samples=None):
             violations.append("stage {} needs about {:.0f} MB but an IPU has {:.0f} MB for it; add pipeline stages, "
                               "enable hardware.recomputation or lower the micro-batch".format(
                                   stage.index, stage.memory_mb, budget))
-    return PipelinePlan(plan_stages, ipus, ipus_per_replica, replicas, micro_batch, accumulation,
-                        micro_batch * accumulation * replicas, spe, h.schedule, h.reduction, budget,
+    return PipelinePlan(plan_stages, ipus, ipus_per_replica, steps, h.schedule, h.reduction, budget,
                         list(range(stages)), violations, notes)
 
 
@@ -256,8 +271,9 @@ def model_uses_batch_norm(costs):
     return any(c.kind == "BatchNormalization" for c in costs)
 
 
-def format_plan(plan):
-    """The plan as a table and a summary, for ``--plan-only``."""
+def format_plan(plan, train_cfg=None):
+    """The plan as a table and a summary, for ``--plan-only``; with ``train_cfg`` (a ``config.TrainConfig``) also
+    an epoch in the SDK's steps and the learning-rate schedule in weight updates."""
     lines = ["IPU pipeline plan: {} stage(s) x {} replica(s) on {} IPUs ({} IPUs per replica), schedule {}".format(
         len(plan.stages), plan.replicas, plan.ipus, plan.ipus_per_replica, plan.schedule),
         "global batch {} = micro-batch {} x gradient accumulation {} x replicas {}; steps per execution {}; "
@@ -272,6 +288,8 @@ def format_plan(plan):
             s.memory_mb, plan.budget_mb, s.memory_mb / plan.budget_mb, s.train_gflops))
     lines.append("")
     lines.append("balance: the largest stage does {:.2f}x the mean stage's compute".format(plan.balance))
+    if train_cfg is not None:
+        lines += describe(plan.steps, train_cfg.epochs, train_cfg.warmup_epochs, train_cfg.schedule)
     lines += ["note: " + n for n in plan.notes]
     lines += ["violation: " + v for v in plan.violations]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ Python objects are read.
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -30,6 +31,12 @@ def resolve_precision(precision, has_bfloat16, tf, saved="the model"):
     """The precision ``--precision`` (auto | fp32 | bf16) comes to: "fp32" or "bf16"."""
     if precision not in PRECISIONS:
         raise UserError("--precision {} is not one of auto, fp32, bf16".format(precision))
+    if precision == "bf16":
+        from conductivity_tf.keras_compat import cpu_bfloat16_convolutions
+
+        if not cpu_bfloat16_convolutions():
+            raise UserError("--precision bf16 needs bfloat16 CPU convolutions, which TensorFlow {} lacks; use "
+                            "--precision fp32".format(tf.__version__))
     if precision == "bf16" and not has_bfloat16:
         raise UserError("{} has no bfloat16 signature (it was exported by an older version); use --precision "
                         "fp32, or retrain to export one".format(saved))
@@ -39,6 +46,55 @@ def resolve_precision(precision, has_bfloat16, tf, saved="the model"):
 
         return "bf16" if has_bfloat16 and not gpus and native_bfloat16() else "fp32"
     return precision
+
+
+def load_weights(model, path):
+    """Set ``model``'s weights from a Keras ``.weights.h5`` file in either layout: Keras 2's (weights by layer
+    name: what Keras 2.6 writes) or the one tf-keras >= 2.13 writes for this suffix (``layers/<layer class in
+    snake case>[_<n>]/vars/<i>``, the model's layers in order), which Keras 2.6 cannot read."""
+    import re
+
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        if "layers" not in handle or "layer_names" in handle.attrs:
+            model.load_weights(path)
+            return
+        seen = {}
+        for layer in model.layers:
+            kind = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__))
+            kind = kind.lower()
+            key = kind if kind not in seen else "{}_{}".format(kind, seen[kind])
+            seen[kind] = seen.get(kind, 0) + 1
+            group = handle["layers"][key]["vars"]
+            values = [group[str(i)][()] for i in range(len(group))]
+            if values:
+                layer.set_weights(values)
+
+
+def keras_signatures(config_path, weights_path):
+    """An object with a ``signatures`` dict like a loaded SavedModel's (``serving_default``, float32): the run's
+    network rebuilt from its configuration and Keras weights, batch norms folded as in the export."""
+    import types
+
+    from conductivity_tf import config as config_lib
+    from conductivity_tf.keras_compat import tf
+    from conductivity_tf.model import build_model, inference_copy
+
+    cfg = config_lib.load_config(config_path)
+    base = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
+    try:
+        load_weights(base, weights_path)
+    except Exception as err:  # h5py, a mismatched layer, ...
+        raise UserError("cannot load the Keras weights {} ({}); they are damaged or from another model".format(
+            weights_path, str(err).splitlines()[0][:160] if str(err) else type(err).__name__))
+    served = inference_copy(base, cfg.model)
+
+    @tf.function(input_signature=[tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")])
+    def serve(volume):
+        return {"relative_conductivity": served(volume, training=False)}
+
+    return types.SimpleNamespace(signatures={"serving_default": serve.get_concrete_function()}, model=served)
 
 
 class Predictor(object):
@@ -57,17 +113,29 @@ class Predictor(object):
                             "of a training run".format(model_dir))
         from conductivity_tf.keras_compat import tf
 
+        config_path = os.path.join(os.path.dirname(saved), "config.yaml")
+        self.note = None  # what the caller should know about how the model was loaded (None: as exported)
         try:
             self.module = tf.saved_model.load(saved)
-        except Exception as err:  # any load failure means the directory is damaged or not ours
-            raise UserError("cannot load the SavedModel in {} ({}); it is damaged or incomplete: re-export or "
-                            "retrain".format(saved, str(err).splitlines()[0][:200]))
-        self.precision = resolve_precision(precision, BFLOAT16_SIGNATURE in self.module.signatures, tf, saved)
+        except Exception as err:  # any load failure means the directory is damaged, not ours, or from a newer TF
+            reason = str(err).splitlines()[0][:200]
+            weights = os.path.join(os.path.dirname(saved), "model.weights.h5")
+            if "Op type not registered" not in reason or not os.path.isfile(weights) or not os.path.isfile(
+                    config_path):
+                raise UserError("cannot load the SavedModel in {} ({}); it is damaged or incomplete: re-export or "
+                                "retrain".format(saved, reason))
+            # written by a newer TensorFlow (e.g. the shipped model, exported by 2.21, on the SDK's 2.6): the same
+            # network, rebuilt from the run's configuration and Keras weights, in float32
+            self.module = keras_signatures(config_path, weights)
+            self.note = ("the SavedModel in {} needs a newer TensorFlow than {} ({}); predicting with the run's "
+                         "Keras weights instead (float32)".format(saved, tf.__version__, reason.split(" in binary")[0]))
+        self.has_bfloat16 = BFLOAT16_SIGNATURE in self.module.signatures
+        self.precision = resolve_precision(precision, self.has_bfloat16, tf, saved)
         self.serve = self.module.signatures[BFLOAT16_SIGNATURE if self.precision == "bf16" else "serving_default"]
-        spec = self.serve.structured_input_signature[1]["volume"]
+        positional, named = self.serve.structured_input_signature  # a signature's input is named, a function's not
+        spec = named["volume"] if "volume" in named else positional[0]
         self.size = int(spec.shape[1])
         self.axes = [0, 1, 2]
-        config_path = os.path.join(os.path.dirname(saved), "config.yaml")
         if os.path.isfile(config_path):
             with open(config_path) as handle:
                 self.axes = list(yaml.safe_load(handle)["data"]["axes"])
@@ -171,6 +239,8 @@ def main(argv=None):
     for path, array in arrays:
         predictor.check(array, path)
         volumes.append(array)
+    if predictor.note:
+        print("conductivity_tf: note: " + predictor.note, file=sys.stderr, flush=True)
     for start in range(0, len(volumes), args.batch_size):
         chunk = np.stack(volumes[start:start + args.batch_size])
         t0 = time.perf_counter()

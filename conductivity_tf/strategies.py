@@ -26,12 +26,17 @@ from conductivity_tf.errors import UserError
 
 
 def native_bfloat16():
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16; Linux CPU flags)."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16; Linux CPU flags) and TensorFlow here
+    has bfloat16 CPU convolutions (TensorFlow 2.6 has none)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+                    if not set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"}:
+                        return False
+                    from conductivity_tf.keras_compat import cpu_bfloat16_convolutions
+
+                    return cpu_bfloat16_convolutions()
     except OSError:
         pass
     return False
@@ -44,6 +49,8 @@ class Hardware:
     replicas: int
     description: str
     worker: int = 0  # this process's index among the workers; 0 is the chief, which writes the outputs
+    instances: int = 1  # processes that feed the replicas, each its own share of the data (IPU PopDist instances)
+    plan: object = None  # the IPU pipeline plan (pipeline_plan.PipelinePlan) on IPUs, else None
 
     @property
     def is_chief(self):
@@ -73,6 +80,12 @@ def _tf_config():
         raise UserError("TF_CONFIG is not valid JSON; see tf.distribute.MultiWorkerMirroredStrategy's documentation")
 
 
+def multi_worker():
+    """Whether TF_CONFIG names more than one worker (then training runs under MultiWorkerMirroredStrategy)."""
+    cluster = _tf_config().get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1
+
+
 def _worker_index(tf_config):
     """This process's index among all workers, the chief (if any) first."""
     task = tf_config.get("task", {})
@@ -98,10 +111,8 @@ def make_strategy(hardware_cfg, cfg=None):
         raise UserError("hardware.kind=gpu but TensorFlow sees no GPU; use hardware.kind=cpu (or auto), or install "
                         "the [gpu] extra and check nvidia-smi")
     worker = 0
-    tf_config = _tf_config()
-    cluster = tf_config.get("cluster", {})
-    if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
-        worker = _worker_index(tf_config)
+    if multi_worker():
+        worker = _worker_index(_tf_config())
         communication = tf.distribute.experimental.CommunicationImplementation
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=tf.distribute.experimental.
                                                              CommunicationOptions(implementation=communication.AUTO))
@@ -153,7 +164,7 @@ def accumulating_model_class(keras, tf):
             for xi, yi in zip(micro_x, micro_y):
                 with tf.GradientTape() as tape:
                     pred = self(xi, training=True)
-                    loss = self.compute_loss(xi, yi, pred)
+                    loss = self._loss(xi, yi, pred)
                     if self.optimizer.__class__.__name__ == "LossScaleOptimizer":
                         loss = self.optimizer.get_scaled_loss(loss)
                 g = tape.gradient(loss, variables)
@@ -165,7 +176,15 @@ def accumulating_model_class(keras, tf):
                 grads = [g / float(k) for g in grads]
             self.optimizer.apply_gradients(zip(grads, variables))
             pred = tf.concat(predictions, axis=0) if k > 1 else predictions[0]
-            return self.compute_metrics(x, y, pred, None)
+            if hasattr(keras.Model, "compute_metrics"):
+                return self.compute_metrics(x, y, pred, None)
+            self.compiled_metrics.update_state(y, pred)  # Keras < 2.8 (the SDK's 2.6): no compute_metrics
+            return {m.name: m.result() for m in self.metrics}
+
+        def _loss(self, x, y, pred):
+            if hasattr(keras.Model, "compute_loss"):
+                return self.compute_loss(x, y, pred)
+            return self.compiled_loss(y, pred, regularization_losses=self.losses)  # Keras < 2.8: no compute_loss
 
     return AccumulatingModel
 

@@ -51,6 +51,9 @@ def build_parser():
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("--plan-only", action="store_true",
                         help="with hardware.kind=ipu: print the pipeline plan and exit (any machine)")
+    parser.add_argument("--train-samples", type=int, metavar="N",
+                        help="with --plan-only and no dataset at data.path: size the epoch (steps, learning-rate "
+                             "schedule) for N training samples")
     parser.add_argument("--check-on-cpu", action="store_true",
                         help="with --plan-only: run one batch through the plan's stages on CPU devices and compare "
                              "the accumulated gradients with unpipelined training")
@@ -211,6 +214,8 @@ def resume_epoch(backup_dir):
         if latest is None:
             return 0
         reader = tf.train.load_checkpoint(latest)
+        for name in reader.get_variable_to_shape_map():  # every tensor readable: what BackupAndRestore will read
+            reader.get_tensor(name)
         names = [n for n in reader.get_variable_to_shape_map() if "ckpt_saved_epoch" in n]
         epoch = int(reader.get_tensor(names[0])) if names else -1
     except (tf.errors.OpError, ValueError, IndexError) as err:
@@ -261,37 +266,27 @@ def verbose_level():
 
 
 def setup(cfg, train_samples, validation_samples=0):
-    """Seed, strategy, batch arithmetic, precision, and the model built and compiled in the strategy's scope:
+    """Seed, strategy, step plan, precision, and the model built and compiled in the strategy's scope:
     everything the recipe sets up before fitting (also what the ``train`` benchmark times), as a namespace.
 
-    ``train_samples`` sizes the epoch (and so the learning-rate schedule)."""
-    from conductivity_tf import strategies
+    ``train_samples`` sizes the epoch (and so the learning-rate schedule, in weight updates)."""
+    from conductivity_tf import keras_compat, strategies
     from conductivity_tf.keras_compat import keras, tf
     from conductivity_tf.model import build_model
     from conductivity_tf.pipeline_plan import layer_costs
+    from conductivity_tf.steps import step_plan
 
-    keras.utils.set_random_seed(cfg.train.seed)
-    if cfg.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    if cfg.train.deterministic:  # first: before TensorFlow 2.8 it sets the thread pools, before anything runs
+        keras_compat.enable_op_determinism()
+    keras_compat.set_random_seed(cfg.train.seed)
+    compile_options = keras_compat.compile_options(cfg.train.xla)
     hardware = strategies.make_strategy(cfg.hardware, cfg)
     on_ipu = hardware.kind == "ipu"
-    batch = config_lib.batch_arithmetic(cfg.train.batch_size, hardware.replicas, cfg.hardware.gradient_accumulation)
+    # on IPUs a step is one micro-batch per replica and the SDK accumulates; elsewhere a step is a global batch
+    steps = step_plan(cfg.train.batch_size, hardware.replicas, cfg.hardware.gradient_accumulation,
+                      cfg.hardware.steps_per_execution, on_ipu, train_samples, validation_samples, hardware.instances)
     policy = precision_policy(cfg.train.precision, hardware.kind)
     keras.mixed_precision.set_global_policy(policy)
-    # on IPUs a step is one micro-batch per replica and the SDK accumulates; elsewhere a step is a global batch
-    step_batch = batch.micro_batch * batch.replicas if on_ipu else batch.global_batch
-    dataset_batch = batch.micro_batch if on_ipu else batch.global_batch
-    steps_per_epoch = train_samples // step_batch
-    validation_steps = validation_samples // step_batch
-    if steps_per_epoch < 1:
-        raise UserError("the training split has {} samples, fewer than one batch of train.batch_size={}; use a "
-                        "smaller batch".format(train_samples, batch.global_batch))
-    spe = hardware.plan.steps_per_execution if on_ipu else (cfg.hardware.steps_per_execution or 1)
-    steps_per_epoch -= steps_per_epoch % spe
-    validation_steps -= validation_steps % spe
-    if steps_per_epoch < 1:
-        raise UserError("an epoch of {} samples is shorter than hardware.steps_per_execution={} steps; lower "
-                        "it".format(train_samples, spe))
     axes = list(cfg.data.axes)
     with hardware.strategy.scope():
         base = build_model(cfg.model, cfg.data.size, len(axes))
@@ -300,9 +295,8 @@ def setup(cfg, train_samples, validation_samples=0):
                 raise UserError("train.initial_weights={} does not exist; give a run's model.weights.h5".format(
                     cfg.train.initial_weights))
             load_weights_checked(base, cfg.train.initial_weights)
-        total_steps = steps_per_epoch * cfg.train.epochs
-        lr = warmup_cosine(keras, cfg.train.learning_rate, total_steps,
-                           int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.schedule)
+        warmup, total = steps.learning_rate_steps(cfg.train.epochs, cfg.train.warmup_epochs)
+        lr = warmup_cosine(keras, cfg.train.learning_rate, total, warmup, cfg.train.schedule)
         if on_ipu:  # the SDK pipelines and accumulates; overriding train_step is not allowed there
             from conductivity_tf import ipu
 
@@ -314,18 +308,17 @@ def setup(cfg, train_samples, validation_samples=0):
             optimizer = (keras.optimizers.Adam(lr) if cfg.train.optimizer == "adam"
                          else keras.optimizers.SGD(lr, momentum=0.9))
         loss = loss_function(keras, tf, cfg.train.loss)
-        model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=spe,
-                      jit_compile=cfg.train.xla)
+        model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=steps.steps_per_execution,
+                      **compile_options)
     forward_flops = sum(c.flops for c in layer_costs(base))
-    return types.SimpleNamespace(hardware=hardware, on_ipu=on_ipu, batch=batch, policy=policy, step_batch=step_batch,
-                                 dataset_batch=dataset_batch, steps_per_epoch=steps_per_epoch,
-                                 validation_steps=validation_steps, steps_per_execution=spe, base=base, model=model,
-                                 forward_flops=forward_flops)
+    return types.SimpleNamespace(hardware=hardware, on_ipu=on_ipu, steps=steps, policy=policy, base=base,
+                                 model=model, forward_flops=forward_flops)
 
 
 def train(cfg):
     """Run the whole recipe for a resolved configuration; returns the metrics dict."""
     from conductivity_tf import dataset as dataset_lib
+    from conductivity_tf import keras_compat
     from conductivity_tf.fileio import check_writable_dir
     from conductivity_tf.keras_compat import keras, tf
     from conductivity_tf.model import build_model
@@ -340,34 +333,33 @@ def train(cfg):
     config_lib.save_config(cfg, os.path.join(out, "config.yaml"))
     counts = manifest["counts"]
     session = setup(cfg, counts["train"], counts["validation"])
-    hardware, batch, policy, base, model = (session.hardware, session.batch, session.policy, session.base,
+    hardware, steps, policy, base, model = (session.hardware, session.steps, session.policy, session.base,
                                             session.model)
-    on_ipu, steps_per_epoch, validation_steps = session.on_ipu, session.steps_per_epoch, session.validation_steps
+    on_ipu = session.on_ipu
     axes = list(cfg.data.axes)
     input_context = None
-    if on_ipu and hardware.description.startswith("PopDist"):
-        import popdist
-
-        input_context = tf.distribute.InputContext(popdist.getNumInstances(), popdist.getInstanceIndex(), 1)
+    if hardware.instances > 1:  # PopDist: each instance reads its own shards
+        input_context = tf.distribute.InputContext(hardware.instances, hardware.worker, 1)
     # a resumed run (BackupAndRestore) starts its data at the epoch it resumes at: same batches as without the kill
     start = 0 if on_ipu else resume_epoch(os.path.join(out, "backup"))
-    aligned = not on_ipu  # stream epochs = training epochs (IPU steps are per replica; no resuming there)
-    train_ds = dataset_lib.make_dataset(manifest["path"], "train", session.dataset_batch, axes=axes,
+    # every stream epoch is exactly the batches a training epoch consumes (steps.fit_steps: on IPUs one
+    # micro-batch per replica per step), so stream epochs and training epochs coincide
+    train_ds = dataset_lib.make_dataset(manifest["path"], "train", steps.dataset_batch, axes=axes,
                                         augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed, repeat=True,
                                         cache=True, input_context=input_context, start_epoch=start,
-                                        epoch_batches=steps_per_epoch if aligned else None,
-                                        epochs=cfg.train.epochs)
+                                        epoch_batches=steps.steps_per_epoch, epochs=cfg.train.epochs)
     val_ds = None
-    if validation_steps:
+    if steps.validation_steps:
         # finite and the same every epoch: Keras reads it from the start each time (resumable, deterministic)
-        val_ds = dataset_lib.make_dataset(manifest["path"], "validation", session.dataset_batch, axes=axes,
-                                          cache=True, input_context=input_context, epoch_batches=validation_steps)
+        val_ds = dataset_lib.make_dataset(manifest["path"], "validation", steps.dataset_batch, axes=axes,
+                                          cache=True, input_context=input_context,
+                                          epoch_batches=steps.validation_steps)
 
     gflops = session.forward_flops / 1e9
     print("conductivity_tf.train: {} | {} replica(s) | global batch {} = micro-batch {} x accumulation {} x "
           "replicas {} | {} | {:.2f} GFLOP/sample forward | {} train, {} validation samples".format(
-              hardware.description, hardware.replicas, batch.global_batch, batch.micro_batch, batch.accumulation,
-              batch.replicas, policy, gflops, counts["train"], counts["validation"]), flush=True)
+              hardware.description, hardware.replicas, steps.global_batch, steps.micro_batch, steps.accumulation,
+              steps.replicas, policy, gflops, counts["train"], counts["validation"]), flush=True)
 
     checkpoints = os.path.join(out, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
@@ -385,11 +377,13 @@ def train(cfg):
     if not on_ipu:
         # last, so that an epoch counts as done only once its checkpoints and log line are written: a kill
         # before that redoes the epoch (identically) on resume
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(out, "backup")))
+        callbacks.append(keras_compat.backup_and_restore(os.path.join(out, "backup")))
     t0 = time.time()
     with hardware.strategy.scope():  # Graphcore's Keras wants fit inside the IPUStrategy's scope; harmless elsewhere
-        model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-                  callbacks=callbacks, verbose=verbose_level())
+        # steps in the unit fit takes here (the IPU data handler divides by the replicas); validation_steps
+        # always given: the IPU data handler cannot infer the length of a dataset of unknown cardinality
+        model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps.steps_per_epoch, validation_data=val_ds,
+                  validation_steps=steps.validation_steps or None, callbacks=callbacks, verbose=verbose_level())
     train_seconds = time.time() - t0
     # evaluation and exports run on a plain copy outside the strategy: no collectives, so only the chief
     # does them; other workers keep their final weights (identical to the chief's) for inspection
@@ -446,11 +440,11 @@ def export(base, out, model_cfg):
     """SavedModel (plain TensorFlow can load and call it) and Keras weights, each written atomically.
     The SavedModel serves inference copies of ``base`` (``model.inference_copy``: batch norms folded
     into the convolutions): signature ``serving_default`` computes in float32, ``serving_bfloat16`` in
-    bfloat16 (what ``predict`` picks on CPUs with native bfloat16). The Keras weights are always the
-    trained model's."""
+    bfloat16 (what ``predict`` picks on CPUs with native bfloat16; not exported by TensorFlow 2.6, which has
+    no bfloat16 CPU convolutions). The Keras weights are always the trained model's."""
     import shutil
 
-    from conductivity_tf.keras_compat import tf
+    from conductivity_tf.keras_compat import cpu_bfloat16_convolutions, tf
     from conductivity_tf.model import BFLOAT16_SIGNATURE, inference_copy
 
     spec = tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")
@@ -463,7 +457,10 @@ def export(base, out, model_cfg):
             return {"relative_conductivity": served(volume, training=False)}
         return serve
 
-    for signature, policy in (("serving_default", "float32"), (BFLOAT16_SIGNATURE, "mixed_bfloat16")):
+    exported = [("serving_default", "float32")]
+    if cpu_bfloat16_convolutions():  # TensorFlow 2.6 cannot run (so cannot trace) bfloat16 convolutions on CPUs
+        exported.append((BFLOAT16_SIGNATURE, "mixed_bfloat16"))
+    for signature, policy in exported:
         served = inference_copy(base, model_cfg, policy=policy)
         setattr(root, policy, served)          # tracked: the copy's variables are saved with the root
         signatures[signature] = serving_function(served)
@@ -476,19 +473,24 @@ def export(base, out, model_cfg):
     base.save_weights(os.path.join(out, "model.weights.h5"))
 
 
-def print_plan(cfg, check_on_cpu=False):
-    """``--plan-only``: the IPU pipeline plan as a table; a violated IPU rule is one line and exit status 2."""
+def print_plan(cfg, check_on_cpu=False, train_samples=None):
+    """``--plan-only``: the IPU pipeline plan as a table, an epoch in the SDK's steps and the learning-rate
+    schedule in weight updates; a violated IPU rule is one line and exit status 2. ``train_samples`` sizes the
+    epoch when there is no dataset at ``data.path``."""
     from conductivity_tf import pipeline_plan
     from conductivity_tf.dataset import load_manifest
 
     if cfg.hardware.kind != "ipu":
         raise UserError("--plan-only plans IPU pipelines; add hardware.kind=ipu (with hardware.ipus, "
                         "hardware.pipeline_stages, hardware.gradient_accumulation)")
-    try:
-        manifest = load_manifest(cfg.data.path)
-        train_samples = manifest["counts"]["train"] if manifest["sample_size"] == cfg.data.size else None
-    except UserError:
-        train_samples = None  # planning needs no dataset; the epoch check is then skipped
+    if train_samples is None:
+        try:
+            manifest = load_manifest(cfg.data.path)
+            train_samples = manifest["counts"]["train"] if manifest["sample_size"] == cfg.data.size else None
+        except UserError:
+            pass  # planning needs no dataset; the epoch is then not sized
+    elif train_samples < 1:
+        raise UserError("--train-samples {} must be a positive number of samples".format(train_samples))
     if check_on_cpu:
         from conductivity_tf.keras_compat import tf
         from conductivity_tf.strategies import _configure_logical_cpus
@@ -496,15 +498,15 @@ def print_plan(cfg, check_on_cpu=False):
         _configure_logical_cpus(tf, cfg.hardware.pipeline_stages)
     model = None
     if check_on_cpu:  # the checked model is the planned one: built once, seeded
-        from conductivity_tf.keras_compat import keras
+        from conductivity_tf import keras_compat
         from conductivity_tf.model import build_model
 
-        keras.utils.set_random_seed(cfg.train.seed)
+        keras_compat.set_random_seed(cfg.train.seed)
         model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
     plan = pipeline_plan.make_plan(cfg, model, train_samples=train_samples)
     if plan.violations:
         raise UserError(plan.violations[0])
-    print(pipeline_plan.format_plan(plan))
+    print(pipeline_plan.format_plan(plan, cfg.train))
     if check_on_cpu:
         check_pipeline_on_cpu(cfg, plan, model)
     return 0
@@ -548,11 +550,19 @@ def main(argv=None):
     if args.print_config:
         print(config_lib.config_to_yaml(cfg), end="")
         return 0
-    if args.check_on_cpu and not args.plan_only:
-        raise UserError("--check-on-cpu goes with --plan-only")
+    if (args.check_on_cpu or args.train_samples is not None) and not args.plan_only:
+        raise UserError("--check-on-cpu and --train-samples go with --plan-only")
     if args.plan_only:
-        return print_plan(cfg, args.check_on_cpu)
+        return print_plan(cfg, args.check_on_cpu, args.train_samples)
     train(cfg)
+    from conductivity_tf import keras_compat, strategies
+
+    if strategies.multi_worker() and keras_compat.TF_VERSION < (2, 8):
+        # TensorFlow 2.6 can abort while tearing its collective-op threads down at interpreter exit ("terminate
+        # called without an active exception"); everything is written by now, so leave without that teardown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -46,3 +46,21 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.skip("the third-party validation volumes (../shared/data) are not beside this checkout")
     return SHARED_DATA
+
+
+def _group_norm_available():
+    from conductivity_tf.keras_compat import keras
+
+    if hasattr(keras.layers, "GroupNormalization"):
+        return True
+    try:
+        import ipu_tensorflow_addons  # noqa: F401  (the SDK's GroupNorm)
+    except ImportError:
+        return False
+    return True
+
+
+# Keras 2.6 (the SDK's TensorFlow without the SDK) has neither keras.layers.GroupNormalization nor Graphcore's GroupNorm
+needs_group_norm = pytest.mark.skipif(
+    not _group_norm_available(),
+    reason="model.norm=group needs keras.layers.GroupNormalization (TensorFlow >= 2.11) or ipu_tensorflow_addons")

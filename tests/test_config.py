@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from conductivity_tf import config as C
+from conductivity_tf import steps as S
 from conductivity_tf.errors import UserError
 from tests.conftest import assert_one_line_error, run_module
 
@@ -55,10 +56,10 @@ def test_steps_per_execution_must_be_a_multiple_of_accumulation():
 
 
 def test_batch_arithmetic():
-    b = C.batch_arithmetic(64, replicas=4, accumulation=4)
+    b = S.batch_arithmetic(64, replicas=4, accumulation=4)
     assert (b.micro_batch, b.global_batch) == (4, 64)
     with pytest.raises(UserError, match="use a multiple such as 48"):
-        C.batch_arithmetic(50, replicas=4, accumulation=4)
+        S.batch_arithmetic(50, replicas=4, accumulation=4)
 
 
 def test_saved_config_reloads_to_the_same_values(tmp_path):

@@ -1,5 +1,6 @@
 """The solver's physics: exact cases, symmetries, bounds, conservation, bad input."""
 
+import inspect
 import json
 import math
 
@@ -352,7 +353,9 @@ def _reference_relative_conductivity(s, sigma0):
     matrix = scipy.sparse.csr_matrix((np.concatenate(vals + [diag]), (np.concatenate(rows + [np.arange(n)]),
                                                                      np.concatenate(cols + [np.arange(n)]))))
     jacobi = scipy.sparse.diags(1.0 / diag)
-    phi, info = scipy.sparse.linalg.cg(matrix, rhs, M=jacobi, rtol=1e-13, maxiter=20000)
+    # the relative tolerance is ``rtol`` since scipy 1.12 and ``tol`` before (Python 3.8 has scipy <= 1.10)
+    tolerance = "rtol" if "rtol" in inspect.signature(scipy.sparse.linalg.cg).parameters else "tol"
+    phi, info = scipy.sparse.linalg.cg(matrix, rhs, M=jacobi, maxiter=20000, **{tolerance: 1e-13})
     assert info == 0
     inlet = index[0][keep[0]]
     current = np.sum(2 * s[0][keep[0]] * (1.0 - phi[inlet]))

@@ -8,9 +8,10 @@ import pytest
 from conductivity_tf import config as C
 from conductivity_tf import pipeline_plan as PP
 from conductivity_tf.errors import UserError
-from tests.conftest import assert_one_line_error, run_module
+from tests.conftest import assert_one_line_error, needs_group_norm, run_module
 
 IPU = ["hardware.kind=ipu", "data.size=64", "model.norm=group"]
+pytestmark = needs_group_norm  # the planned model is the IPU one, with group normalisation
 
 
 def plan_for(*overrides):
@@ -60,7 +61,16 @@ def test_conv_flops_match_the_textbook_count():
 
 @pytest.mark.parametrize("overrides, fragment", [
     (["hardware.ipus=2", "hardware.pipeline_stages=3", "hardware.gradient_accumulation=8"], "needs at least 3 IPUs"),
-    (["hardware.ipus=4", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=2"], ">= 2 x stages = 4"),
+    # tensorflow/compiler/plugin/poplar/driver/visitors/pipeline_visitor.cc, VerifyPipelineArgumentsFixed: the
+    # accumulation count is a multiple of the overlap length, for Grouped all forward + backward stages
+    # (pipeline_visitor_utils.h, GroupedScheduler / AllUnion): 2 x stages
+    (["hardware.ipus=4", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=2"],
+     "multiple of 2 x stages = 4"),
+    (["hardware.ipus=4", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=6", "train.batch_size=24"],
+     "multiple of 2 x stages = 4 (got 6); use 8"),
+    (["hardware.ipus=4", "hardware.pipeline_stages=3", "hardware.gradient_accumulation=8"],
+     "multiple of 2 x stages = 6 (got 8)"),
+    # the same visitor for Interleaved, whose overlap length is the stages on distinct IPUs (CircularUnion)
     (["hardware.ipus=4", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=4",
       "hardware.schedule=interleaved", "hardware.pipeline_stages=3", "train.batch_size=24"], "multiple of the 3"),
     (["hardware.ipus=6", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8",
@@ -74,8 +84,8 @@ def test_ipu_rules_are_violations_with_a_fix(overrides, fragment):
 
 
 def test_three_stages_take_four_ipus_per_replica():
-    plan = plan_for("hardware.ipus=8", "hardware.pipeline_stages=3", "hardware.gradient_accumulation=8",
-                    "train.batch_size=16")
+    plan = plan_for("hardware.ipus=8", "hardware.pipeline_stages=3", "hardware.gradient_accumulation=12",
+                    "train.batch_size=24")
     assert (plan.ipus_per_replica, plan.replicas, plan.violations) == (4, 2, [])
 
 
@@ -118,7 +128,7 @@ def test_shipped_ipu_presets_pass_their_plan(preset):
 PIPELINE_SCRIPT = '''
 import json, sys
 import numpy as np
-from conductivity_tf.keras_compat import tf, keras
+from conductivity_tf.keras_compat import tf, keras, set_random_seed
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 4)
 from conductivity_tf import config as C, pipeline_plan as PP
@@ -136,7 +146,7 @@ loss = keras.losses.MeanSquaredError()
 
 
 def fresh():
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     return build_model(cfg.model, 16, 3)
 
 

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from conductivity_tf import microstructure, physics
 from tests.conftest import run_module
@@ -73,7 +74,32 @@ def test_bfloat16_is_the_default_where_the_cpu_has_it_and_agrees_with_fp32():
     volumes = np.stack([microstructure.generate(family, 64, seed=920 + i) for i, family in
                         enumerate(("blobs", "fibres", "overlapping_spheres", "graded", "packed_spheres"))])
     assert Predictor().precision == ("bf16" if native_bfloat16() else "fp32")     # no GPU in these tests
+    from conductivity_tf.keras_compat import cpu_bfloat16_convolutions
+
+    if not cpu_bfloat16_convolutions():
+        pytest.skip("this TensorFlow has no bfloat16 CPU convolutions (TensorFlow 2.6): fp32 only")
     fp32 = Predictor(precision="fp32")(volumes)
     bf16 = Predictor(precision="bf16")(volumes)
     assert np.any(bf16 != fp32)
     np.testing.assert_allclose(bf16, fp32, atol=2e-3)
+
+
+def test_the_keras_weights_rebuild_predicts_what_the_saved_model_predicts():
+    """Where the shipped SavedModel cannot load (TensorFlow 2.6: ops it does not know), predict rebuilds the
+    network from the run's config.yaml and Keras weights; that copy computes the SavedModel's function."""
+    import os
+
+    from conductivity_tf.keras_compat import tf
+    from conductivity_tf.predict import PRETRAINED, Predictor, keras_signatures
+
+    volumes = np.stack([microstructure.generate(family, 64, seed=930 + i) for i, family in
+                        enumerate(("blobs", "fibres", "packed_spheres"))]).astype(np.float32)
+    module = keras_signatures(os.path.join(PRETRAINED, "config.yaml"), os.path.join(PRETRAINED, "model.weights.h5"))
+    rebuilt = module.signatures["serving_default"](volume=tf.constant(volumes[..., None]))["relative_conductivity"]
+    predictor = Predictor(precision="fp32")
+    if predictor.note is None:  # the SavedModel loaded: the two must agree
+        np.testing.assert_allclose(rebuilt.numpy(), predictor(volumes), rtol=1e-5, atol=1e-6)
+    else:
+        assert "Keras weights" in predictor.note and tf.__version__ in predictor.note
+        np.testing.assert_array_equal(rebuilt.numpy(), predictor(volumes))
+    assert np.ptp(rebuilt.numpy()) > 0.05

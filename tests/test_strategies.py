@@ -13,10 +13,10 @@ SCRIPT = textwrap.dedent('''
     import json, sys
     import numpy as np
     from conductivity_tf import config as C, model as M, strategies as S
-    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.keras_compat import keras, set_random_seed, tf
 
     args = json.loads(sys.argv[1])
-    tf.keras.utils.set_random_seed(0)
+    set_random_seed(0)
     cfg = C.load_config(overrides=["model.norm=none", "model.widths=[4,8]", "model.head_units=8",
                                    "data.size=8"] + args["overrides"])
     hw = S.make_strategy(cfg.hardware)
