@@ -15,10 +15,22 @@ CASES = [
     ("fibres", dict(porosity=0.72, radius=2, spread=20)),
     ("graded", dict(porosity_start=0.55, porosity_end=0.25)),
     ("graded", dict(porosity_start=0.3, porosity_end=0.6, layers=3, axis=2)),
+    ("spheroids", dict(porosity=0.45, radius=2.5, aspect=5, spread=10)),
+    ("spheroids", dict(porosity=0.6, radius=1.5, aspect=0.2, spread=30, axis=2, conducting="particles")),
+    ("electrode", dict(porosity=0.35, binder=0.1)),
+    ("electrode", dict(porosity=0.3, binder=0.08, conducting="binder")),
+    ("electrode", dict(porosity=0.4, binder=0.15, conducting="solid")),
+    ("electrode", dict(porosity=0.4, binder=0.15, conducting="active", polydispersity=0.2)),
+    ("granular", dict(porosity=0.12, radius=4)),
+    ("foam", dict(porosity=0.88, cell_size=14)),
+    ("foam", dict(porosity=0.12, struts=False, conducting="solid")),
 ]
 
 
 def _target(params):
+    if "binder" in params:  # electrode: the fraction of the phase that conducts
+        return {"pores": params["porosity"], "binder": params["binder"], "solid": 1 - params["porosity"],
+                "active": 1 - params["porosity"] - params["binder"]}[params.get("conducting", "pores")]
     if "porosity" in params:
         return params["porosity"]
     return ms.graded_mean_porosity(params["porosity_start"], params["porosity_end"])
@@ -79,3 +91,37 @@ def test_packed_particles_do_not_overlap():
 def test_bad_parameters(call, fragment):
     with pytest.raises(UserError, match=fragment):
         call()
+
+
+def test_aligned_flakes_block_the_current_across_them_and_rods_carry_it_along():
+    flakes = ms.spheroids(48, porosity=0.55, radius=1.2, aspect=0.2, axis=0, spread=5, seed=4)
+    rods = ms.spheroids(48, porosity=0.55, radius=1.5, aspect=6, axis=0, spread=5, seed=4)
+    across = [r.relative_conductivity for r in physics.solve(flakes)]
+    along = [r.relative_conductivity for r in physics.solve(rods)]
+    assert across[0] < 0.8 * min(across[1], across[2])  # flakes lie normal to axis 0
+    assert along[0] > 1.1 * max(along[1], along[2])     # the pores between aligned rods run along axis 0
+
+
+def test_electrode_binder_gathers_at_the_particles_and_each_phase_has_its_fraction():
+    import scipy.ndimage
+
+    phases = ms.electrode(48, porosity=0.35, binder=0.12, radius=5, seed=5, return_phases=True)
+    fractions = np.bincount(phases.ravel(), minlength=3) / phases.size
+    assert abs(fractions[0] - 0.35) <= 0.01 and abs(fractions[2] - 0.12) <= 0.001
+    distance = scipy.ndimage.distance_transform_edt(phases != 1)
+    assert distance[phases == 2].mean() < 0.5 * distance[phases == 0].mean()
+    # the binary volumes are the phases of the same map
+    np.testing.assert_array_equal(ms.electrode(48, porosity=0.35, binder=0.12, radius=5, seed=5,
+                                               conducting="binder"), (phases == 2).astype(np.uint8))
+
+
+def test_consolidation_narrows_the_pore_throats():
+    tortuosity = [physics.solve(ms.granular(48, porosity=p, radius=4, seed=6), axes=[0])[0].tortuosity
+                  for p in (0.3, 0.15)]
+    assert 1.0 < tortuosity[0] < tortuosity[1] < float("inf")
+
+
+def test_open_cell_foam_struts_conduct_as_one_network():
+    struts = ms.foam(48, porosity=0.15, cell_size=12, conducting="solid", seed=7)
+    sigma = [r.relative_conductivity for r in physics.solve(struts)]
+    assert all(0.0 < s < 0.15 for s in sigma)
