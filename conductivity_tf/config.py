@@ -57,6 +57,10 @@ class ModelConfig:
     activation: str = _f("relu", "activation: relu | gelu | swish | elu")
     dropout: float = _f(0.0, "dropout before the head, 0 to 1")
     head_units: int = _f(64, "units of the dense layer before the output (0 = none)")
+    ensemble: int = _f(1, "members of the built-in ensemble: the levels from branch_level on and the head, "
+                          "repeated with weights of their own; their spread is each prediction's uncertainty (1 = "
+                          "one network, no uncertainty)")
+    branch_level: int = _f(2, "with ensemble > 1: the level where the members branch off the shared first levels")
 
 
 @dataclass
@@ -135,6 +139,8 @@ MINIMUMS = {
     "model.stem_stride": 1,
     "model.groups": 1,
     "model.head_units": 0,
+    "model.ensemble": 1,
+    "model.branch_level": 0,
     "train.epochs": 1,
     "train.batch_size": 1,
     "train.early_stopping": 0,
@@ -314,6 +320,9 @@ def validate(config):
         raise UserError("model.groups={} must divide every width in model.widths={}; change one of them".format(
             m.groups, m.widths))
     levels = len(m.widths)
+    if m.branch_level > levels:
+        raise UserError("model.branch_level={} is beyond the {} levels of model.widths; use 0 to {}".format(
+            m.branch_level, levels, levels))
     if d.size < m.stem_stride * 2 ** (levels - 1):
         raise UserError("data.size={} is too small for {} levels in model.widths with model.stem_stride={}; use "
                         "fewer widths or a smaller stem stride".format(d.size, levels, m.stem_stride))

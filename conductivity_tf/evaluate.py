@@ -35,6 +35,10 @@ def main(argv=None):
         m["mape_percolating"] or 0.0))
     for family, fm in metrics["per_family"].items():
         print("  {:20s} R² {:.4f}  MAE {:.4f}".format(family, fm["r2"], fm["mae"]))
+    if "calibration" in metrics:
+        c = metrics["calibration"]
+        print("uncertainty: the stated ~90 % interval holds {:.1%} of the values; Spearman correlation of |error| "
+              "and uncertainty {:.2f}".format(c["coverage_90"], c["spearman_error_uncertainty"]))
     return 0
 
 

@@ -48,37 +48,62 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
     """The CNN for cubes of edge ``input_size`` predicting ``outputs`` (1 or 3) values.
 
     model_cfg: a ``config.ModelConfig`` (widths, blocks, stride, stem_stride, norm, groups, activation,
-    dropout, head_units). Layer names are stable (``level{l}_conv{b}`` ...) so that pipeline split points and
-    checkpoints can name them.
+    dropout, head_units, ensemble, branch_level). Layer names are stable (``level{l}_conv{b}`` ...) so that
+    pipeline split points and checkpoints can name them.
+
+    With ``ensemble`` K > 1 the levels from ``branch_level`` on, the pooling and the head are built K times
+    (members ``m{k}_...``) on the shared first levels, and the output is (N, K, outputs): every member's
+    prediction. Their mean is the prediction, their spread its uncertainty (``members_summary``). The first
+    levels, on the largest activations, take most of the time, so K members cost far less than K networks.
     """
     keras = _keras(keras)
     layers = keras.layers
     inputs = keras.Input((input_size, input_size, input_size, 1), name="volume")
     porosity = layers.GlobalAveragePooling3D(name="porosity", dtype="float32")(inputs)
-    x = inputs
-    for level, width in enumerate(model_cfg.widths):
-        for block in range(model_cfg.blocks):
-            strides = model_cfg.stride if (level > 0 and block == 0 and model_cfg.stride > 1) else 1
-            if level == 0 and block == 0:
-                strides = model_cfg.stem_stride
-            if level > 0 and block == 0 and model_cfg.stride == 1:
-                x = layers.MaxPooling3D(2, name="level{}_pool".format(level))(x)
-            x = layers.Conv3D(width, 3, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
-                              name="level{}_conv{}".format(level, block))(x)
-            if model_cfg.norm == "batch":
-                x = layers.BatchNormalization(name="level{}_norm{}".format(level, block))(x)
-            elif model_cfg.norm == "group":
-                x = _group_norm(keras, model_cfg.groups, "level{}_norm{}".format(level, block))(x)
-            x = layers.Activation(model_cfg.activation, name="level{}_act{}".format(level, block))(x)
-    x = layers.GlobalAveragePooling3D(name="pool")(x)
-    if model_cfg.dropout:
-        x = layers.Dropout(model_cfg.dropout, name="dropout")(x)
-    if model_cfg.head_units:
-        x = layers.Dense(model_cfg.head_units, activation=model_cfg.activation, name="head")(x)
-    fraction = layers.Dense(outputs, activation="sigmoid", dtype="float32", name="fraction")(x)
-    sigma = layers.Multiply(name="relative_conductivity", dtype="float32")([fraction, porosity])
-    return keras.Model(inputs, sigma, name=name)
 
+    def level(x, index, width, prefix=""):
+        for block in range(model_cfg.blocks):
+            strides = model_cfg.stride if (index > 0 and block == 0 and model_cfg.stride > 1) else 1
+            if index == 0 and block == 0:
+                strides = model_cfg.stem_stride
+            if index > 0 and block == 0 and model_cfg.stride == 1:
+                x = layers.MaxPooling3D(2, name="{}level{}_pool".format(prefix, index))(x)
+            x = layers.Conv3D(width, 3, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
+                              name="{}level{}_conv{}".format(prefix, index, block))(x)
+            if model_cfg.norm == "batch":
+                x = layers.BatchNormalization(name="{}level{}_norm{}".format(prefix, index, block))(x)
+            elif model_cfg.norm == "group":
+                x = _group_norm(keras, model_cfg.groups, "{}level{}_norm{}".format(prefix, index, block))(x)
+            x = layers.Activation(model_cfg.activation, name="{}level{}_act{}".format(prefix, index, block))(x)
+        return x
+
+    def head(x, prefix=""):
+        x = layers.GlobalAveragePooling3D(name=prefix + "pool")(x)
+        if model_cfg.dropout:
+            x = layers.Dropout(model_cfg.dropout, name=prefix + "dropout")(x)
+        if model_cfg.head_units:
+            x = layers.Dense(model_cfg.head_units, activation=model_cfg.activation, name=prefix + "head")(x)
+        return layers.Dense(outputs, activation="sigmoid", dtype="float32", name=prefix + "fraction")(x)
+
+    members = model_cfg.ensemble
+    shared = len(model_cfg.widths) if members == 1 else model_cfg.branch_level
+    x = inputs
+    for index in range(shared):
+        x = level(x, index, model_cfg.widths[index])
+    if members == 1:
+        sigma = layers.Multiply(name="relative_conductivity", dtype="float32")([head(x), porosity])
+        return keras.Model(inputs, sigma, name=name)
+    fractions = []
+    for member in range(members):  # each member: the remaining levels and a head of its own, (N, 1, outputs)
+        prefix = "m{}_".format(member)
+        y = x
+        for index in range(shared, len(model_cfg.widths)):
+            y = level(y, index, model_cfg.widths[index], prefix)
+        fractions.append(layers.Reshape((1, outputs), name=prefix + "member", dtype="float32")(head(y, prefix)))
+    fraction = layers.Concatenate(axis=1, name="members", dtype="float32")(fractions)
+    scale = layers.Reshape((1, 1), name="porosity_per_member", dtype="float32")(porosity)
+    sigma = layers.Multiply(name="relative_conductivity", dtype="float32")([fraction, scale])
+    return keras.Model(inputs, sigma, name=name)
 
 
 def inference_copy(model, model_cfg, keras=None, policy="float32"):
@@ -111,7 +136,7 @@ def inference_copy(model, model_cfg, keras=None, policy="float32"):
         if not weights:
             continue
         source = model.get_layer(layer.name)
-        if fold and layer.name.startswith("level") and "_conv" in layer.name:
+        if fold and "level" in layer.name and "_conv" in layer.name:
             norm = model.get_layer(layer.name.replace("_conv", "_norm"))
             gamma, beta, mean, var = (np.asarray(w, np.float64) for w in norm.get_weights())
             scale = gamma / np.sqrt(var + norm.epsilon)
@@ -120,3 +145,14 @@ def inference_copy(model, model_cfg, keras=None, policy="float32"):
         else:
             layer.set_weights(source.get_weights())
     return copy
+
+
+def members_summary(xp, predicted):
+    """(mean, standard deviation) over an ensemble's members of (N, K, outputs) predictions, with ``xp`` numpy
+    or TensorFlow; a single network's (N, outputs) gives (itself, None)."""
+    if len(predicted.shape) == 2:
+        return predicted, None
+    if xp.__name__ == "numpy":
+        return predicted.mean(axis=1), predicted.std(axis=1)
+    mean = xp.reduce_mean(predicted, axis=1)
+    return mean, xp.sqrt(xp.reduce_mean(xp.square(predicted - mean[:, None, :]), axis=1))

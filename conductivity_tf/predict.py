@@ -16,7 +16,10 @@ import time
 import numpy as np
 import yaml
 
+from conductivity_tf import domain as domain_lib
+from conductivity_tf import physics
 from conductivity_tf.errors import UserError, run_cli
+from conductivity_tf.metrics import Z90, calibration_metrics, regression_metrics
 from conductivity_tf.model import BFLOAT16_SIGNATURE
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
@@ -139,6 +142,8 @@ class Predictor(object):
         if os.path.isfile(config_path):
             with open(config_path) as handle:
                 self.axes = list(yaml.safe_load(handle)["data"]["axes"])
+        self.has_uncertainty = "uncertainty" in self.serve.structured_outputs
+        self.domain = domain_lib.load(os.path.dirname(saved))
         self.tf = tf
         serve = self.serve
 
@@ -163,12 +168,10 @@ class Predictor(object):
                             "it with --otsu / --threshold or map phases with --phase-map".format(
                                 name, ", ".join(str(v) for v in values[:6])))
 
-    def __call__(self, volumes, batch_size=16, zero_without_path=False):
-        """(N, len(axes)) predictions. With ``zero_without_path`` an axis along which a volume has no
-        conducting path between its two faces is given exactly 0 (the network alone predicts a small
-        positive value there); that labels the clusters of each volume, a few ms per 64^3 volume."""
+    def _run(self, volumes, batch_size=16):
+        """(values, uncertainty or None), each (N, len(axes)), straight from the model."""
         volumes = np.asarray(volumes)
-        out = []
+        values, uncertainty = [], []
         for start in range(0, len(volumes), batch_size):
             chunk = volumes[start:start + batch_size]
             if chunk.dtype in (np.bool_, np.uint8):
@@ -177,21 +180,74 @@ class Predictor(object):
                 predicted = self._serve_bytes(self.tf.constant(chunk.view(np.uint8)))
             else:
                 predicted = self.serve(volume=self.tf.constant(chunk[..., None].astype(np.float32)))
-            out.append(predicted["relative_conductivity"].numpy())
-        predicted = np.concatenate(out, axis=0)
-        if zero_without_path:
-            from conductivity_tf.physics import percolating_axes
+            values.append(predicted["relative_conductivity"].numpy())
+            if self.has_uncertainty:
+                uncertainty.append(predicted["uncertainty"].numpy())
+        return np.concatenate(values, axis=0), np.concatenate(uncertainty, axis=0) if uncertainty else None
 
+    def __call__(self, volumes, batch_size=16, zero_without_path=False):
+        """(N, len(axes)) predictions. With ``zero_without_path`` an axis along which a volume has no
+        conducting path between its two faces is given exactly 0 (the network alone predicts a small
+        positive value there); that labels the clusters of each volume, a few ms per 64^3 volume."""
+        predicted, _ = self._run(volumes, batch_size)
+        if zero_without_path:
             for i, volume in enumerate(volumes):
-                spans = percolating_axes(volume > 0.5, self.axes)
+                spans = physics.percolating_axes(np.asarray(volume) > 0.5, self.axes)
                 predicted[i, [not spans[a] for a in self.axes]] = 0.0
         return predicted
+
+    def predict(self, volumes, batch_size=16, max_error=None, zero_without_path=False):
+        """Predictions with how far to trust them: a ``Prediction`` of values, uncertainty (one calibrated
+        standard deviation per value, 0 where solved; None for a model without one), the source of each value
+        ('model' or 'solver') and, per volume, the reasons it lies outside the model's training domain.
+
+        ``max_error`` REL: where a value's relative uncertainty exceeds REL, the model states none, or the volume
+        lies outside the training domain, ``physics.solve`` answers instead; axes without a conducting path are
+        exact zeros (from the solver's cluster labels)."""
+        volumes = np.asarray(volumes)
+        values, uncertainty = self._run(volumes, batch_size)
+        values = values.astype(np.float64)  # the solver's values go in as they are
+        flags = [domain_lib.outside(domain_lib.describe(v), self.domain) if self.domain else [] for v in volumes]
+        source = np.full(values.shape, "model", dtype=object)
+        if max_error is not None or zero_without_path:
+            uncertainty = None if uncertainty is None else uncertainty.copy()
+            for i, volume in enumerate(volumes):
+                spans = physics.percolating_axes(volume > 0.5, self.axes)
+                solve = []
+                for j, axis in enumerate(self.axes):
+                    if not spans[axis]:
+                        values[i, j], source[i, j] = 0.0, "solver"
+                        if uncertainty is not None:
+                            uncertainty[i, j] = 0.0
+                    elif max_error is not None and (flags[i] or uncertainty is None or
+                                                    uncertainty[i, j] > max_error * values[i, j]):
+                        solve.append(j)
+                if solve:
+                    for j, result in zip(solve, physics.solve(volume, axes=[self.axes[j] for j in solve])):
+                        values[i, j], source[i, j] = result.relative_conductivity, "solver"
+                        if uncertainty is not None:
+                            uncertainty[i, j] = 0.0
+        return Prediction(values, uncertainty, source, flags)
+
+
+class Prediction(object):
+    """What ``Predictor.predict`` returns: ``values`` and ``uncertainty`` (N, axes; uncertainty None when the
+    model states none), ``source`` (N, axes of 'model' / 'solver'), ``flags`` (per volume, a list of reasons)."""
+
+    def __init__(self, values, uncertainty, source, flags):
+        self.values, self.uncertainty, self.source, self.flags = values, uncertainty, source, flags
+
+    def interval(self, i):
+        """The ~90 % interval (Z90 standard deviations, clipped at 0) of each value of volume ``i``, or None."""
+        if self.uncertainty is None:
+            return None
+        half = Z90 * self.uncertainty[i]
+        return [[max(0.0, float(v - h)), float(v + h)] for v, h in zip(self.values[i], half)]
 
 
 def evaluate(model_dir, data_path, split="test", zero_without_path=False, precision="auto"):
     """Metrics (R2, MAE, RMSE, MAPE) of a model on a dataset split."""
     from conductivity_tf import dataset as dataset_lib
-    from conductivity_tf.train import regression_metrics
 
     manifest = dataset_lib.load_manifest(data_path)  # the cheap check first
     predictor = Predictor(model_dir, precision)
@@ -199,12 +255,17 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
         raise UserError("the dataset {} holds {}^3 samples but the model takes {}^3; evaluate on a dataset of that "
                         "size".format(manifest["path"], manifest["sample_size"], predictor.size))
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
-    predicted = predictor(volumes, zero_without_path=zero_without_path)
+    predicted, uncertainty = predictor._run(volumes)
+    if zero_without_path:
+        predicted = predictor(volumes, zero_without_path=True)
     truth = sigma[:, predictor.axes]
-    return {"split": split, "dataset": manifest["path"], "axes": predictor.axes, "precision": predictor.precision,
-            "all": regression_metrics(truth, predicted),
-            "per_family": {f: regression_metrics(truth[families == f], predicted[families == f])
-                           for f in sorted(set(families.tolist()))}}
+    metrics = {"split": split, "dataset": manifest["path"], "axes": predictor.axes, "precision": predictor.precision,
+               "all": regression_metrics(truth, predicted),
+               "per_family": {f: regression_metrics(truth[families == f], predicted[families == f])
+                              for f in sorted(set(families.tolist()))}}
+    if uncertainty is not None:
+        metrics["calibration"] = calibration_metrics(truth, predicted, uncertainty)
+    return metrics
 
 
 def build_parser():
@@ -220,6 +281,10 @@ def build_parser():
     parser.add_argument("--json", action="store_true", help="one JSON object per volume and line")
     parser.add_argument("--zero-without-path", action="store_true", help=ZERO_WITHOUT_PATH_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument("--max-error", type=float, metavar="REL",
+                        help="where a predicted value's relative uncertainty exceeds REL (e.g. 0.05), the model "
+                             "states none, or the volume lies outside the model's training domain, the physics "
+                             "solver answers instead; axes without a conducting path are exact zeros")
     add_volume_arguments(parser)
     return parser
 
@@ -230,6 +295,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError("--batch-size {} must be at least 1".format(args.batch_size))
+    if args.max_error is not None and not args.max_error > 0:
+        raise UserError("--max-error {} must be a positive relative error, e.g. 0.05".format(args.max_error))
     # every volume is read and checked before the model loads: a bad file fails fast
     arrays = [(path, load_volume_from_args(path, args).array) for path in args.volumes]
     for path, array in arrays:
@@ -244,16 +311,28 @@ def main(argv=None):
     for start in range(0, len(volumes), args.batch_size):
         chunk = np.stack(volumes[start:start + args.batch_size])
         t0 = time.perf_counter()
-        predicted = predictor(chunk, args.batch_size, zero_without_path=args.zero_without_path)
+        result = predictor.predict(chunk, args.batch_size, max_error=args.max_error,
+                                   zero_without_path=args.zero_without_path)
         seconds = (time.perf_counter() - t0) / len(chunk)
-        for path, volume, values in zip(args.volumes[start:], chunk, predicted):
+        for i, (path, volume) in enumerate(zip(args.volumes[start:], chunk)):
             porosity = float(volume.mean())
+            values = [float(v) for v in result.values[i]]
+            uncertainty = None if result.uncertainty is None else [float(u) for u in result.uncertainty[i]]
             if args.json:
-                print(json.dumps({"file": path, "relative_conductivity": [float(v) for v in values],
-                                  "porosity": porosity, "seconds": seconds}), flush=True)
-            else:
-                print("{}  porosity {:.4f}  sigma_eff/sigma_0 {}".format(path, porosity, "  ".join(
-                    "axis {}: {:.4f}".format(a, v) for a, v in zip(predictor.axes, values))), flush=True)
+                print(json.dumps({"file": path, "relative_conductivity": values, "uncertainty": uncertainty,
+                                  "interval_90": result.interval(i), "source": list(result.source[i]),
+                                  "outside_training_domain": result.flags[i], "porosity": porosity,
+                                  "seconds": seconds}), flush=True)
+                continue
+            parts = []
+            for j, (axis, value) in enumerate(zip(predictor.axes, values)):
+                stated = "" if uncertainty is None or result.source[i][j] == "solver" else \
+                    " +- {:.4f}".format(Z90 * uncertainty[j])
+                parts.append("axis {}: {:.4f}{}{}".format(axis, value, stated, " (solver)" if
+                                                          result.source[i][j] == "solver" else ""))
+            print("{}  porosity {:.4f}  sigma_eff/sigma_0 {}".format(path, porosity, "  ".join(parts)), flush=True)
+            for reason in result.flags[i]:
+                print("  outside the training domain: {}".format(reason), flush=True)
     return 0
 
 

@@ -10,7 +10,9 @@ rate -> evaluate on the test split -> write the run directory:
     backup/                BackupAndRestore state while training (re-running resumes from it)
     logs/                  TensorBoard
     training_log.csv       per-epoch loss, metrics and learning rate
-    metrics.json           R2, MAE, MAPE, RMSE on the test split, and the same for a Bruggeman fit
+    metrics.json           R2, MAE, MAPE, RMSE on the test split, and the same for a Bruggeman fit; for an
+                           ensemble the calibration of its uncertainty
+    domain.json            the training split's range of porosity, feature sizes, anisotropy and percolation
     parity.png             predicted against solver values on the test split
     saved_model/           SavedModel, loadable by plain TensorFlow (tf.saved_model.load)
     model.weights.h5       Keras weights of the best model
@@ -28,6 +30,7 @@ import numpy as np
 
 from conductivity_tf import config as config_lib
 from conductivity_tf.errors import UserError, run_cli
+from conductivity_tf.metrics import bruggeman_fit, calibration_metrics, regression_metrics, uncertainty_scale
 
 
 def build_parser():
@@ -101,31 +104,6 @@ def warmup_cosine(keras, peak, total_steps, warmup_steps, schedule):
             return {"peak": peak, "total_steps": total_steps, "warmup_steps": warmup_steps, "schedule": schedule}
 
     return WarmupCosine()
-
-
-def regression_metrics(truth, predicted):
-    """R2, MAE, RMSE over all (sample, axis) values and MAPE over the percolating ones (truth > 0)."""
-    truth, predicted = np.asarray(truth, float).ravel(), np.asarray(predicted, float).ravel()
-    residual = predicted - truth
-    ss_res = float((residual ** 2).sum())
-    ss_tot = float(((truth - truth.mean()) ** 2).sum()) or 1.0
-    live = truth > 1e-6
-    return {"r2": 1.0 - ss_res / ss_tot, "mae": float(np.abs(residual).mean()),
-            "rmse": float(np.sqrt((residual ** 2).mean())),
-            "mape_percolating": float(np.abs(residual[live] / truth[live]).mean() * 100.0) if live.any() else None,
-            "count": int(truth.size)}
-
-
-def bruggeman_fit(porosity, sigma):
-    """The exponent n of sigma = eps^n that best fits (least squares) the given samples."""
-    import scipy.optimize
-
-    porosity = np.repeat(np.asarray(porosity, float)[:, None], np.asarray(sigma).shape[1], axis=1)
-
-    def loss(n):
-        return float(((porosity ** n - sigma) ** 2).mean())
-
-    return float(scipy.optimize.minimize_scalar(loss, bounds=(1.0, 5.0), method="bounded").x)
 
 
 def trim_log(path, start):
@@ -247,14 +225,41 @@ def load_weights_checked(model, path):
                                                          type(err).__name__))
 
 
-def loss_function(keras, tf, name):
-    """The Keras loss for ``train.loss``."""
+def loss_function(keras, tf, name, members=1):
+    """The Keras loss for ``train.loss``; for an ensemble of ``members`` (predictions (N, K, axes)) every
+    member fits the target, each sample counting twice or not at all for each member, at random (bagging: the
+    members see different halves of the data, so they disagree where the data do not decide)."""
     if name == "log_mse":
         def log_mse(y_true, y_pred):
             y_true, y_pred = tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
             return tf.reduce_mean(tf.square(tf.math.log(y_pred + 1e-3) - tf.math.log(y_true + 1e-3)), axis=-1)
-        return log_mse
-    return {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber(0.02)}[name]
+        if members == 1:
+            return log_mse
+        base = log_mse
+    elif members == 1:
+        return {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber(0.02)}[name]
+    else:
+        base = {"mse": keras.losses.mean_squared_error, "mae": keras.losses.mean_absolute_error,
+                "huber": keras.losses.Huber(0.02, reduction="none")}[name]
+
+    def member_loss(y_true, y_pred):
+        y_pred = tf.cast(y_pred, tf.float32)
+        target = tf.broadcast_to(tf.cast(y_true, tf.float32)[:, None, :], tf.shape(y_pred))
+        per_member = base(target, y_pred)                                     # (N, K)
+        return per_member * 2.0 * tf.cast(tf.random.uniform(tf.shape(per_member)) < 0.5, tf.float32)
+
+    return member_loss
+
+
+def metrics_for(tf, members=1):
+    """The MAE metric ("mae"); of the members' mean for an ensemble."""
+    if members == 1:
+        return ["mae"]
+
+    def mae(y_true, y_pred):
+        return tf.reduce_mean(tf.abs(tf.reduce_mean(tf.cast(y_pred, tf.float32), axis=1) - y_true), axis=-1)
+
+    return [mae]
 
 
 def verbose_level():
@@ -307,8 +312,9 @@ def setup(cfg, train_samples, validation_samples=0):
             model = strategies.for_training(base, cfg.hardware.gradient_accumulation, cfg.hardware.reduction)
             optimizer = (keras.optimizers.Adam(lr) if cfg.train.optimizer == "adam"
                          else keras.optimizers.SGD(lr, momentum=0.9))
-        loss = loss_function(keras, tf, cfg.train.loss)
-        model.compile(optimizer=optimizer, loss=loss, metrics=["mae"], steps_per_execution=steps.steps_per_execution,
+        loss = loss_function(keras, tf, cfg.train.loss, cfg.model.ensemble)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics_for(tf, cfg.model.ensemble),
+                      steps_per_execution=steps.steps_per_execution,
                       **compile_options)
     forward_flops = sum(c.flops for c in layer_costs(base))
     return types.SimpleNamespace(hardware=hardware, on_ipu=on_ipu, steps=steps, policy=policy, base=base,
@@ -403,14 +409,22 @@ def train(cfg):
 def finish_run(cfg, base, manifest, out, train_seconds):
     """Test metrics, Bruggeman baseline, parity plot and exports for a trained model."""
     from conductivity_tf import dataset as dataset_lib
+    from conductivity_tf import domain as domain_lib
     from conductivity_tf import plots
     from conductivity_tf.fileio import write_text
+    from conductivity_tf.model import members_summary
 
     axes = list(cfg.data.axes)
-    volumes, sigma, porosity, families = dataset_lib.load_arrays(manifest["path"], "test")
-    truth = sigma[:, axes]
-    predicted = base.predict(volumes[..., None].astype("float32"), batch_size=64, verbose=0)
-    _, train_sigma, train_porosity, _ = dataset_lib.load_arrays(manifest["path"], "train")
+
+    def predict_split(split):
+        volumes, sigma, porosity, families = dataset_lib.load_arrays(manifest["path"], split)
+        mean, spread = members_summary(np, base.predict(volumes[..., None].astype("float32"), batch_size=64,
+                                                        verbose=0))
+        return sigma[:, axes], mean, spread, porosity, families
+
+    truth, predicted, spread, porosity, families = predict_split("test")
+    train_volumes, train_sigma, train_porosity, _ = dataset_lib.load_arrays(manifest["path"], "train")
+    domain_lib.save(out, domain_lib.training_domain([domain_lib.describe(v) for v in train_volumes]))
     exponent = bruggeman_fit(train_porosity, train_sigma[:, axes])
     baseline = np.repeat(porosity[:, None], len(axes), axis=1) ** exponent
     metrics = {
@@ -421,12 +435,20 @@ def finish_run(cfg, base, manifest, out, train_seconds):
         "axes": axes, "dataset": manifest["path"], "train_seconds": train_seconds,
     }
     metrics["rmse_ratio_bruggeman_over_cnn"] = metrics["bruggeman"]["rmse"] / max(metrics["test"]["rmse"], 1e-12)
+    scale = None
+    if spread is not None:  # an ensemble: its spread scaled to cover 90 % of the validation values
+        if not manifest["counts"].get("validation"):
+            raise UserError("an ensemble (model.ensemble > 1) calibrates its uncertainty on the validation split, "
+                            "which {} does not have; rebuild the dataset with validation_fraction > 0".format(
+                                manifest["path"]))
+        scale = uncertainty_scale(*predict_split("validation")[:3])
+        metrics["calibration"] = dict(calibration_metrics(truth, predicted, spread * scale), scale=scale)
     write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
     plots.parity_plot(os.path.join(out, "parity.png"), truth, predicted, porosity,
                       title="Test split: R² {:.4f}, RMSE {:.4f} (Bruggeman ε^{:.2f}: RMSE {:.4f})".format(
                           metrics["test"]["r2"], metrics["test"]["rmse"], exponent, metrics["bruggeman"]["rmse"]),
                       labels=["axis {}".format(a) for a in axes])
-    export(base, out, cfg.model)
+    export(base, out, cfg.model, scale)
     print("test: R² {:.4f}  MAE {:.4f}  RMSE {:.4f}  MAPE (percolating) {:.2f} %  |  Bruggeman ε^{:.2f}: R² {:.4f} "
           "RMSE {:.4f}  ({:.1f}x the CNN's RMSE)".format(
               metrics["test"]["r2"], metrics["test"]["mae"], metrics["test"]["rmse"],
@@ -436,25 +458,31 @@ def finish_run(cfg, base, manifest, out, train_seconds):
     return metrics
 
 
-def export(base, out, model_cfg):
+def export(base, out, model_cfg, uncertainty_scale=None):
     """SavedModel (plain TensorFlow can load and call it) and Keras weights, each written atomically.
     The SavedModel serves inference copies of ``base`` (``model.inference_copy``: batch norms folded
     into the convolutions): signature ``serving_default`` computes in float32, ``serving_bfloat16`` in
     bfloat16 (what ``predict`` picks on CPUs with native bfloat16; not exported by TensorFlow 2.6, which has
-    no bfloat16 CPU convolutions). The Keras weights are always the trained model's."""
+    no bfloat16 CPU convolutions). For an ensemble both also return ``uncertainty``: the members' spread times
+    ``uncertainty_scale`` (calibrated on the validation split: one standard deviation, so +-1.645 of it is the
+    90 % interval). The Keras weights are always the trained model's."""
     import shutil
 
     from conductivity_tf.keras_compat import cpu_bfloat16_convolutions, tf
-    from conductivity_tf.model import BFLOAT16_SIGNATURE, inference_copy
+    from conductivity_tf.model import BFLOAT16_SIGNATURE, inference_copy, members_summary
 
     spec = tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")
     root = tf.Module()
+    root.uncertainty_scale = tf.Variable(float(uncertainty_scale or 1.0), trainable=False, name="uncertainty_scale")
     signatures = {}
 
     def serving_function(served):
         @tf.function(input_signature=[spec])
         def serve(volume):
-            return {"relative_conductivity": served(volume, training=False)}
+            mean, spread = members_summary(tf, served(volume, training=False))
+            if spread is None:
+                return {"relative_conductivity": mean}
+            return {"relative_conductivity": mean, "uncertainty": spread * root.uncertainty_scale}
         return serve
 
     exported = [("serving_default", "float32")]

@@ -1,0 +1,159 @@
+"""How far a prediction can be trusted: the ensemble's uncertainty, its calibration, the training domain, and the
+solver answering where the model is unsure (``predict --max-error``)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conductivity_tf import domain, metrics, microstructure, physics
+from tests.conftest import run_module
+
+SPEC = """
+samples: 768
+size: 16
+# layered over the default families (blobs, spheres, fibres, graded): no spheroids
+seed: 5
+shard_size: 128
+families:
+  blobs: {weight: 1.0, porosity: [0.3, 0.8], params: {correlation_length: [1.0, 2.5]}}
+  overlapping_spheres: {weight: 1.0, porosity: [0.3, 0.8], params: {radius: [1.5, 3.0], conducting: [pores, spheres]}}
+"""
+ENSEMBLE = ["data.size=16", "model.widths=[8,16]", "model.head_units=16", "model.ensemble=4", "model.branch_level=1",
+            "train.epochs=8", "train.batch_size=16", "train.tensorboard=false", "train.deterministic=true"]
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory):
+    """A small ensemble trained on the default families (no spheroids), by the real commands."""
+    base = tmp_path_factory.mktemp("trust")
+    (base / "spec.yaml").write_text(SPEC)
+    proc = run_module("conductivity_tf.dataset", "build", "--config", base / "spec.yaml", "--out", base / "data",
+                      "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_module("conductivity_tf.train", "data.path={}".format(base / "data"), *ENSEMBLE, "--out", base / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(base / "run")
+
+
+def _family(name, **params):
+    return np.stack([microstructure.generate(name, 16, seed=300 + i, porosity=p, **params)
+                     for i, p in enumerate(np.linspace(0.35, 0.75, 12))])
+
+
+def test_the_ensemble_is_more_uncertain_on_a_family_it_never_saw(ensemble_run):
+    from conductivity_tf.predict import Predictor
+
+    predictor = Predictor(ensemble_run, precision="fp32")
+    assert predictor.has_uncertainty
+    trained = np.concatenate([_family("blobs", correlation_length=1.8), _family("overlapping_spheres", radius=2.2)])
+    unseen = _family("spheroids", radius=1.0, aspect=0.2, spread=5.0)
+    on_trained = np.median(predictor.predict(trained).uncertainty)
+    on_unseen = np.median(predictor.predict(unseen).uncertainty)
+    assert on_unseen > 1.15 * on_trained > 0
+
+
+def test_the_run_states_its_calibration_and_its_training_domain(ensemble_run):
+    with open(ensemble_run + "/metrics.json") as handle:
+        calibration = json.load(handle)["calibration"]
+    # fitted on the validation split to hold 90 % there; on the test split (same families) about as much
+    assert 0.8 <= calibration["coverage_90"] <= 0.98 and calibration["scale"] > 0
+    assert calibration["spearman_error_uncertainty"] > 0.2
+    from conductivity_tf import dataset
+
+    trained_on = domain.load(ensemble_run)
+    porosity = dataset.load_arrays(ensemble_run.replace("/run", "/data"), "train")[2]
+    assert porosity.min() <= trained_on["porosity"][0] < trained_on["porosity"][1] <= porosity.max()
+    proc = run_module("conductivity_tf.evaluate", "--model", ensemble_run, "--data",
+                      ensemble_run.replace("/run", "/data"), "--precision", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    assert "the stated ~90 % interval holds" in proc.stdout
+
+
+def test_max_error_takes_the_solvers_value_where_unsure_and_the_models_elsewhere(ensemble_run, tmp_path):
+    from conductivity_tf.predict import Predictor
+
+    volumes = np.concatenate([_family("blobs", correlation_length=1.8)[:4], _family("spheroids", radius=1.0,
+                                                                                      aspect=0.2, spread=5.0)[:2]])
+    volumes[0, :, 8, :] = 0   # no path along axis 1
+    predictor = Predictor(ensemble_run, precision="fp32")
+    plain = predictor.predict(volumes)
+    loose = predictor.predict(volumes, max_error=1e9)
+    tight = predictor.predict(volumes, max_error=1e-9)
+    for i, volume in enumerate(volumes):
+        solved = [r.relative_conductivity for r in physics.solve(volume)]
+        for axis in range(3):
+            if solved[axis] == 0.0:  # no path: an exact zero either way
+                assert loose.values[i, axis] == 0.0 == tight.values[i, axis]
+                assert loose.source[i, axis] == "solver"
+            elif plain.flags[i]:     # outside the training domain: solved whatever the uncertainty
+                assert loose.values[i, axis] == solved[axis] and loose.source[i, axis] == "solver"
+            else:
+                assert loose.values[i, axis] == plain.values[i, axis] and loose.source[i, axis] == "model"
+            assert tight.values[i, axis] == solved[axis] and tight.source[i, axis] == "solver"
+    assert any(plain.flags[4:]) and not plain.flags[1]
+    # the command line says the same, per value
+    path = tmp_path / "v.npy"
+    np.save(path, volumes[1])
+    proc = run_module("conductivity_tf.predict", "--model", ensemble_run, "--json", "--max-error", "1e-9", path)
+    assert proc.returncode == 0, proc.stderr
+    line = json.loads(proc.stdout)
+    assert line["source"] == ["solver"] * 3 and line["relative_conductivity"] == pytest.approx(
+        [r.relative_conductivity for r in physics.solve(volumes[1])], rel=1e-12)
+
+
+def test_uncertainty_scale_turns_a_spread_into_a_calibrated_standard_deviation():
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(0.01, 0.1, 20000)
+    truth = rng.uniform(0.1, 0.9, 20000)
+    predicted = truth + rng.normal(0.0, 3.0 * spread)          # errors three times the raw spread
+    scale = metrics.uncertainty_scale(truth, predicted, spread)
+    assert scale == pytest.approx(3.0, rel=0.05)
+    calibrated = metrics.calibration_metrics(truth, predicted, scale * spread)
+    assert calibrated["coverage_90"] == pytest.approx(0.9, abs=0.01)
+    assert calibrated["spearman_error_uncertainty"] > 0.3
+    shuffled = metrics.calibration_metrics(truth, predicted, rng.permutation(scale * spread))
+    assert abs(shuffled["spearman_error_uncertainty"]) < 0.05
+    assert metrics.calibration_metrics(truth, predicted, np.full_like(spread, 0.05))[
+        "spearman_error_uncertainty"] is None
+
+
+def test_domain_descriptors_of_known_structures():
+    channels = np.zeros((24, 24, 24), np.uint8)
+    channels[:, ::4, ::4] = 1                     # straight channels along axis 0
+    described = domain.describe(channels)
+    assert described["porosity"] == pytest.approx(1 / 16)
+    assert described["conducting_chord"] == pytest.approx((24 + 1 + 1) / 3)  # 24 along axis 0, 1 across
+    assert described["anisotropy"] == pytest.approx(24.0)
+    assert described["spanning"] == 0.0         # no path along axes 1 and 2
+    blobs = domain.describe(microstructure.blobs(32, porosity=0.5, correlation_length=2, seed=1))
+    box = {name: [0.5 * blobs[name], 2.0 * blobs[name] + 1e-9] for name in domain.DESCRIPTORS}
+    assert domain.outside(blobs, box) == []
+    reasons = domain.outside(described, box)
+    assert any(r.startswith("porosity") for r in reasons) and any(r.startswith("anisotropy") for r in reasons)
+
+
+def test_an_ensemble_model_predicts_its_members_and_folds_like_one_network():
+    from conductivity_tf import config
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import build_model, inference_copy, members_summary
+
+    cfg = config.load_config(overrides=["model.widths=[4,8,8]", "model.head_units=8", "model.ensemble=3",
+                                        "model.branch_level=1"])
+    model = build_model(cfg.model, 16, 3)
+    assert model.output_shape == (None, 3, 3)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(0.5, 2.0, channels), rng.normal(0, 0.5, channels),
+                               rng.normal(0, 0.5, channels), rng.uniform(1e-3, 0.05, channels)])
+    volumes = (rng.random((5, 16, 16, 16, 1)) < 0.5).astype("float32")
+    members = model(volumes, training=False).numpy()
+    np.testing.assert_allclose(inference_copy(model, cfg.model)(volumes, training=False).numpy(), members,
+                               rtol=1e-4, atol=1e-6)
+    mean, spread = members_summary(np, members)
+    assert np.all(spread > 0) and np.all(mean <= volumes.reshape(5, -1).mean(1)[:, None] + 1e-6)
+    tf_mean, tf_spread = members_summary(tf, tf.constant(members))
+    np.testing.assert_allclose(tf_mean.numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(tf_spread.numpy(), spread, rtol=1e-4, atol=1e-7)
