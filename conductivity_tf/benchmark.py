@@ -345,7 +345,7 @@ def run_surrogate_suite(args):
     say("solver: {:.3f} s per {}^3 volume (three axes)".format(solver, size))
     batch = np.stack(volumes)      # uint8 labels, as the generators and TIFF stacks give them
     infer = {}                     # precision -> function predicting the batch
-    infer_checked = None
+    infer_checked = infer_full = None
     if args.model:
         from conductivity_tf.keras_compat import tf
         from conductivity_tf.predict import Predictor, resolve_precision
@@ -359,6 +359,7 @@ def run_surrogate_suite(args):
         for precision, predictor in predictors.items():
             infer[precision] = functools.partial(predictor, batch, batch_size=len(batch))
         infer_checked = functools.partial(predictors[chosen], batch, batch_size=len(batch), zero_without_path=True)
+        infer_full = functools.partial(predictors[chosen].predict, batch, batch_size=len(batch))
         which = args.model
     else:
         from conductivity_tf.keras_compat import tf
@@ -385,6 +386,8 @@ def run_surrogate_suite(args):
     if infer_checked is not None:
         timed.append(("CNN {}, batches of {}, exact zeros without a path".format(chosen, len(batch)), "checked",
                       infer_checked))
+        timed.append(("CNN {}, batches of {}, with uncertainty and training-domain check (predict's output)".format(
+            chosen, len(batch)), "full", infer_full))
     for method, key, fn in timed:
         median, low, high = windows_throughput(fn, len(batch), windows=5, steps_per_window=2, warmup=1)
         cnn[key] = 1.0 / median
@@ -401,7 +404,41 @@ def run_surrogate_suite(args):
     if "checked" in cnn:
         print("with --zero-without-path (cluster labelling per volume): {:.0f}x faster than the solver".format(
             solver / cnn["checked"]))
+        print("predict's output (values, uncertainty, training-domain check): {:.0f}x faster than the solver".format(
+            solver / cnn["full"]))
+    if args.tiles:
+        if not args.model:
+            raise UserError("--tiles measures a trained model; add --model RUN_DIR")
+        tile_report(predictors[chosen], args.tiles, args.csv)
     return 0
+
+
+def tile_report(predictor, paths, csv_path=None):
+    """The model on tiles of third-party volumes (``real_structures``): the table per volume-phase, the
+    --max-error trade-off curve as a table and a PNG."""
+    from conductivity_tf import plots, real_structures
+
+    groups = []
+    for path in paths:
+        say("labelling the {}^3 tiles of {} with the solver (each phase conducting in turn)".format(
+            predictor.size, path))
+        groups += real_structures.phase_tiles(path, predictor.size)
+    table, curve = real_structures.measure(predictor, groups)
+    columns = ["volume", "phase", "tiles", "values", "flagged", "mape", "median_ape", "r2", "coverage_90",
+               "spearman_error_uncertainty"]
+    print()
+    print("Pure prediction on tiles of third-party volumes (percolating values; coverage of the ~90 % interval):")
+    print(markdown_table(table, [c for c in columns if any(c in row for row in table)]))
+    print()
+    print("--max-error trade-off (the solver answers where the model is unsure or outside its domain):")
+    curve_columns = ["max_error", "solved_fraction", "mape", "median_ape", "r2", "seconds_per_tile", "speedup"]
+    print(markdown_table(curve, curve_columns))
+    stem = os.path.splitext(csv_path)[0] if csv_path else os.path.join("benchmark_results", "surrogate")
+    if csv_path:
+        write_csv(stem + "_tiles.csv", table, [c for c in columns if any(c in row for row in table)])
+        write_csv(stem + "_tradeoff.csv", curve, curve_columns)
+    figure = plots.tradeoff_plot(stem + "_tradeoff.png", curve)
+    print("trade-off figure: {}".format(figure))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -898,6 +935,9 @@ def build_parser():
         if name == "surrogate":
             p.add_argument("--model", help="a run directory to time (default: the default architecture)")
             p.add_argument("--size", type=int, default=64, help="volume edge (default 64)")
+            p.add_argument("--tiles", nargs="+", metavar="VOLUME",
+                           help="also measure --model on tiles of these volumes (.npy, TIFF or a .zip of one), "
+                                "each phase conducting in turn: errors, calibration and the --max-error trade-off")
     return parser
 
 

@@ -211,7 +211,8 @@ def resolve_config_file(name):
         name, ", ".join(list_presets())))
 
 
-NOT_PRESETS = ("benchmarks", "dataset_mix64")  # configs/ also holds the benchmark list and a dataset specification
+# configs/ also holds the benchmark list and dataset specifications
+NOT_PRESETS = ("benchmarks", "dataset_mix64", "dataset_real64")
 
 
 def list_presets():

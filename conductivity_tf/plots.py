@@ -1,5 +1,7 @@
 """Figures shared by the command-line tools and the notebooks (matplotlib, PNG)."""
 
+import os
+
 import numpy as np
 
 
@@ -143,6 +145,30 @@ def comparison_plot(rows, path):
         ax.grid(alpha=0.3, axis="x")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[m]) for m in machines]
     right.legend(handles, machines, fontsize=7, loc="lower right", title="machine")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def tradeoff_plot(path, curve):
+    """The --max-error trade-off: realised MAPE and speed against the fraction of values solved."""
+    from conductivity_tf.fileio import atomic_path
+
+    plt = _pyplot()
+    solved = [row["solved_fraction"] * 100.0 for row in curve]
+    fig, left = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    left.plot(solved, [row["mape"] for row in curve], "o-", color="tab:red", label="realised MAPE")
+    for row, x in zip(curve, solved):
+        left.annotate("--max-error {:g}".format(row["max_error"]), (x, row["mape"]), textcoords="offset points",
+                      xytext=(4, 6), fontsize=8)
+    left.set_xlabel("values answered by the solver (%)")
+    left.set_ylabel("MAPE over percolating values (%)", color="tab:red")
+    right = left.twinx()
+    right.plot(solved, [row["speedup"] for row in curve], "s--", color="tab:blue", label="speed")
+    right.set_ylabel("speed against solving every tile (x)", color="tab:blue")
+    left.set_title("Fast where the model knows, exact where it does not")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
