@@ -157,3 +157,25 @@ def test_an_ensemble_model_predicts_its_members_and_folds_like_one_network():
     tf_mean, tf_spread = members_summary(tf, tf.constant(members))
     np.testing.assert_allclose(tf_mean.numpy(), mean, rtol=1e-6)
     np.testing.assert_allclose(tf_spread.numpy(), spread, rtol=1e-4, atol=1e-7)
+
+
+def test_tiles_of_a_three_phase_volume_each_phase_conducting_measure_the_model(ensemble_run, tmp_path):
+    import zipfile
+
+    from conductivity_tf import real_structures, volumes
+    from conductivity_tf.predict import Predictor
+
+    phases = microstructure.electrode(32, porosity=0.4, binder=0.12, radius=3, seed=8, return_phases=True) * 85
+    volumes.save_volume(str(tmp_path / "e.tif"), phases)
+    with zipfile.ZipFile(tmp_path / "e.tif.zip", "w") as archive:
+        archive.write(tmp_path / "e.tif", "e.tif")
+    groups = real_structures.phase_tiles(str(tmp_path / "e.tif.zip"), 16, workers=1)
+    assert [(g.phase, len(g.tiles)) for g in groups] == [(0, 8), (85, 8), (170, 8)]
+    tile = (phases[16:, :16, 16:] == 85).astype(np.uint8)          # the sixth tile in C order, phase 85
+    np.testing.assert_array_equal(groups[1].tiles[5], tile)
+    assert list(groups[1].labels[5]) == [r.relative_conductivity for r in physics.solve(tile)]
+    table, curve = real_structures.measure(Predictor(ensemble_run, precision="fp32"), groups,
+                                           max_errors=(1e9, 1e-9))
+    assert [row["phase"] for row in table] == [0, 85, 170, "all"] and "coverage_90" in table[-1]
+    assert curve[1]["solved_fraction"] == 1.0 and curve[1]["mape"] == 0.0
+    assert curve[0]["solved_fraction"] < 1.0 and curve[0]["mape"] > 0.0
