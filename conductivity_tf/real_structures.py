@@ -10,6 +10,8 @@ per tile against solving every tile. ``python -m conductivity_tf.benchmark surro
 prints them.
 """
 
+import contextlib
+import multiprocessing
 import os
 import tempfile
 import time
@@ -61,10 +63,13 @@ def phase_tiles(path, size=64, workers=None):
     conductors = values[1:] if len(values) == 2 else values
     name = os.path.basename(path).split(".")[0]
     groups = []
-    with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
+    workers = workers or os.cpu_count()
+    # spawned, not forked: numba's OpenMP threads (older numba) do not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else \
+            contextlib.nullcontext() as pool:
         for phase in conductors:
             tiles = np.stack([t for _, t in volumes.tile((phases == phase).astype(np.uint8), size)])
-            solved = list(pool.map(_solve, tiles, chunksize=4))
+            solved = list(pool.map(_solve, tiles, chunksize=4) if pool else map(_solve, tiles))
             groups.append(TileGroup(name, int(phase), tiles, np.array([s[0] for s in solved]),
                                     float(np.median([s[1] for s in solved]))))
     return groups
