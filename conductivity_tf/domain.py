@@ -46,9 +46,7 @@ def describe(volume):
     chords = _mean_chords(conducting)
     finite = [c for c in chords if np.isfinite(c)] or [float(conducting.shape[0])]
     insulating = [c for c in _mean_chords(~conducting) if np.isfinite(c)] or [float(conducting.shape[0])]
-    total = np.count_nonzero(conducting)
-    joined = physics.connected_to_both_faces(conducting) if total else {}
-    spanning = min((np.count_nonzero(j) / total for j in joined.values()), default=0.0)
+    spanning = min(physics.spanning_fraction(conducting).values())
     return {"porosity": float(conducting.mean()), "conducting_chord": float(np.mean(finite)),
             "insulating_chord": float(np.mean(insulating)), "anisotropy": float(max(finite) / min(finite)),
             "spanning": float(spanning)}

@@ -188,6 +188,14 @@ def percolating_axes(mask, axes=(0, 1, 2)):
     return {axis: bool(both.size) for axis, both in _spanning_clusters(mask, axes)[2].items()}
 
 
+def spanning_fraction(mask, axes=(0, 1, 2)):
+    """{axis: the fraction of ``mask``'s voxels in 6-connected clusters touching both faces normal to it}."""
+    labels, count, spanning = _spanning_clusters(mask, axes)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    total = sizes[1:].sum()
+    return {axis: float(sizes[both].sum() / total) if total else 0.0 for axis, both in spanning.items()}
+
+
 def connected_to_both_faces(mask, axes=(0, 1, 2)):
     """For each axis, the voxels of ``mask`` in a 6-connected cluster touching both faces normal to it."""
     labels, count, spanning = _spanning_clusters(mask, axes)
