@@ -783,7 +783,6 @@ def import_volumes(paths, out, tile_size, stride=None, load_args=None, seed=0, s
     from conductivity_tf.fileio import check_writable_dir
     from conductivity_tf.volumes import load_volume, load_volume_from_args, tile
 
-    check_writable_dir(out)
     loaded = [(p, load_volume_from_args(p, load_args) if load_args is not None else load_volume(p)) for p in paths]
     spec = BuildSpec(samples=0, size=tile_size, seed=seed, shard_size=shard_size,
                      validation_fraction=validation_fraction, test_fraction=test_fraction, families={})
@@ -796,6 +795,7 @@ def import_volumes(paths, out, tile_size, stride=None, load_args=None, seed=0, s
                             "--phase-map".format(path))
         for origin, cube in tile(vol.array, tile_size, stride):
             tiles.append((path, origin, cube))
+    check_writable_dir(out)  # after every input is read and cut: bad input leaves no directory behind
     for path, origin, cube in tqdm(tiles, desc="labelling tiles", unit="tile", disable=not progress):
         results = physics.solve(cube)
         sample = {"index": index, "volume": cube, "relative_conductivity": [r.relative_conductivity for r in results],

@@ -330,12 +330,16 @@ def train(cfg):
     from conductivity_tf.model import build_model
 
     out = cfg.train.out_dir
-    check_writable_dir(out, "run directory")
-    manifest = dataset_lib.load_manifest(cfg.data.path)
+    manifest = dataset_lib.load_manifest(cfg.data.path)  # the data first: a run that cannot start leaves no directory
     if manifest["sample_size"] != cfg.data.size:
         raise UserError("the dataset {} holds {}^3 samples but data.size={}; set data.size={} (or use another "
                         "dataset)".format(manifest["path"], manifest["sample_size"], cfg.data.size,
                                           manifest["sample_size"]))
+    for split in ("train", "validation"):  # sizes always, checksums below 1 GB (the input pipelines then skip them)
+        if manifest["counts"].get(split):
+            split_bytes = sum(s["bytes"] for s in manifest["shards"] if s["split"] == split)
+            dataset_lib.check_shards(manifest, split, checksums=split_bytes < 1e9)
+    check_writable_dir(out, "run directory")
     config_lib.save_config(cfg, os.path.join(out, "config.yaml"))
     counts = manifest["counts"]
     session = setup(cfg, counts["train"], counts["validation"])
@@ -352,13 +356,13 @@ def train(cfg):
     # micro-batch per replica per step), so stream epochs and training epochs coincide
     train_ds = dataset_lib.make_dataset(manifest["path"], "train", steps.dataset_batch, axes=axes,
                                         augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed, repeat=True,
-                                        cache=True, input_context=input_context, start_epoch=start,
+                                        cache=True, input_context=input_context, start_epoch=start, checksums=False,
                                         epoch_batches=steps.steps_per_epoch, epochs=cfg.train.epochs)
     val_ds = None
     if steps.validation_steps:
         # finite and the same every epoch: Keras reads it from the start each time (resumable, deterministic)
         val_ds = dataset_lib.make_dataset(manifest["path"], "validation", steps.dataset_batch, axes=axes,
-                                          cache=True, input_context=input_context,
+                                          cache=True, input_context=input_context, checksums=False,
                                           epoch_batches=steps.validation_steps)
 
     gflops = session.forward_flops / 1e9
@@ -412,14 +416,18 @@ def finish_run(cfg, base, manifest, out, train_seconds):
     from conductivity_tf import domain as domain_lib
     from conductivity_tf import plots
     from conductivity_tf.fileio import write_text
+    from conductivity_tf.keras_compat import quiet_native_stderr
     from conductivity_tf.model import members_summary
 
     axes = list(cfg.data.axes)
 
     def predict_split(split):
         volumes, sigma, porosity, families = dataset_lib.load_arrays(manifest["path"], split)
-        mean, spread = members_summary(np, base.predict(volumes[..., None].astype("float32"), batch_size=64,
-                                                        verbose=0))
+        # Keras's input pipeline for arrays makes TensorFlow log a C++ line about an op attribute under op
+        # determinism (harmless): kept quiet, as at start-up
+        with quiet_native_stderr():
+            raw = base.predict(volumes[..., None].astype("float32"), batch_size=64, verbose=0)
+        mean, spread = members_summary(np, raw)
         return sigma[:, axes], mean, spread, porosity, families
 
     truth, predicted, spread, porosity, families = predict_split("test")

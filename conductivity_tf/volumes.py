@@ -117,6 +117,10 @@ def load_volume(path, shape=None, dtype=None, offset=0):
     if volume.array.ndim != 3:
         raise UserError("{} holds a {}-D array of shape {}; a volume must be 3-D".format(
             path, volume.array.ndim, volume.array.shape))
+    if not (np.issubdtype(volume.array.dtype, np.number) or volume.array.dtype == np.bool_) or np.iscomplexobj(
+            volume.array):
+        raise UserError("{} holds {} values; a volume holds real phase labels or grey levels (save it as uint8, "
+                        "an integer or a float type)".format(path, volume.array.dtype))
     return volume
 
 

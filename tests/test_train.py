@@ -235,3 +235,11 @@ def test_folded_batch_norms_predict_what_the_trained_model_predicts():
     assert np.any(rounded != features) and np.ptp(features) > 1.0
     np.testing.assert_allclose(rounded, features, atol=2e-2 * np.abs(features).max())
     assert keras.mixed_precision.global_policy().name == "float32"     # the global policy is left alone
+
+
+def test_a_deterministic_run_ends_without_tensorflow_native_log_lines(data16, tmp_path):
+    proc = run_module("conductivity_tf.train", "data.path={}".format(data16), *TINY, "train.epochs=1",
+                      "train.deterministic=true", "--out", tmp_path / "det")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "NodeDef" not in proc.stderr, proc.stderr[-2000:]
+    assert not [line for line in proc.stderr.splitlines() if line[:1] in "EWF" and line[1:5].isdigit()]
