@@ -22,7 +22,11 @@ def test_predict_without_model_uses_the_pretrained_model_and_agrees_with_the_sol
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["file"] for line in lines] == [str(p) for p in paths]
     for line, volume in zip(lines, volumes):
-        assert set(line) == {"file", "relative_conductivity", "porosity", "seconds"}
+        assert set(line) == {"file", "relative_conductivity", "porosity", "seconds", "uncertainty", "interval_90",
+                             "source", "outside_training_domain"}
+        # the shipped model is one network (no uncertainty) and predates domain checks: every value from the model
+        assert line["uncertainty"] is None and line["interval_90"] is None and line["source"] == ["model"] * 3
+        assert line["outside_training_domain"] == []
         assert abs(line["porosity"] - volume.mean()) < 1e-6
         solver = [r.relative_conductivity for r in physics.solve(volume)]
         predicted = line["relative_conductivity"]
