@@ -142,10 +142,8 @@ def test_domain_descriptors_of_known_structures():
 
 def test_an_ensemble_model_predicts_its_members_and_folds_like_one_network():
     from conductivity_tf import config
-    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.keras_compat import keras, set_random_seed, tf
     from conductivity_tf.model import build_model, inference_copy, members_summary
-
-    from conductivity_tf.keras_compat import set_random_seed
 
     cfg = config.load_config(overrides=["model.widths=[4,8,8]", "model.head_units=8", "model.ensemble=3",
                                         "model.branch_level=1"])
