@@ -711,7 +711,7 @@ def measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup):
     optimizer = keras.optimizers.Adam(1e-3)
     pipe = pipeline_plan.CpuPipeline(model, plan, devices, keras.losses.MeanSquaredError(), optimizer,
                                      cfg.hardware.reduction)
-    x, y = _synthetic(tf, plan.global_batch, run["size"], len(cfg.data.axes))
+    x, y = _synthetic(tf, plan.steps.global_batch, run["size"], len(cfg.data.axes))
 
     @tf.function
     def step():
@@ -723,7 +723,7 @@ def measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup):
     for _ in range(warmup + windows * per_window):
         step().numpy()
         times.append(time.perf_counter())
-    rates = _windows(times, plan.global_batch, warmup, per_window, windows)
+    rates = _windows(times, plan.steps.global_batch, warmup, per_window, windows)
     row.update(status="ok (CPU pipeline reference on {} logical CPU devices)".format(stages),
                first_step_s=times[1] - times[0], samples_per_s=statistics.median(rates),
                min_samples_per_s=min(rates), max_samples_per_s=max(rates))

@@ -113,9 +113,9 @@ def make_strategy(hardware_cfg, cfg=None, sdk=None, popdist_module=None):
         strategy = sdk.ipu_strategy.IPUStrategy()
         worker, instances = 0, 1
         description = "IPUStrategy: {} IPUs, {} stage(s) x {} replica(s)".format(plan.ipus, len(plan.stages),
-                                                                              plan.replicas)
+                                                                              plan.steps.replicas)
     sdk.utils.reset_ipu_seed(cfg.train.seed)
-    return Hardware(strategy, "ipu", plan.replicas, description, worker, instances, plan)
+    return Hardware(strategy, "ipu", plan.steps.replicas, description, worker, instances, plan)
 
 
 def configure_model(model, plan, cfg, sdk):
@@ -132,7 +132,7 @@ def configure_model(model, plan, cfg, sdk):
             assignment.pipeline_stage = stage_of[assignment.layer.name]
         model.set_pipeline_stage_assignment(assignments)
         ops = sdk.ops.pipelining_ops
-        kwargs = {"gradient_accumulation_steps_per_replica": plan.accumulation,
+        kwargs = {"gradient_accumulation_steps_per_replica": plan.steps.accumulation,
                   "device_mapping": list(plan.device_mapping),
                   "gradient_accumulation_reduction_method": reduction,
                   "pipeline_schedule": getattr(ops.PipelineSchedule, SCHEDULES[h.schedule])}
@@ -146,8 +146,8 @@ def configure_model(model, plan, cfg, sdk):
             kwargs["forward_propagation_stages_poplar_options"] = per_stage
             kwargs["backward_propagation_stages_poplar_options"] = per_stage
         model.set_pipelining_options(**kwargs)
-    elif plan.accumulation > 1:
-        model.set_gradient_accumulation_options(gradient_accumulation_steps_per_replica=plan.accumulation,
+    elif plan.steps.accumulation > 1:
+        model.set_gradient_accumulation_options(gradient_accumulation_steps_per_replica=plan.steps.accumulation,
                                                 gradient_accumulation_reduction_method=reduction)
 
 

@@ -65,26 +65,6 @@ class PipelinePlan:
     notes: List[str] = field(default_factory=list)
 
     @property
-    def replicas(self):
-        return self.steps.replicas
-
-    @property
-    def micro_batch(self):
-        return self.steps.micro_batch
-
-    @property
-    def accumulation(self):
-        return self.steps.accumulation
-
-    @property
-    def global_batch(self):
-        return self.steps.global_batch
-
-    @property
-    def steps_per_execution(self):
-        return self.steps.steps_per_execution
-
-    @property
     def balance(self):
         """Largest stage's compute over the mean (1.0 = perfectly balanced)."""
         loads = [s.train_gflops for s in self.stages]
@@ -275,10 +255,10 @@ def format_plan(plan, train_cfg=None):
     """The plan as a table and a summary, for ``--plan-only``; with ``train_cfg`` (a ``config.TrainConfig``) also
     an epoch in the SDK's steps and the learning-rate schedule in weight updates."""
     lines = ["IPU pipeline plan: {} stage(s) x {} replica(s) on {} IPUs ({} IPUs per replica), schedule {}".format(
-        len(plan.stages), plan.replicas, plan.ipus, plan.ipus_per_replica, plan.schedule),
+        len(plan.stages), plan.steps.replicas, plan.ipus, plan.ipus_per_replica, plan.schedule),
         "global batch {} = micro-batch {} x gradient accumulation {} x replicas {}; steps per execution {}; "
-        "reduction {}".format(plan.global_batch, plan.micro_batch, plan.accumulation, plan.replicas,
-                              plan.steps_per_execution, plan.reduction),
+        "reduction {}".format(plan.steps.global_batch, plan.steps.micro_batch, plan.steps.accumulation,
+                              plan.steps.replicas, plan.steps.steps_per_execution, plan.reduction),
         "",
         "| stage | IPU | layers | parameters | activations (MB) | memory (MB) / budget | train GFLOP per micro-batch |",
         "|---|---|---|---|---|---|---|"]
@@ -348,7 +328,7 @@ class CpuPipeline(object):
         """Like ``gradients`` but the loss stays a tensor (usable inside ``tf.function``)."""
         from conductivity_tf.keras_compat import tf
 
-        k = self.plan.accumulation
+        k = self.plan.steps.accumulation
         variables = self.model.trainable_variables
         total, losses = None, []
         for xi, yi in zip(tf.split(x, k), tf.split(y, k)):

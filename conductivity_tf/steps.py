@@ -45,48 +45,31 @@ def batch_arithmetic(global_batch, replicas, accumulation):
 
 
 @dataclass(frozen=True)
-class StepPlan:
+class StepPlan(BatchArithmetic):
     """One epoch in steps, for a batch split and a kind of hardware (``step_plan`` makes it)."""
 
-    batch: BatchArithmetic
-    on_ipu: bool
-    steps_per_execution: int
-    replica_steps: int             # Keras steps per replica in an epoch, a whole number of executions
-    untrimmed_replica_steps: int   # before trimming to whole executions
-    validation_replica_steps: int  # the same for the validation split (0: no validation)
-    instances: int = 1             # processes feeding the replicas (PopDist), each its share of the replicas
-
-    @property
-    def micro_batch(self):
-        return self.batch.micro_batch
-
-    @property
-    def accumulation(self):
-        return self.batch.accumulation
-
-    @property
-    def replicas(self):
-        return self.batch.replicas
-
-    @property
-    def global_batch(self):
-        return self.batch.global_batch
+    on_ipu: bool = False
+    steps_per_execution: int = 1
+    replica_steps: int = 0             # Keras steps per replica in an epoch, a whole number of executions
+    untrimmed_replica_steps: int = 0   # before trimming to whole executions
+    validation_replica_steps: int = 0  # the same for the validation split (0: no validation)
+    instances: int = 1                 # processes feeding the replicas (PopDist), each its share of the replicas
 
     @property
     def dataset_batch(self):
         """The batch the input pipeline yields: a micro-batch on IPUs (one per replica per step), else global."""
-        return self.batch.micro_batch if self.on_ipu else self.batch.global_batch
+        return self.micro_batch if self.on_ipu else self.global_batch
 
     @property
     def samples_per_step(self):
         """Samples one Keras step consumes over all replicas."""
-        return self.batch.micro_batch * self.batch.replicas if self.on_ipu else self.batch.global_batch
+        return self.micro_batch * self.replicas if self.on_ipu else self.global_batch
 
     def fit_steps(self, replica_steps):
         """``replica_steps`` per replica in the unit ``fit(steps_per_epoch=)`` takes (also the number of dataset
         batches they consume): on IPUs the total over this process's replicas (all of them, or a PopDist
         instance's share), elsewhere the steps themselves."""
-        return replica_steps * (self.batch.replicas // self.instances) if self.on_ipu else replica_steps
+        return replica_steps * (self.replicas // self.instances) if self.on_ipu else replica_steps
 
     @property
     def steps_per_epoch(self):
@@ -101,7 +84,7 @@ class StepPlan:
     @property
     def updates_per_epoch(self):
         """Weight updates (optimizer steps, ``optimizer.iterations``) in an epoch."""
-        return self.replica_steps // self.batch.accumulation if self.on_ipu else self.replica_steps
+        return self.replica_steps // self.accumulation if self.on_ipu else self.replica_steps
 
     @property
     def executions_per_epoch(self):
@@ -139,7 +122,8 @@ def step_plan(global_batch, replicas, accumulation, steps_per_execution=0, on_ip
                                 train_samples, untrimmed, spe))
         validation = validation_samples // per_step
         validation -= validation % spe
-    return StepPlan(batch, on_ipu, spe, replica, untrimmed, validation, instances)
+    return StepPlan(batch.global_batch, batch.micro_batch, accumulation, replicas, on_ipu, spe, replica, untrimmed,
+                    validation, instances)
 
 
 def describe(steps, epochs, warmup_epochs, schedule="cosine"):

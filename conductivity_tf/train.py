@@ -554,29 +554,30 @@ def check_pipeline_on_cpu(cfg, plan, model):
     from conductivity_tf import pipeline_plan
     from conductivity_tf.keras_compat import keras, tf
 
+    steps = plan.steps
     try:
-        x, y = next(iter(dataset_lib.make_dataset(cfg.data.path, "train", plan.global_batch, axes=cfg.data.axes)))
+        x, y = next(iter(dataset_lib.make_dataset(cfg.data.path, "train", steps.global_batch, axes=cfg.data.axes)))
         source = "a batch of {}".format(cfg.data.path)
     except UserError:
         rng = np.random.default_rng(cfg.train.seed)
-        x = tf.constant((rng.random((plan.global_batch,) + (cfg.data.size,) * 3 + (1,)) < 0.5).astype("float32"))
-        y = tf.constant(rng.random((plan.global_batch, len(cfg.data.axes))).astype("float32") * 0.3)
+        x = tf.constant((rng.random((steps.global_batch,) + (cfg.data.size,) * 3 + (1,)) < 0.5).astype("float32"))
+        y = tf.constant(rng.random((steps.global_batch, len(cfg.data.axes))).astype("float32") * 0.3)
         source = "random volumes (no dataset of this size at data.path)"
     loss = keras.losses.MeanSquaredError()
     devices = ["/cpu:{}".format(i) for i in range(len(plan.stages))]
+    replica = steps.micro_batch * steps.accumulation  # one replica's share of the global batch
     piped, piped_loss = pipeline_plan.CpuPipeline(model, plan, devices, loss, None, cfg.hardware.reduction).gradients(
-        x[: plan.micro_batch * plan.accumulation], y[: plan.micro_batch * plan.accumulation])
+        x[:replica], y[:replica])
     with tf.GradientTape() as tape:
-        full_loss = loss(y[: plan.micro_batch * plan.accumulation], model(x[: plan.micro_batch * plan.accumulation],
-                                                                          training=True))
+        full_loss = loss(y[:replica], model(x[:replica], training=True))
     full = tape.gradient(full_loss, model.trainable_variables)
     if cfg.hardware.reduction == "sum":
-        full = [g * plan.accumulation for g in full]
+        full = [g * steps.accumulation for g in full]
     # relative L2 norm over all gradients together
     error = float(tf.linalg.global_norm([a - b for a, b in zip(piped, full)]) / tf.linalg.global_norm(full))
     print("CPU pipeline check ({} stages on {}, {} micro-batches of {} from {}): loss {:.6g} vs {:.6g} unpipelined, "
           "relative gradient difference (L2 over all weights) {:.2e}".format(
-              len(plan.stages), ", ".join(devices), plan.accumulation, plan.micro_batch, source, piped_loss,
+              len(plan.stages), ", ".join(devices), steps.accumulation, steps.micro_batch, source, piped_loss,
               float(full_loss), error))
 
 

@@ -210,7 +210,7 @@ def test_ipu_config_and_strategy_calls(monkeypatch):
     assert rec.named("reset_ipu_seed") == [{"seed": 7}]
     assert "--executable_cache_path=/tmp/cache" in os.environ["TF_POPLAR_FLAGS"]
     assert (hardware.kind, hardware.replicas, hardware.instances) == ("ipu", 2, 1)
-    assert hardware.plan.replicas == 2
+    assert hardware.plan.steps.replicas == 2
 
 
 def test_precompile_connects_to_no_device():
@@ -340,4 +340,4 @@ def test_real_sdk_accepts_the_configuration():
     with hardware.strategy.scope():
         model = build_model(cfg.model, 16, 3)
         ipu.configure_model(model, hardware.plan, cfg, sdk)
-        model.compile(optimizer="adam", loss="mse", steps_per_execution=hardware.plan.steps_per_execution)
+        model.compile(optimizer="adam", loss="mse", steps_per_execution=hardware.plan.steps.steps_per_execution)

@@ -21,7 +21,8 @@ def plan_for(*overrides):
 def test_default_model_on_4_ipus_with_2_stages_fits_and_is_optimally_balanced():
     plan = plan_for("hardware.ipus=4", "hardware.pipeline_stages=2", "hardware.gradient_accumulation=8")
     assert plan.violations == []
-    assert (plan.ipus_per_replica, plan.replicas, plan.micro_batch, plan.global_batch) == (2, 2, 2, 32)
+    steps = plan.steps
+    assert (plan.ipus_per_replica, steps.replicas, steps.micro_batch, steps.global_batch) == (2, 2, 2, 32)
     assert all(s.memory_mb <= plan.budget_mb for s in plan.stages)
     costs = PP.layer_costs(__import__("conductivity_tf.model", fromlist=["build_model"]).build_model(
         C.load_config(overrides=IPU).model, 64, 3))
@@ -44,7 +45,7 @@ def test_four_stages_balance_by_brute_force():
 
     best = min(worst(cuts) for cuts in itertools.combinations(range(1, n), 3))
     assert max(sum(c.flops for c in s.layers) for s in plan.stages) == best
-    assert plan.ipus_per_replica == 4 and plan.replicas == 1
+    assert plan.ipus_per_replica == 4 and plan.steps.replicas == 1
 
 
 def test_conv_flops_match_the_textbook_count():
@@ -86,7 +87,7 @@ def test_ipu_rules_are_violations_with_a_fix(overrides, fragment):
 def test_three_stages_take_four_ipus_per_replica():
     plan = plan_for("hardware.ipus=8", "hardware.pipeline_stages=3", "hardware.gradient_accumulation=12",
                     "train.batch_size=24")
-    assert (plan.ipus_per_replica, plan.replicas, plan.violations) == (4, 2, [])
+    assert (plan.ipus_per_replica, plan.steps.replicas, plan.violations) == (4, 2, [])
 
 
 def test_recomputation_lowers_the_first_stage_memory():
