@@ -82,7 +82,7 @@ def keras_signatures(config_path, weights_path):
 
     from conductivity_tf import config as config_lib
     from conductivity_tf.keras_compat import tf
-    from conductivity_tf.model import build_model, inference_copy
+    from conductivity_tf.model import build_model, inference_copy, members_summary
 
     cfg = config_lib.load_config(config_path)
     base = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
@@ -92,10 +92,18 @@ def keras_signatures(config_path, weights_path):
         raise UserError("cannot load the Keras weights {} ({}); they are damaged or from another model".format(
             weights_path, str(err).splitlines()[0][:160] if str(err) else type(err).__name__))
     served = inference_copy(base, cfg.model)
+    metrics_path = os.path.join(os.path.dirname(config_path), "metrics.json")
+    scale = 1.0
+    if os.path.isfile(metrics_path):  # an ensemble's calibration, as the export bakes it into the SavedModel
+        with open(metrics_path) as handle:
+            scale = float(json.load(handle).get("calibration", {}).get("scale", 1.0))
 
     @tf.function(input_signature=[tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")])
     def serve(volume):
-        return {"relative_conductivity": served(volume, training=False)}
+        mean, spread = members_summary(tf, served(volume, training=False))
+        if spread is None:
+            return {"relative_conductivity": mean}
+        return {"relative_conductivity": mean, "uncertainty": spread * scale}
 
     return types.SimpleNamespace(signatures={"serving_default": serve.get_concrete_function()}, model=served)
 
@@ -190,10 +198,13 @@ class Predictor(object):
         conducting path between its two faces is given exactly 0 (the network alone predicts a small
         positive value there); that labels the clusters of each volume, a few ms per 64^3 volume."""
         predicted, _ = self._run(volumes, batch_size)
-        if zero_without_path:
-            for i, volume in enumerate(volumes):
-                spans = physics.percolating_axes(np.asarray(volume) > 0.5, self.axes)
-                predicted[i, [not spans[a] for a in self.axes]] = 0.0
+        return self.zero_without_path(volumes, predicted) if zero_without_path else predicted
+
+    def zero_without_path(self, volumes, predicted):
+        """``predicted`` with exact zeros along the axes where a volume has no conducting path."""
+        for i, volume in enumerate(volumes):
+            spans = physics.percolating_axes(np.asarray(volume) > 0.5, self.axes)
+            predicted[i, [not spans[a] for a in self.axes]] = 0.0
         return predicted
 
     def predict(self, volumes, batch_size=16, max_error=None, zero_without_path=False):
@@ -257,7 +268,7 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
     predicted, uncertainty = predictor._run(volumes)
     if zero_without_path:
-        predicted = predictor(volumes, zero_without_path=True)
+        predicted = predictor.zero_without_path(volumes, predicted)
     truth = sigma[:, predictor.axes]
     metrics = {"split": split, "dataset": manifest["path"], "axes": predictor.axes, "precision": predictor.precision,
                "all": regression_metrics(truth, predicted),
