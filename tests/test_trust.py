@@ -187,3 +187,18 @@ def test_tiles_of_a_three_phase_volume_each_phase_conducting_measure_the_model(e
     assert [row["phase"] for row in table] == [0, 85, 170, "all"] and "coverage_90" in table[-1]
     assert curve[1]["solved_fraction"] == 1.0 and curve[1]["mape"] == 0.0
     assert curve[0]["solved_fraction"] < 1.0 and curve[0]["mape"] > 0.0
+
+
+def test_the_keras_weights_rebuild_of_an_ensemble_states_the_same_uncertainty(ensemble_run):
+    import os
+
+    from conductivity_tf.keras_compat import tf
+    from conductivity_tf.predict import Predictor, keras_signatures
+
+    volumes = _family("blobs", correlation_length=1.8)[:4]
+    rebuilt = keras_signatures(os.path.join(ensemble_run, "config.yaml"),
+                               os.path.join(ensemble_run, "model.weights.h5")).signatures["serving_default"](
+        volume=tf.constant(volumes[..., None].astype(np.float32)))
+    exported = Predictor(ensemble_run, precision="fp32").predict(volumes)
+    np.testing.assert_allclose(rebuilt["relative_conductivity"].numpy(), exported.values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(rebuilt["uncertainty"].numpy(), exported.uncertainty, rtol=1e-4, atol=1e-7)
