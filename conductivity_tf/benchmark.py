@@ -29,8 +29,18 @@ import time
 
 import numpy as np
 
+from conductivity_tf import config as config_lib
+from conductivity_tf import dataset as dataset_lib
+from conductivity_tf import microstructure, physics, pipeline_plan, plots, real_structures, strategies
+from conductivity_tf import train as train_lib
+from conductivity_tf.config import CONFIG_DIR
 from conductivity_tf.errors import UserError, run_cli
-from conductivity_tf.fileio import atomic_path
+from conductivity_tf.fileio import atomic_path, write_text
+from conductivity_tf.model import build_model, inference_copy
+from conductivity_tf.plots import comparison_plot, throughput_plots
+from conductivity_tf.predict import Predictor, resolve_precision
+from conductivity_tf.steps import global_batch_of
+from conductivity_tf.strategies import configure_logical_cpus
 
 SUITES = {
     "solver": "our conduction solver against TauFactor and PoreSpy on the same volumes",
@@ -163,7 +173,6 @@ def run_solver_suite(args):
 
     import numpy as np
 
-    from conductivity_tf import microstructure, physics
 
     sizes = [64, 128] if args.quick else [64, 128, 256]
     porosities = [0.3, 0.5] if args.quick else [0.3, 0.45, 0.6]
@@ -257,9 +266,7 @@ def windows_throughput(step, samples_per_step, windows=7, steps_per_window=10, w
 
 def training_throughput(cfg, windows=5, steps_per_window=5):
     """Samples/s of the configured model's training step on in-memory data (the input is not involved)."""
-    from conductivity_tf import strategies
     from conductivity_tf.keras_compat import keras, tf
-    from conductivity_tf.model import build_model
 
     size, outputs, batch = cfg.data.size, len(cfg.data.axes), cfg.train.batch_size
     base = build_model(cfg.model, size, outputs)
@@ -274,8 +281,6 @@ def training_throughput(cfg, windows=5, steps_per_window=5):
 def run_input_suite(args):
     import tempfile
 
-    from conductivity_tf import config as config_lib
-    from conductivity_tf import dataset as dataset_lib
 
     cfg = config_lib.load_config()
     rows = []
@@ -321,8 +326,6 @@ def run_input_suite(args):
 
 def run_surrogate_suite(args):
     """Per-volume time of batched CNN inference (three axes) against the physics solver, same volumes."""
-    from conductivity_tf import config as config_lib
-    from conductivity_tf import microstructure, physics
 
     size = args.size
     families = [("blobs", dict(porosity=0.4, correlation_length=4)),
@@ -348,7 +351,6 @@ def run_surrogate_suite(args):
     infer_checked = infer_full = None
     if args.model:
         from conductivity_tf.keras_compat import tf
-        from conductivity_tf.predict import Predictor, resolve_precision
 
         predictors = {"fp32": Predictor(args.model, "fp32")}
         if predictors["fp32"].has_bfloat16:
@@ -363,8 +365,6 @@ def run_surrogate_suite(args):
         which = args.model
     else:
         from conductivity_tf.keras_compat import tf
-        from conductivity_tf.model import build_model, inference_copy
-        from conductivity_tf.predict import resolve_precision
 
         cfg = config_lib.load_config()
         model = build_model(cfg.model, size, 3)
@@ -416,7 +416,6 @@ def run_surrogate_suite(args):
 def tile_report(predictor, paths, csv_path=None):
     """The model on tiles of third-party volumes (``real_structures``): the table per volume-phase, the
     --max-error trade-off curve as a table and a PNG."""
-    from conductivity_tf import plots, real_structures
 
     groups = []
     for path in paths:
@@ -500,7 +499,6 @@ def load_benchmarks(path=None):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from conductivity_tf.config import CONFIG_DIR
 
     path = path or os.path.join(CONFIG_DIR, "benchmarks.yaml")
     if not os.path.isfile(path):
@@ -534,12 +532,11 @@ def load_benchmarks(path=None):
 
 def run_training_config(run):
     """The training configuration (config.Config) a benchmark run describes; its checks apply."""
-    from conductivity_tf import config as config_lib
 
     cpu_pipeline = run["kind"] == "cpu" and run["pipeline_stages"] > 1
     kind = "ipu" if cpu_pipeline else run["kind"]
     overrides = ["data.size={}".format(run["size"]), "hardware.kind={}".format(kind),
-                 "train.batch_size={}".format(run["micro_batch"] * run["gradient_accumulation"] * run["replicas"]),
+                 "train.batch_size={}".format(_global_batch(run)),
                  "hardware.gradient_accumulation={}".format(run["gradient_accumulation"]),
                  "hardware.pipeline_stages={}".format(run["pipeline_stages"]),
                  "train.precision={}".format(run["precision"]), "train.tensorboard=false",
@@ -557,10 +554,7 @@ def run_training_config(run):
 
 
 def _ipus(run):
-    per_replica = 1
-    while per_replica < run["pipeline_stages"]:
-        per_replica *= 2
-    return per_replica * run["replicas"]
+    return pipeline_plan.next_power_of_two(run["pipeline_stages"]) * run["replicas"]
 
 
 def _synthetic(tf, count, size, outputs, seed=0):
@@ -626,17 +620,20 @@ def _windows(times, samples_per_tick, warmup, ticks_per_window, windows):
     return rates
 
 
+def _global_batch(run):
+    return global_batch_of(run["micro_batch"], run["gradient_accumulation"], run["replicas"])
+
+
 def _row_head(run):
     """The columns of a row that describe its configuration."""
     row = {k: run[k] for k in ("name", "kind", "replicas", "pipeline_stages", "gradient_accumulation",
                                "micro_batch", "precision", "size")}
-    row["global_batch"] = run["micro_batch"] * run["gradient_accumulation"] * run["replicas"]
+    row["global_batch"] = _global_batch(run)
     return row
 
 
 def measure_run(run, settings):
     """Time one configuration; returns its CSV row."""
-    from conductivity_tf import train as train_lib
     from conductivity_tf.keras_compat import keras, tf
 
     cfg = run_training_config(run)
@@ -695,13 +692,11 @@ def _utilisation(tf, row, run, forward_flops, policy, hardware):
 
 def measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup):
     """The IPU pipeline's stages on logical CPU devices (the CPU pipeline reference), as one compiled step."""
-    from conductivity_tf import keras_compat, pipeline_plan
+    from conductivity_tf import keras_compat
     from conductivity_tf.keras_compat import keras, tf
-    from conductivity_tf.model import build_model
-    from conductivity_tf.strategies import _configure_logical_cpus
 
     stages = run["pipeline_stages"]
-    _configure_logical_cpus(tf, stages)
+    configure_logical_cpus(tf, stages)
     keras_compat.set_random_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
     plan = pipeline_plan.make_plan(cfg, model)
@@ -736,15 +731,12 @@ def measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup):
 def measure_reference(settings):
     """Interleaved windows in one process: our training step vs a bare model.fit, and k micro-batches
     accumulated vs one batch of the same global size. Returns rows."""
-    from conductivity_tf import config as config_lib
-    from conductivity_tf import train as train_lib
     from conductivity_tf.keras_compat import keras, tf
-    from conductivity_tf.model import build_model
 
     ref = settings["reference"]
     size, micro, k, windows = ref["size"], ref["micro_batch"], ref["accumulation"], ref["windows"]
     per_window = ref["steps_per_window"]
-    global_batch = micro * k
+    global_batch = global_batch_of(micro, k, 1)
 
     def ours(accumulation):
         cfg = config_lib.load_config(None, ["data.size={}".format(size), "hardware.kind=cpu",
@@ -848,8 +840,6 @@ def run_train_suite(args):
     print(table)
     write_csv(csv_path, rows, TRAIN_COLUMNS)
     stem = os.path.splitext(csv_path)[0]
-    from conductivity_tf.fileio import write_text
-    from conductivity_tf.plots import throughput_plots
 
     write_text(stem + ".md", "Machine: {}\n\n{}\n".format(
         ", ".join("{}={}".format(k, v) for k, v in machine_description().items()), table))
@@ -890,7 +880,6 @@ def read_csv_rows(paths):
 
 
 def run_compare(args):
-    from conductivity_tf.plots import comparison_plot, throughput_plots
 
     if not args.files:
         raise UserError("compare needs CSV files: python -m conductivity_tf.benchmark compare A.csv B.csv")

@@ -7,6 +7,7 @@ import math
 import os
 
 from conductivity_tf.errors import UserError
+from conductivity_tf.fileio import atomic_path, write_text
 
 
 def trim_log(path, start):
@@ -14,7 +15,6 @@ def trim_log(path, start):
     import csv as csv_lib
     import io
 
-    from conductivity_tf.fileio import write_text
 
     if not os.path.exists(path):
         return
@@ -32,7 +32,6 @@ def checkpoint_callback(keras, directory, monitor, is_chief=True, resuming=False
     so far is kept in ``best.json``, so a resumed run compares against the same record as an uninterrupted one."""
     import json as json_lib
 
-    from conductivity_tf.fileio import atomic_path, write_text
 
     state_path = os.path.join(directory, "best.json")
 

@@ -40,8 +40,11 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from conductivity_tf import microstructure, physics
+from conductivity_tf.config import resolve_data_path
 from conductivity_tf.errors import UserError, run_cli
-from conductivity_tf.fileio import atomic_path, write_text
+from conductivity_tf.fileio import atomic_path, check_writable_dir, write_text
+from conductivity_tf.volumes import add_volume_arguments, load_volume, load_volume_from_args, tile
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "validation", "test")
@@ -88,7 +91,6 @@ def load_build_spec(config_file=None, overrides=(), **explicit):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from conductivity_tf import microstructure
 
     cfg = OmegaConf.structured(BuildSpec)
     try:
@@ -148,7 +150,6 @@ def split_of(seed, index, spec):
 
 def make_sample(spec, index):
     """Generate and label sample ``index``: a dict ready to serialise. Depends on (spec, index) only."""
-    from conductivity_tf import microstructure, physics
 
     rng = np.random.default_rng([spec.seed, index])
     names = sorted(spec.families)
@@ -442,7 +443,6 @@ def run_build(spec, out, workers=1, shard=None, progress=True):
 
     from tqdm import tqdm
 
-    from conductivity_tf.fileio import check_writable_dir
 
     check_writable_dir(out)
     _check_existing_spec(out, spec)
@@ -551,7 +551,6 @@ def merge_parts(out):
 
 def load_manifest(path):
     """The manifest of dataset directory ``path``; UserError if missing or of another schema."""
-    from conductivity_tf.config import resolve_data_path
 
     path = resolve_data_path(path)
     manifest_path = os.path.join(path, "manifest.json")
@@ -779,9 +778,6 @@ def import_volumes(paths, out, tile_size, stride=None, load_args=None, seed=0, s
     """Cut volumes into cubes, label them on three axes and write a dataset like ``build`` does."""
     from tqdm import tqdm
 
-    from conductivity_tf import physics
-    from conductivity_tf.fileio import check_writable_dir
-    from conductivity_tf.volumes import load_volume, load_volume_from_args, tile
 
     loaded = [(p, load_volume_from_args(p, load_args) if load_args is not None else load_volume(p)) for p in paths]
     spec = BuildSpec(samples=0, size=tile_size, seed=seed, shard_size=shard_size,
@@ -832,7 +828,6 @@ def _parse_shard(text):
 
 
 def build_parser():
-    from conductivity_tf.volumes import add_volume_arguments
 
     parser = argparse.ArgumentParser(prog="python -m conductivity_tf.dataset",
                                      description="Datasets of labelled microstructures (TFRecord shards + manifest).")

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from conductivity_tf.errors import run_cli
-from conductivity_tf.predict import PRECISION_HELP, PRECISIONS, ZERO_WITHOUT_PATH_HELP
+from conductivity_tf.predict import PRECISION_HELP, PRECISIONS, ZERO_WITHOUT_PATH_HELP, evaluate
 
 
 def build_parser():
@@ -22,7 +22,6 @@ def build_parser():
 
 
 def main(argv=None):
-    from conductivity_tf.predict import evaluate
 
     args = build_parser().parse_args(argv)
     metrics = evaluate(args.model, args.data, args.split, args.zero_without_path, args.precision)

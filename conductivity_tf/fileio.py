@@ -7,6 +7,8 @@ import contextlib
 import os
 import tempfile
 
+from conductivity_tf.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=".tmp"):
@@ -44,7 +46,6 @@ def write_text(path, text):
 
 def check_writable_dir(path, what="output directory"):
     """Create ``path`` if needed and check that files can be written there; UserError if not."""
-    from conductivity_tf.errors import UserError
 
     try:
         os.makedirs(path, exist_ok=True)

@@ -9,7 +9,9 @@ same functional model as everywhere; this module only assigns its layers to the 
 
 import os
 
+from conductivity_tf import pipeline_plan
 from conductivity_tf.errors import UserError
+from conductivity_tf.hardware import Hardware
 
 SCHEDULES = {"grouped": "Grouped", "interleaved": "Interleaved", "sequential": "Sequential"}
 REDUCTIONS = {"sum": "SUM", "mean": "MEAN", "running_mean": "RUNNING_MEAN"}
@@ -50,16 +52,17 @@ def _poplar_options(precision, proportion=None):
     return options
 
 
-def ipu_config(cfg, plan, sdk):
-    """An ``IPUConfig`` for the configuration and plan (attributes only: the SDK's constructor takes none)."""
+def ipu_config(cfg, devices, sdk):
+    """An ``IPUConfig`` for the configuration and its ``pipeline_plan.Layout`` (or plan: both say how many IPUs)
+    (attributes only: the SDK's constructor takes none)."""
     h = cfg.hardware
     config = sdk.config.IPUConfig()
-    config.auto_select_ipus = plan.ipus
+    config.auto_select_ipus = devices.ipus
     config.selection_order = getattr(sdk.config.SelectionOrder, h.selection_order.upper())
     config.allow_recompute = bool(h.recomputation)
     # per-stage options reach only a pipeline of two or more stages (pipelining_ops.pipeline); one stage takes its
     # available memory proportion here, for every convolution and matmul
-    single = h.available_memory_proportion[0] if len(plan.stages) == 1 and h.available_memory_proportion else None
+    single = h.available_memory_proportion[0] if h.pipeline_stages == 1 and h.available_memory_proportion else None
     options = _poplar_options(cfg.train.precision, single)
     if options:
         config.convolutions.poplar_options = dict(options)
@@ -79,22 +82,22 @@ def _launched_by_poprun():
 
 
 def make_strategy(hardware_cfg, cfg=None, sdk=None, popdist_module=None):
-    """Configure the IPU system and return a ``strategies.Hardware`` with IPUStrategy or PopDistStrategy."""
-    from conductivity_tf import pipeline_plan
-    from conductivity_tf.strategies import Hardware
+    """Configure the IPU system and return a ``hardware.Hardware`` with IPUStrategy or PopDistStrategy.
 
+    The IPUs come from the configuration (``pipeline_plan.layout``); the stages, which need the model, are
+    planned once the model is built in this strategy's scope (``train.setup``)."""
     if cfg is None:
-        raise UserError("the IPU strategy needs the whole configuration (train.make_strategy passes it)")
+        raise UserError("the IPU strategy needs the whole configuration (train.setup passes it)")
     sdk = sdk or import_sdk()
-    plan = pipeline_plan.make_plan(cfg)
-    if plan.violations:
-        raise UserError(plan.violations[0])
+    devices = pipeline_plan.layout(hardware_cfg)
+    if devices.violations:
+        raise UserError(devices.violations[0])
     if hardware_cfg.executable_cache:
         flags = os.environ.get("TF_POPLAR_FLAGS", "")
         if "--executable_cache_path" not in flags:
             cache = " --executable_cache_path=" + hardware_cfg.executable_cache
             os.environ["TF_POPLAR_FLAGS"] = (flags + cache).strip()
-    config = ipu_config(cfg, plan, sdk)
+    config = ipu_config(cfg, devices, sdk)
     if popdist_module is not None or _launched_by_poprun():
         if popdist_module is None:
             import popdist
@@ -103,7 +106,7 @@ def make_strategy(hardware_cfg, cfg=None, sdk=None, popdist_module=None):
             popdist_module = popdist
         from tensorflow.python.ipu.distributed.popdist_strategy import PopDistStrategy
 
-        popdist_module.tensorflow.set_ipu_config(config, ipus_per_replica=plan.ipus_per_replica)
+        popdist_module.tensorflow.set_ipu_config(config, ipus_per_replica=devices.ipus_per_replica)
         config.configure_ipu_system()
         strategy = PopDistStrategy()
         worker, instances = popdist_module.getInstanceIndex(), popdist_module.getNumInstances()
@@ -112,10 +115,10 @@ def make_strategy(hardware_cfg, cfg=None, sdk=None, popdist_module=None):
         config.configure_ipu_system()
         strategy = sdk.ipu_strategy.IPUStrategy()
         worker, instances = 0, 1
-        description = "IPUStrategy: {} IPUs, {} stage(s) x {} replica(s)".format(plan.ipus, len(plan.stages),
-                                                                              plan.steps.replicas)
+        description = "IPUStrategy: {} IPUs, {} stage(s) x {} replica(s)".format(devices.ipus, devices.stages,
+                                                                              devices.replicas)
     sdk.utils.reset_ipu_seed(cfg.train.seed)
-    return Hardware(strategy, "ipu", plan.steps.replicas, description, worker, instances, plan)
+    return Hardware(strategy, "ipu", devices.replicas, description, worker, instances, devices.ipus)
 
 
 def configure_model(model, plan, cfg, sdk):

@@ -12,7 +12,9 @@ normalisation comes from ``keras.layers.GroupNormalization`` where it exists, el
 it under Keras 3).
 """
 
-BFLOAT16_SIGNATURE = "serving_bfloat16"   # the SavedModel signature computing in bfloat16 (train.export)
+from conductivity_tf.errors import UserError
+
+BFLOAT16_SIGNATURE = "serving_bfloat16"   # the SavedModel signature computing in bfloat16 (serving.export)
 
 
 def _keras(keras):
@@ -38,8 +40,6 @@ def _group_norm(keras, groups, name):
         # normalization.py, GroupNormalization.__init__; the grouping: tensorflow/python/ipu/ops/normalization_ops.py)
         return GroupNorm(groups=groups, channels_axis=-1, center=True, scale=True, epsilon=1e-3,
                          beta_initializer="zeros", gamma_initializer="ones", strided_channel_grouping=False, name=name)
-    from conductivity_tf.errors import UserError
-
     raise UserError("model.norm=group needs keras.layers.GroupNormalization (TensorFlow >= 2.11) or "
                         "ipu_tensorflow_addons; use model.norm=batch or none")
 

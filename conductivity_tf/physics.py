@@ -39,7 +39,16 @@ from typing import Optional
 import numpy as np
 import scipy.ndimage
 
-from conductivity_tf.errors import UserError
+from conductivity_tf._multigrid import (
+    MultigridPCG,
+    assemble,
+    initial_guess,
+    power_and_sections,
+    spanning_field,
+    workspace,
+)
+from conductivity_tf.errors import UserError, run_cli
+from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
 
 DEFAULT_SIGMA = {0: 0.0, 1: 1.0}
 
@@ -218,7 +227,6 @@ def _solve_axis0(s, tol, rtol, maxiter, uniform=None):
     Returns (current for a unit potential drop, relative spread of the current over all sections,
     iterations, relative residual, potential on the unpadded grid).
     """
-    from conductivity_tf._multigrid import MultigridPCG, assemble, initial_guess, power_and_sections, workspace
 
     ws = workspace()
     ws.begin(tuple(n + 2 for n in s.shape))
@@ -290,7 +298,6 @@ def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
         if uniform is not None:
             # every conducting voxel has the conductivity ``uniform``: the field along ``axis`` from the
             # cluster labels in one pass (transposing the float64 field took 2 ms at 64^3)
-            from conductivity_tf._multigrid import spanning_field
 
             s_axis = spanning_field(labels, keep, uniform, axis)
         else:
@@ -349,7 +356,6 @@ def _parse_sigma(items):
 def build_parser():
     import argparse
 
-    from conductivity_tf.volumes import add_volume_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m conductivity_tf.physics",
@@ -377,7 +383,6 @@ def build_parser():
 def main(argv=None):
     import json
 
-    from conductivity_tf.volumes import load_volume_from_args
 
     args = build_parser().parse_args(argv)
     axes = parse_axes(args.axis.split(",") if "," in args.axis else args.axis)
@@ -413,7 +418,6 @@ def main(argv=None):
 
 
 def cli():
-    from conductivity_tf.errors import run_cli
 
     run_cli(main)
 

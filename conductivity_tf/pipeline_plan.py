@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import List
 
 from conductivity_tf.errors import UserError
-from conductivity_tf.steps import StepPlan, describe, step_plan
+from conductivity_tf.model import build_model
+from conductivity_tf.steps import StepPlan, describe, nearest_global_batch, step_plan
 
 BYTES = {"fp32": 4, "fp16": 2, "mixed_float16": 2, "mixed_bfloat16": 2, "auto": 4}
 OPTIMIZER_COPIES = 4  # weight, gradient accumulator, Adam m and v
@@ -92,7 +93,8 @@ def layer_costs(model):
     return costs
 
 
-def _next_power_of_two(n):
+def next_power_of_two(n):
+    """The IPUs a replica of ``n`` pipeline stages occupies (the SDK attaches IPUs in powers of two)."""
     p = 1
     while p < n:
         p *= 2
@@ -147,21 +149,23 @@ def _balanced_cuts(costs, stages, fits):
     return sorted(cuts)[1:]
 
 
-def make_plan(cfg, model=None, train_samples=None):
-    """The pipeline plan for a resolved configuration (``hardware.kind=ipu``) and its built model.
+@dataclass
+class Layout:
+    """How many IPUs a replica takes and how many replicas there are: from the configuration alone, so the IPU
+    system can be configured before the model exists (the plan's stages need the model)."""
+    stages: int
+    ipus_per_replica: int  # the stages rounded up to a power of two (the SDK attaches IPUs in powers of two)
+    ipus: int
+    replicas: int
+    violations: List[str] = field(default_factory=list)
 
-    ``train_samples``: training-split size, to check that an epoch is a whole number of executions.
-    Violations of IPU rules are collected in ``plan.violations`` (one line each, with the fix).
-    """
-    if model is None:
-        from conductivity_tf.model import build_model
 
-        model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
-    h, t = cfg.hardware, cfg.train
-    costs = layer_costs(model)
+def layout(hardware_cfg):
+    """The ``Layout`` of ``hardware_cfg`` (a ``config.HardwareConfig``), with the violated rules, one line each."""
+    h = hardware_cfg
     stages = h.pipeline_stages
-    violations, notes = [], []
-    ipus_per_replica = _next_power_of_two(stages)
+    violations = []
+    ipus_per_replica = next_power_of_two(stages)
     ipus = h.ipus or ipus_per_replica * (h.replicas or 1)
     if stages > ipus:
         violations.append("hardware.pipeline_stages={} needs at least {} IPUs but hardware.ipus={}; use more IPUs or "
@@ -175,13 +179,30 @@ def make_plan(cfg, model=None, train_samples=None):
         violations.append("hardware.ipus={} is not a multiple of the {} IPUs a replica of {} stages occupies; use {} "
                           "IPUs".format(ipus, ipus_per_replica, stages, ipus // ipus_per_replica * ipus_per_replica
                                         or ipus_per_replica))
+    return Layout(stages, ipus_per_replica, ipus, replicas, violations)
+
+
+def make_plan(cfg, model=None, train_samples=None):
+    """The pipeline plan for a resolved configuration (``hardware.kind=ipu``) and its built model (training
+    passes the one it trains; without one, for planning alone, the configured model is built here).
+
+    ``train_samples``: training-split size, to check that an epoch is a whole number of executions.
+    Violations of IPU rules are collected in ``plan.violations`` (one line each, with the fix).
+    """
+    if model is None:
+        model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
+    h, t = cfg.hardware, cfg.train
+    costs = layer_costs(model)
+    devices = layout(h)
+    stages, ipus_per_replica, ipus, replicas = devices.stages, devices.ipus_per_replica, devices.ipus, devices.replicas
+    violations, notes = list(devices.violations), []
     accumulation = h.gradient_accumulation
     try:
         steps = step_plan(t.batch_size, replicas, accumulation, h.steps_per_execution, on_ipu=True)
     except UserError as err:  # the batch does not split: plan the nearest one that does, and say so
         violations.append(str(err))
-        micro = max(1, t.batch_size // (replicas * accumulation))
-        steps = step_plan(micro * accumulation * replicas, replicas, accumulation, accumulation, on_ipu=True)
+        steps = step_plan(nearest_global_batch(t.batch_size, replicas, accumulation), replicas, accumulation,
+                          accumulation, on_ipu=True)
     if train_samples is not None:
         try:
             steps = step_plan(steps.global_batch, replicas, accumulation, steps.steps_per_execution, on_ipu=True,

@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from conductivity_tf.fileio import atomic_path
+
 
 def _pyplot():
     import sys
@@ -19,7 +21,6 @@ def _pyplot():
 
 def parity_plot(path, truth, predicted, porosity=None, title="Test split", labels=None):
     """Predicted against true sigma_eff/sigma_0, one panel per axis, coloured by porosity."""
-    from conductivity_tf.fileio import atomic_path
 
     plt = _pyplot()
     truth, predicted = np.atleast_2d(truth), np.atleast_2d(predicted)
@@ -64,7 +65,6 @@ def _series_label(row, keys):
 def throughput_plots(rows, stem):
     """Throughput against batch size, accumulation steps and pipeline stages (one PNG each); rows are
     benchmark CSV rows, possibly from several machines. Returns the PNG paths."""
-    from conductivity_tf.fileio import atomic_path
 
     plt = _pyplot()
     ok = [r for r in rows if r.get("samples_per_s") and not str(r.get("name", "")).startswith("reference")]
@@ -120,7 +120,6 @@ def throughput_plots(rows, stem):
 
 def comparison_plot(rows, path):
     """Hardware against hardware: throughput and FLOP utilisation per configuration, one bar per CSV row."""
-    from conductivity_tf.fileio import atomic_path
 
     plt = _pyplot()
     ok = sorted([r for r in rows if r.get("samples_per_s") and not str(r.get("name", "")).startswith("reference")],
@@ -153,7 +152,6 @@ def comparison_plot(rows, path):
 
 def tradeoff_plot(path, curve):
     """The --max-error trade-off: realised MAPE and speed against the fraction of values solved."""
-    from conductivity_tf.fileio import atomic_path
 
     plt = _pyplot()
     solved = [row["solved_fraction"] * 100.0 for row in curve]

@@ -16,11 +16,14 @@ import time
 import numpy as np
 import yaml
 
+from conductivity_tf import dataset as dataset_lib
 from conductivity_tf import domain as domain_lib
-from conductivity_tf import physics
+from conductivity_tf import physics, serving
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.metrics import Z90, calibration_metrics, regression_metrics
 from conductivity_tf.model import BFLOAT16_SIGNATURE
+from conductivity_tf.strategies import native_bfloat16
+from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 ZERO_WITHOUT_PATH_HELP = ("predict exactly 0 along axes with no conducting path between the two faces (labels the "
@@ -45,101 +48,19 @@ def resolve_precision(precision, has_bfloat16, tf, saved="the model"):
                         "fp32, or retrain to export one".format(saved))
     if precision == "auto":
         gpus = tf.config.list_physical_devices("GPU")
-        from conductivity_tf.strategies import native_bfloat16
 
         return "bf16" if has_bfloat16 and not gpus and native_bfloat16() else "fp32"
     return precision
-
-
-def load_weights(model, path):
-    """Set ``model``'s weights from a Keras ``.weights.h5`` file in either layout: Keras 2's (weights by layer
-    name: what Keras 2.6 writes) or the one tf-keras >= 2.13 writes for this suffix (``layers/<layer class in
-    snake case>[_<n>]/vars/<i>``, the model's layers in order), which Keras 2.6 cannot read."""
-    import re
-
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        if "layers" not in handle or "layer_names" in handle.attrs:
-            model.load_weights(path)
-            return
-        seen = {}
-        for layer in model.layers:
-            kind = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__))
-            kind = kind.lower()
-            key = kind if kind not in seen else "{}_{}".format(kind, seen[kind])
-            seen[kind] = seen.get(kind, 0) + 1
-            group = handle["layers"][key]["vars"]
-            values = [group[str(i)][()] for i in range(len(group))]
-            if values:
-                layer.set_weights(values)
-
-
-def keras_signatures(config_path, weights_path):
-    """An object with a ``signatures`` dict like a loaded SavedModel's (``serving_default``, float32): the run's
-    network rebuilt from its configuration and Keras weights, batch norms folded as in the export."""
-    import types
-
-    from conductivity_tf import config as config_lib
-    from conductivity_tf.keras_compat import tf
-    from conductivity_tf.model import build_model, inference_copy, members_summary
-
-    cfg = config_lib.load_config(config_path)
-    base = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
-    try:
-        load_weights(base, weights_path)
-    except Exception as err:  # h5py, a mismatched layer, ...
-        raise UserError("cannot load the Keras weights {} ({}); they are damaged or from another model".format(
-            weights_path, str(err).splitlines()[0][:160] if str(err) else type(err).__name__))
-    served = inference_copy(base, cfg.model)
-    metrics_path = os.path.join(os.path.dirname(config_path), "metrics.json")
-    scale = 1.0
-    if os.path.isfile(metrics_path):  # an ensemble's calibration, as the export bakes it into the SavedModel
-        with open(metrics_path) as handle:
-            scale = float(json.load(handle).get("calibration", {}).get("scale", 1.0))
-
-    @tf.function(input_signature=[tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")])
-    def serve(volume):
-        mean, spread = members_summary(tf, served(volume, training=False))
-        if spread is None:
-            return {"relative_conductivity": mean}
-        return {"relative_conductivity": mean, "uncertainty": spread * scale}
-
-    return types.SimpleNamespace(signatures={"serving_default": serve.get_concrete_function()}, model=served)
 
 
 class Predictor(object):
     """A loaded model: ``predictor(volumes)`` -> (N, len(axes)) sigma_eff/sigma_0."""
 
     def __init__(self, model_dir=None, precision="auto"):
-        model_dir = model_dir or PRETRAINED
-        saved = os.path.join(model_dir, "saved_model")
-        if not os.path.isdir(saved):
-            saved = model_dir
-        if not os.path.isfile(os.path.join(saved, "saved_model.pb")):
-            if model_dir == PRETRAINED:
-                raise UserError("no pretrained model is installed with this copy of conductivity_tf; give --model "
-                                "RUN_DIR (a directory written by python -m conductivity_tf.train)")
-            raise UserError("{} is not a run directory or SavedModel (no saved_model.pb); give the --out directory "
-                            "of a training run".format(model_dir))
         from conductivity_tf.keras_compat import tf
 
-        config_path = os.path.join(os.path.dirname(saved), "config.yaml")
-        self.note = None  # what the caller should know about how the model was loaded (None: as exported)
-        try:
-            self.module = tf.saved_model.load(saved)
-        except Exception as err:  # any load failure means the directory is damaged, not ours, or from a newer TF
-            reason = str(err).splitlines()[0][:200]
-            weights = os.path.join(os.path.dirname(saved), "model.weights.h5")
-            if "Op type not registered" not in reason or not os.path.isfile(weights) or not os.path.isfile(
-                    config_path):
-                raise UserError("cannot load the SavedModel in {} ({}); it is damaged or incomplete: re-export or "
-                                "retrain".format(saved, reason))
-            # written by a newer TensorFlow (e.g. the shipped model, exported by 2.21, on the SDK's 2.6): the same
-            # network, rebuilt from the run's configuration and Keras weights, in float32
-            self.module = keras_signatures(config_path, weights)
-            self.note = ("the SavedModel in {} needs a newer TensorFlow than {} ({}); predicting with the run's "
-                         "Keras weights instead (float32)".format(saved, tf.__version__, reason.split(" in binary")[0]))
+        loaded = serving.load(model_dir or PRETRAINED, default_dir=PRETRAINED)
+        self.module, self.note, saved, config_path = loaded.module, loaded.note, loaded.saved, loaded.config_path
         self.has_bfloat16 = BFLOAT16_SIGNATURE in self.module.signatures
         self.precision = resolve_precision(precision, self.has_bfloat16, tf, saved)
         self.serve = self.module.signatures[BFLOAT16_SIGNATURE if self.precision == "bf16" else "serving_default"]
@@ -258,7 +179,6 @@ class Prediction(object):
 
 def evaluate(model_dir, data_path, split="test", zero_without_path=False, precision="auto"):
     """Metrics (R2, MAE, RMSE, MAPE) of a model on a dataset split."""
-    from conductivity_tf import dataset as dataset_lib
 
     manifest = dataset_lib.load_manifest(data_path)  # the cheap check first
     predictor = Predictor(model_dir, precision)
@@ -280,7 +200,6 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
 
 
 def build_parser():
-    from conductivity_tf.volumes import add_volume_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m conductivity_tf.predict",
@@ -301,7 +220,6 @@ def build_parser():
 
 
 def main(argv=None):
-    from conductivity_tf.volumes import load_volume_from_args
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:

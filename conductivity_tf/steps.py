@@ -44,6 +44,16 @@ def batch_arithmetic(global_batch, replicas, accumulation):
     return BatchArithmetic(global_batch, global_batch // per_step, accumulation, replicas)
 
 
+def global_batch_of(micro_batch, accumulation, replicas):
+    """The global batch a micro-batch makes: micro-batch x accumulation x replicas (benchmarks name runs by it)."""
+    return micro_batch * accumulation * replicas
+
+
+def nearest_global_batch(global_batch, replicas, accumulation):
+    """The largest global batch up to ``global_batch`` that splits (at least one micro-batch)."""
+    return global_batch_of(max(1, global_batch // (replicas * accumulation)), accumulation, replicas)
+
+
 @dataclass(frozen=True)
 class StepPlan(BatchArithmetic):
     """One epoch in steps, for a batch split and a kind of hardware (``step_plan`` makes it)."""

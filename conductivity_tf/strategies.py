@@ -1,6 +1,6 @@
 """Where the model runs: one small interface for CPU, GPUs, several workers and (hooked in) IPUs.
 
-``make_strategy(hardware_cfg)`` returns a ``Hardware`` with the ``tf.distribute`` strategy, its kind
+``make_strategy(hardware_cfg)`` returns a ``hardware.Hardware`` with the ``tf.distribute`` strategy, its kind
 and the number of replicas:
 
 - ``cpu``: the default strategy on the CPU; or a ``MirroredStrategy`` over logical CPU devices listed in
@@ -20,9 +20,10 @@ mean loss the step equals one step on the whole batch). It works under ``Mirrore
 
 import json
 import os
-from dataclasses import dataclass
 
+from conductivity_tf import ipu
 from conductivity_tf.errors import UserError
+from conductivity_tf.hardware import Hardware
 
 
 def native_bfloat16():
@@ -42,22 +43,8 @@ def native_bfloat16():
     return False
 
 
-@dataclass
-class Hardware:
-    strategy: object
-    kind: str
-    replicas: int
-    description: str
-    worker: int = 0  # this process's index among the workers; 0 is the chief, which writes the outputs
-    instances: int = 1  # processes that feed the replicas, each its own share of the data (IPU PopDist instances)
-    plan: object = None  # the IPU pipeline plan (pipeline_plan.PipelinePlan) on IPUs, else None
-
-    @property
-    def is_chief(self):
-        return self.worker == 0
-
-
-def _configure_logical_cpus(tf, count):
+def configure_logical_cpus(tf, count):
+    """Split the CPU into ``count`` logical devices (for MirroredStrategy over CPUs and the CPU pipeline)."""
     cpus = tf.config.list_physical_devices("CPU")
     current = tf.config.get_logical_device_configuration(cpus[0])
     if current is not None and len(current) >= count:
@@ -99,7 +86,6 @@ def make_strategy(hardware_cfg, cfg=None):
     whole configuration ``cfg`` (the pipeline plan depends on the model and the batch)."""
     kind = hardware_cfg.kind
     if kind == "ipu":
-        from conductivity_tf import ipu
 
         return ipu.make_strategy(hardware_cfg, cfg)
     from conductivity_tf.keras_compat import tf
@@ -122,7 +108,7 @@ def make_strategy(hardware_cfg, cfg=None):
         if kind == "cpu" and len(devices) > 1:
             if not all(d.lower().startswith("/cpu:") for d in devices):
                 raise UserError("hardware.kind=cpu takes CPU devices only, e.g. ['/cpu:0','/cpu:1']")
-            _configure_logical_cpus(tf, len(devices))
+            configure_logical_cpus(tf, len(devices))
         if kind == "gpu" and not devices:
             devices = ["/gpu:{}".format(i) for i in range(len(gpus))]
         if len(devices) > 1:

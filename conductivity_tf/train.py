@@ -24,14 +24,25 @@ import math
 import os
 import sys
 import time
-import types
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from conductivity_tf import config as config_lib
+from conductivity_tf import dataset as dataset_lib
+from conductivity_tf import domain as domain_lib
+from conductivity_tf import ipu, pipeline_plan, plots, serving, strategies
 from conductivity_tf.checkpoints import checkpoint_callback, load_weights_checked, resume_epoch, trim_log
+from conductivity_tf.dataset import load_manifest
 from conductivity_tf.errors import UserError, run_cli
+from conductivity_tf.fileio import check_writable_dir, write_text
+from conductivity_tf.hardware import Hardware
 from conductivity_tf.metrics import bruggeman_fit, calibration_metrics, regression_metrics, uncertainty_scale
+from conductivity_tf.model import build_model, members_summary
+from conductivity_tf.pipeline_plan import PipelinePlan, layer_costs
+from conductivity_tf.steps import StepPlan, step_plan
+from conductivity_tf.strategies import configure_logical_cpus, native_bfloat16
 
 
 def build_parser():
@@ -80,7 +91,6 @@ def precision_policy(precision, kind):
     if precision == "auto":
         if kind == "gpu":
             return "mixed_float16"
-        from conductivity_tf.strategies import native_bfloat16
 
         return "mixed_bfloat16" if native_bfloat16() else "float32"
     return {"fp32": "float32", "fp16": "float16"}.get(precision, precision)
@@ -152,16 +162,30 @@ def verbose_level():
 # the recipe
 
 
-def setup(cfg, train_samples, validation_samples=0):
-    """Seed, strategy, step plan, precision, and the model built and compiled in the strategy's scope:
-    everything the recipe sets up before fitting (also what the ``train`` benchmark times), as a namespace.
+@dataclass
+class Session:
+    """What ``setup`` makes before fitting (and the ``train`` benchmark times)."""
+    hardware: Hardware
+    steps: StepPlan  # the batch split and the epoch, in the units fit takes on this hardware
+    policy: str  # the Keras mixed-precision policy
+    base: object  # the functional model (its weights are the run's)
+    model: object  # what fits: ``base`` on IPUs (the SDK pipelines and accumulates), else an accumulating wrapper
+    forward_flops: int  # per sample
+    plan: Optional[PipelinePlan] = None  # the IPU pipeline plan (on IPUs), made once from ``base``
 
-    ``train_samples`` sizes the epoch (and so the learning-rate schedule, in weight updates)."""
-    from conductivity_tf import keras_compat, strategies
+    @property
+    def on_ipu(self):
+        return self.hardware.kind == "ipu"
+
+
+def setup(cfg, train_samples, validation_samples=0):
+    """Seed, strategy, step plan, precision, and the model built once and compiled in the strategy's scope:
+    everything the recipe sets up before fitting (also what the ``train`` benchmark times), as a ``Session``.
+
+    ``train_samples`` sizes the epoch (and so the learning-rate schedule, in weight updates). On IPUs the
+    pipeline plan is made here, once, from the model that trains."""
+    from conductivity_tf import keras_compat
     from conductivity_tf.keras_compat import keras, tf
-    from conductivity_tf.model import build_model
-    from conductivity_tf.pipeline_plan import layer_costs
-    from conductivity_tf.steps import step_plan
 
     if cfg.train.deterministic:  # first: before TensorFlow 2.8 it sets the thread pools, before anything runs
         keras_compat.enable_op_determinism()
@@ -175,6 +199,7 @@ def setup(cfg, train_samples, validation_samples=0):
     policy = precision_policy(cfg.train.precision, hardware.kind)
     keras.mixed_precision.set_global_policy(policy)
     axes = list(cfg.data.axes)
+    plan = None
     with hardware.strategy.scope():
         base = build_model(cfg.model, cfg.data.size, len(axes))
         if cfg.train.initial_weights:
@@ -185,9 +210,10 @@ def setup(cfg, train_samples, validation_samples=0):
         warmup, total = steps.learning_rate_steps(cfg.train.epochs, cfg.train.warmup_epochs)
         lr = warmup_cosine(keras, cfg.train.learning_rate, total, warmup, cfg.train.schedule)
         if on_ipu:  # the SDK pipelines and accumulates; overriding train_step is not allowed there
-            from conductivity_tf import ipu
-
-            ipu.configure_model(base, hardware.plan, cfg, ipu.import_sdk())
+            plan = pipeline_plan.make_plan(cfg, base, train_samples=train_samples)
+            if plan.violations:
+                raise UserError(plan.violations[0])
+            ipu.configure_model(base, plan, cfg, ipu.import_sdk())
             model = base
             optimizer = ipu.optimizer(cfg, lr, keras)
         else:
@@ -199,17 +225,13 @@ def setup(cfg, train_samples, validation_samples=0):
                       steps_per_execution=steps.steps_per_execution,
                       **compile_options)
     forward_flops = sum(c.flops for c in layer_costs(base))
-    return types.SimpleNamespace(hardware=hardware, on_ipu=on_ipu, steps=steps, policy=policy, base=base,
-                                 model=model, forward_flops=forward_flops)
+    return Session(hardware, steps, policy, base, model, forward_flops, plan)
 
 
 def train(cfg):
     """Run the whole recipe for a resolved configuration; returns the metrics dict."""
-    from conductivity_tf import dataset as dataset_lib
     from conductivity_tf import keras_compat
-    from conductivity_tf.fileio import check_writable_dir
     from conductivity_tf.keras_compat import keras, tf
-    from conductivity_tf.model import build_model
 
     out = cfg.train.out_dir
     manifest = dataset_lib.load_manifest(cfg.data.path)  # the data first: a run that cannot start leaves no directory
@@ -294,12 +316,7 @@ def train(cfg):
 
 def finish_run(cfg, base, manifest, out, train_seconds):
     """Test metrics, Bruggeman baseline, parity plot and exports for a trained model."""
-    from conductivity_tf import dataset as dataset_lib
-    from conductivity_tf import domain as domain_lib
-    from conductivity_tf import plots
-    from conductivity_tf.fileio import write_text
     from conductivity_tf.keras_compat import quiet_native_stderr
-    from conductivity_tf.model import members_summary
 
     axes = list(cfg.data.axes)
 
@@ -338,7 +355,7 @@ def finish_run(cfg, base, manifest, out, train_seconds):
                       title="Test split: R² {:.4f}, RMSE {:.4f} (Bruggeman ε^{:.2f}: RMSE {:.4f})".format(
                           metrics["test"]["r2"], metrics["test"]["rmse"], exponent, metrics["bruggeman"]["rmse"]),
                       labels=["axis {}".format(a) for a in axes])
-    export(base, out, cfg.model, scale)
+    serving.export(base, out, cfg.model, scale)
     print("test: R² {:.4f}  MAE {:.4f}  RMSE {:.4f}  MAPE (percolating) {:.2f} %  |  Bruggeman ε^{:.2f}: R² {:.4f} "
           "RMSE {:.4f}  ({:.1f}x the CNN's RMSE)".format(
               metrics["test"]["r2"], metrics["test"]["mae"], metrics["test"]["rmse"],
@@ -348,55 +365,10 @@ def finish_run(cfg, base, manifest, out, train_seconds):
     return metrics
 
 
-def export(base, out, model_cfg, uncertainty_scale=None):
-    """SavedModel (plain TensorFlow can load and call it) and Keras weights, each written atomically.
-    The SavedModel serves inference copies of ``base`` (``model.inference_copy``: batch norms folded
-    into the convolutions): signature ``serving_default`` computes in float32, ``serving_bfloat16`` in
-    bfloat16 (what ``predict`` picks on CPUs with native bfloat16; not exported by TensorFlow 2.6, which has
-    no bfloat16 CPU convolutions). For an ensemble both also return ``uncertainty``: the members' spread times
-    ``uncertainty_scale`` (calibrated on the validation split: one standard deviation, so +-1.645 of it is the
-    90 % interval). The Keras weights are always the trained model's."""
-    import shutil
-
-    from conductivity_tf.keras_compat import cpu_bfloat16_convolutions, tf
-    from conductivity_tf.model import BFLOAT16_SIGNATURE, inference_copy, members_summary
-
-    spec = tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")
-    root = tf.Module()
-    root.uncertainty_scale = tf.Variable(float(uncertainty_scale or 1.0), trainable=False, name="uncertainty_scale")
-    signatures = {}
-
-    def serving_function(served):
-        @tf.function(input_signature=[spec])
-        def serve(volume):
-            mean, spread = members_summary(tf, served(volume, training=False))
-            if spread is None:
-                return {"relative_conductivity": mean}
-            return {"relative_conductivity": mean, "uncertainty": spread * root.uncertainty_scale}
-        return serve
-
-    exported = [("serving_default", "float32")]
-    if cpu_bfloat16_convolutions():  # TensorFlow 2.6 cannot run (so cannot trace) bfloat16 convolutions on CPUs
-        exported.append((BFLOAT16_SIGNATURE, "mixed_bfloat16"))
-    for signature, policy in exported:
-        served = inference_copy(base, model_cfg, policy=policy)
-        setattr(root, policy, served)          # tracked: the copy's variables are saved with the root
-        signatures[signature] = serving_function(served)
-    target = os.path.join(out, "saved_model")
-    staging = target + ".tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    tf.saved_model.save(root, staging, signatures=signatures)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-    base.save_weights(os.path.join(out, "model.weights.h5"))
-
-
 def print_plan(cfg, check_on_cpu=False, train_samples=None):
     """``--plan-only``: the IPU pipeline plan as a table, an epoch in the SDK's steps and the learning-rate
     schedule in weight updates; a violated IPU rule is one line and exit status 2. ``train_samples`` sizes the
     epoch when there is no dataset at ``data.path``."""
-    from conductivity_tf import pipeline_plan
-    from conductivity_tf.dataset import load_manifest
 
     if cfg.hardware.kind != "ipu":
         raise UserError("--plan-only plans IPU pipelines; add hardware.kind=ipu (with hardware.ipus, "
@@ -411,13 +383,11 @@ def print_plan(cfg, check_on_cpu=False, train_samples=None):
         raise UserError("--train-samples {} must be a positive number of samples".format(train_samples))
     if check_on_cpu:
         from conductivity_tf.keras_compat import tf
-        from conductivity_tf.strategies import _configure_logical_cpus
 
-        _configure_logical_cpus(tf, cfg.hardware.pipeline_stages)
+        configure_logical_cpus(tf, cfg.hardware.pipeline_stages)
     model = None
     if check_on_cpu:  # the checked model is the planned one: built once, seeded
         from conductivity_tf import keras_compat
-        from conductivity_tf.model import build_model
 
         keras_compat.set_random_seed(cfg.train.seed)
         model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
@@ -432,8 +402,6 @@ def print_plan(cfg, check_on_cpu=False, train_samples=None):
 
 def check_pipeline_on_cpu(cfg, plan, model):
     """One global batch through the CPU pipeline reference against unpipelined gradients."""
-    from conductivity_tf import dataset as dataset_lib
-    from conductivity_tf import pipeline_plan
     from conductivity_tf.keras_compat import keras, tf
 
     steps = plan.steps
@@ -474,7 +442,7 @@ def main(argv=None):
     if args.plan_only:
         return print_plan(cfg, args.check_on_cpu, args.train_samples)
     train(cfg)
-    from conductivity_tf import keras_compat, strategies
+    from conductivity_tf import keras_compat
 
     if strategies.multi_worker() and keras_compat.TF_VERSION < (2, 8):
         # TensorFlow 2.6 can abort while tearing its collective-op threads down at interpreter exit ("terminate

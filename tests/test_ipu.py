@@ -209,8 +209,7 @@ def test_ipu_config_and_strategy_calls(monkeypatch):
     assert rec.named("configure_ipu_system") and rec.named("IPUStrategy")
     assert rec.named("reset_ipu_seed") == [{"seed": 7}]
     assert "--executable_cache_path=/tmp/cache" in os.environ["TF_POPLAR_FLAGS"]
-    assert (hardware.kind, hardware.replicas, hardware.instances) == ("ipu", 2, 1)
-    assert hardware.plan.steps.replicas == 2
+    assert (hardware.kind, hardware.replicas, hardware.instances, hardware.ipus) == ("ipu", 2, 1, 4)
 
 
 def test_precompile_connects_to_no_device():
@@ -254,6 +253,37 @@ def test_training_on_ipus_calls_fit_in_the_sdks_units(monkeypatch, tmp_path):
     updates = call["replica_steps"] // accumulation * cfg.train.epochs
     assert schedule["total_steps"] == updates
     assert schedule["warmup_steps"] == int(cfg.train.warmup_epochs * call["replica_steps"] // accumulation)
+
+
+def test_training_the_ipu_plan_and_the_train_benchmark_share_one_step_plan_and_one_model(monkeypatch):
+    """The batch split is computed once (steps.step_plan): the session training sets up, the IPU plan made from
+    the model it trains and the train benchmark's row for the same run agree; the model is built once."""
+    from conductivity_tf import benchmark, train
+    from conductivity_tf.keras_compat import keras
+
+    sdk = R.make_sdk(replicas=2)
+    for name, module in R.modules(sdk).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    R.extend_keras(keras, sdk, setattr=lambda *a: monkeypatch.setattr(*a, raising=False))
+    builds = []
+    real_build = train.build_model
+
+    def counting_build(*args, **kwargs):
+        builds.append(args)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(train, "build_model", counting_build)
+    monkeypatch.setattr(PP, "build_model", counting_build)
+    run = dict(name="pod", kind="ipu", replicas=2, pipeline_stages=2, gradient_accumulation=4, micro_batch=2,
+               precision="fp32", size=32, steps_per_execution=8, ipu_model="gc200", quick=False,
+               model={"norm": "none", "widths": [4, 8], "head_units": 8})
+    session = train.setup(benchmark.run_training_config(run), 4935)
+    assert len(builds) == 1
+    assert session.plan.steps == session.steps
+    assert (session.steps.micro_batch, session.steps.accumulation, session.steps.replicas) == (2, 4, 2)
+    assert session.steps.global_batch == benchmark._row_head(run)["global_batch"] == 16
+    assert session.hardware.ipus == session.plan.ipus == benchmark._ipus(run) == 4
+    assert session.steps.replica_steps == 4935 // (2 * 2) // 8 * 8
 
 
 @needs_group_norm  # ipu_pod16's model
@@ -339,5 +369,6 @@ def test_real_sdk_accepts_the_configuration():
 
     with hardware.strategy.scope():
         model = build_model(cfg.model, 16, 3)
-        ipu.configure_model(model, hardware.plan, cfg, sdk)
-        model.compile(optimizer="adam", loss="mse", steps_per_execution=hardware.plan.steps.steps_per_execution)
+        plan = PP.make_plan(cfg, model)
+        ipu.configure_model(model, plan, cfg, sdk)
+        model.compile(optimizer="adam", loss="mse", steps_per_execution=plan.steps.steps_per_execution)

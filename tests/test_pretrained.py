@@ -94,7 +94,8 @@ def test_the_keras_weights_rebuild_predicts_what_the_saved_model_predicts():
     import os
 
     from conductivity_tf.keras_compat import tf
-    from conductivity_tf.predict import PRETRAINED, Predictor, keras_signatures
+    from conductivity_tf.predict import PRETRAINED, Predictor
+    from conductivity_tf.serving import keras_signatures
 
     volumes = np.stack([microstructure.generate(family, 64, seed=930 + i) for i, family in
                         enumerate(("blobs", "fibres", "packed_spheres"))]).astype(np.float32)

@@ -193,7 +193,8 @@ def test_the_keras_weights_rebuild_of_an_ensemble_states_the_same_uncertainty(en
     import os
 
     from conductivity_tf.keras_compat import tf
-    from conductivity_tf.predict import Predictor, keras_signatures
+    from conductivity_tf.predict import Predictor
+    from conductivity_tf.serving import keras_signatures
 
     volumes = _family("blobs", correlation_length=1.8)[:4]
     rebuilt = keras_signatures(os.path.join(ensemble_run, "config.yaml"),
