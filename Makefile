@@ -35,7 +35,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt | $(PY)
 
 install: $(STAMP)
 
-# The main job on the embedded default (configs/default.yaml: the small dataset in data/, best hardware found).
+# The main job on the embedded default (configs/train/default.yaml: the small dataset in data/, best hardware found).
 train: install
 	$(PY) -m conductivity_tf.train $(ARGS)
 

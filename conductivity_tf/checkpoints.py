@@ -6,8 +6,8 @@ a UserError naming it and what to delete)."""
 import math
 import os
 
+from conductivity_tf import fileio  # fileio.atomic_path looked up per call: a test kills a run mid-checkpoint
 from conductivity_tf.errors import UserError
-from conductivity_tf.fileio import atomic_path, write_text
 
 
 def trim_log(path, start):
@@ -23,7 +23,7 @@ def trim_log(path, start):
     kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < start]
     text = io.StringIO()
     csv_lib.writer(text).writerows(kept)  # the dialect CSVLogger writes
-    write_text(path, text.getvalue())
+    fileio.write_text(path, text.getvalue())
 
 
 def checkpoint_callback(keras, directory, monitor, is_chief=True, resuming=False):
@@ -66,7 +66,7 @@ def checkpoint_callback(keras, directory, monitor, is_chief=True, resuming=False
                 with tempfile.TemporaryDirectory() as scratch:
                     self.model.save_weights(os.path.join(scratch, name))
                 return
-            with atomic_path(os.path.join(directory, name), suffix=".tmp.weights.h5") as tmp:
+            with fileio.atomic_path(os.path.join(directory, name), suffix=".tmp.weights.h5") as tmp:
                 self.model.save_weights(tmp)
 
         def on_epoch_end(self, epoch, logs=None):
@@ -75,7 +75,8 @@ def checkpoint_callback(keras, directory, monitor, is_chief=True, resuming=False
                 self.best = float(value)
                 self._save("best.weights.h5")
                 # every worker keeps the record (the same on all), so resumed workers agree on what to save
-                write_text(state_path, json_lib.dumps({"monitor": monitor, "value": self.best, "epoch": epoch + 1}))
+                fileio.write_text(state_path, json_lib.dumps({"monitor": monitor, "value": self.best,
+                                                              "epoch": epoch + 1}))
             self._save("last.weights.h5")
 
     return Checkpoints()

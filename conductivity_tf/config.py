@@ -2,17 +2,16 @@
 
 A run's configuration is resolved in layers, later ones winning::
 
-    dataclass defaults  <-  configs/default.yaml  <-  --config PRESET_OR_FILE  <-  section.key=value ...
+    dataclass defaults  <-  configs/train/default.yaml  <-  --config PRESET_OR_FILE  <-  section.key=value ...
 
-``configs/default.yaml`` spells out every key of the embedded default run (a test keeps it equal to the
-dataclass defaults below); presets in ``configs/`` change only what they need. Values are checked once,
+``configs/train/default.yaml`` spells out every key of the embedded default run (a test keeps it equal to the
+dataclass defaults below); presets in ``configs/train/`` change only what they need. Values are checked once,
 here, at the edge: an unknown key, a wrong type or an inconsistent combination raises ``UserError`` with
 one line naming the key and the fix. The resolved configuration is saved beside every run's outputs.
 
-Batch arithmetic lives here too, because the CPU/GPU strategies, the IPU pipeline plan and the
-benchmarks all need the same numbers::
-
-    global batch = micro-batch x gradient-accumulation steps x replicas
+``merge_layers`` is the one loader of every YAML kind: training configurations (here), dataset specifications
+(``configs/datasets/``, ``dataset.spec``) and the train benchmark's list (``configs/benchmarks.yaml``). The batch
+split is checked with ``steps.batch_arithmetic``, the one place it is computed.
 """
 
 import dataclasses
@@ -20,11 +19,16 @@ import os
 from dataclasses import dataclass, field
 from typing import List
 
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
 from conductivity_tf.errors import UserError
 from conductivity_tf.fileio import write_text
 from conductivity_tf.steps import batch_arithmetic
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+PRESET_DIR = os.path.join(CONFIG_DIR, "train")  # training presets (default.yaml: the embedded run)
+DATASET_SPEC_DIR = os.path.join(CONFIG_DIR, "datasets")  # dataset build specifications
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -161,62 +165,98 @@ def default_config():
     return Config()
 
 
-def _omegaconf():
-    from omegaconf import OmegaConf
+def _fields_at(schema, key):
+    """(the dotted path of ``key``'s parent, the dataclass there) in ``schema``; (path, None) past a dict or list."""
+    cls, parents = schema, key.split(".")[:-1]
+    for depth, part in enumerate(parents):
+        field_types = {f.name: f.type for f in dataclasses.fields(cls)}
+        cls = field_types.get(part.split("[")[0])
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return ".".join(parents[:depth + 1]), None
+    return ".".join(parents), cls
 
-    return OmegaConf
+
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+              List[int]: "a list of integers, e.g. [0,1,2]", List[str]: "a list of strings",
+              List[float]: "a list of numbers"}
 
 
-def _explain_omegaconf_error(err, source):
-    """Turn an OmegaConf error into one line naming the key and the fix."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
-
+def _explain_omegaconf_error(err, source, schema):
+    """An OmegaConf error as one line naming the key (and the valid keys, or the type wanted) and the fix."""
     key = getattr(err, "full_key", None) or ""
     where = " (in {})".format(source) if source else ""
+    parent, cls = _fields_at(schema, key) if key else ("", None)
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
-        section, _, name = key.partition(".")
-        if section in SECTIONS and name:
-            valid = ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
-            return "unknown key {}{}; valid keys in '{}': {}".format(key, where, section, valid)
-        return "unknown key {}{}; the sections are {}".format(key or "?", where, ", ".join(SECTIONS))
+        if cls is None:
+            return "unknown key {}{}".format(key or "?", where)
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not parent and all(dataclasses.is_dataclass(f.type) for f in dataclasses.fields(cls)):
+            return "unknown key {}{}; the sections are {}".format(key, where, ", ".join(names))
+        return "unknown key {}{}; valid keys{}: {}".format(key, where, " in '{}'".format(parent) if parent else "",
+                                                           ", ".join(names))
     if isinstance(err, ValidationError):
-        value = getattr(err, "value", None)
-        expected = _field_type_name(key)
-        return "{}={!r}{} has the wrong type; give {}".format(key, value, where, expected)
-    return "bad configuration{}: {}".format(where, str(err).splitlines()[0])
+        name = key.split(".")[-1].split("[")[0]
+        wanted = {f.name: f.type for f in dataclasses.fields(cls)}.get(name) if cls is not None else None
+        return "{}={!r}{} has the wrong type; give {}".format(key, getattr(err, "value", None), where,
+                                                             TYPE_NAMES.get(wanted, "a valid value"))
+    return "bad configuration{}: {}{}".format(where, str(err).splitlines()[0], " (key {})".format(key) if key else "")
 
 
-def _field_type_name(key):
-    section, _, name = key.partition(".")
-    name = name.split("[")[0]
-    cls = SECTIONS.get(section)
-    if cls is None:
-        return "a valid value"
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-                    List[int]: "a list of integers, e.g. [0,1,2]", List[str]: "a list of strings",
-                    List[float]: "a list of numbers"}.get(f.type, "a valid value")
-    return "a valid value"
+def merge_layers(schema, layers=(), overrides=(), last=(), what="configuration"):
+    """The one loader of every YAML kind the project reads (training configurations, dataset specifications,
+    benchmark lists): the dataclass ``schema``'s defaults, then each layer in order (a YAML file's path, or a
+    mapping), then ``key=value`` overrides (YAML values), then the mappings in ``last``. Returns the merged
+    OmegaConf node (``OmegaConf.to_object`` makes it dataclasses); UserError naming the file or the command line
+    and the key on any problem."""
+    node = OmegaConf.structured(schema)
+    schema = schema if isinstance(schema, type) else type(OmegaConf.to_object(node))
+
+    def merge(node, layer, source):
+        try:
+            return OmegaConf.merge(node, layer)
+        except OmegaConfBaseException as err:
+            raise UserError(_explain_omegaconf_error(err, source, schema))
+
+    for layer in layers:
+        source = None
+        if isinstance(layer, str):
+            source = layer
+            try:
+                layer = OmegaConf.load(layer)
+            except Exception as err:  # yaml.YAMLError and OSError: either way the file is unusable
+                raise UserError("cannot read {} {}: {}".format(what, source, str(err).splitlines()[0]))
+        node = merge(node, layer, source)
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError("override {!r} is not of the form {}, e.g. {}".format(
+                item, *(("section.key=value", "train.epochs=5") if schema is Config else
+                        ("key=value", "families.fibres.weight=0"))))
+        node = merge(node, OmegaConf.from_dotlist([item]), "command line")
+    for layer in last:
+        node = merge(node, layer, "command line")
+    return node
 
 
-def resolve_config_file(name):
-    """A preset name (``pretrained64``) or a path to a YAML file -> an existing path."""
+def resolve_config_file(name, directory=PRESET_DIR, what="configuration", kind="presets"):
+    """A shipped configuration's name (``pretrained64``: a preset in configs/train/; ``real64`` with
+    ``directory=DATASET_SPEC_DIR``: a dataset specification) or a path to a YAML file -> an existing path."""
     if os.path.isfile(name):
         return name
-    candidate = os.path.join(CONFIG_DIR, name if name.endswith(".yaml") else name + ".yaml")
+    candidate = os.path.join(directory, name if name.endswith(".yaml") else name + ".yaml")
     if os.path.isfile(candidate):
         return candidate
-    raise UserError("configuration {} not found; give a YAML file or one of the presets: {}".format(
-        name, ", ".join(list_presets())))
+    shipped = list_presets() if directory == PRESET_DIR else list_configs(directory)
+    raise UserError("{} {} not found; give a YAML file or one of the {}: {}".format(what, name, kind,
+                                                                                 ", ".join(shipped)))
 
 
-# configs/ also holds the benchmark list and dataset specifications
-NOT_PRESETS = ("benchmarks", "dataset_mix64", "dataset_real64")
+def list_configs(directory=PRESET_DIR):
+    """The names of the shipped configurations in ``directory``."""
+    return sorted(n[:-5] for n in os.listdir(directory) if n.endswith(".yaml"))
 
 
 def list_presets():
-    return sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".yaml") and n[:-5] not in NOT_PRESETS)
+    return [n for n in list_configs(PRESET_DIR) if n != "default"]
 
 
 def load_config(config_file=None, overrides=()):
@@ -225,34 +265,15 @@ def load_config(config_file=None, overrides=()):
     ``overrides`` are strings ``section.key=value`` (YAML values: ``model.widths=[8,16]``).
     Returns a validated ``Config``; raises ``UserError`` on any problem.
     """
-    OmegaConf = _omegaconf()
-    from omegaconf.errors import OmegaConfBaseException
-
-    cfg = OmegaConf.structured(Config)
-    layers = [os.path.join(CONFIG_DIR, "default.yaml")]
+    layers = [os.path.join(PRESET_DIR, "default.yaml")]
     if config_file:
         layers.append(resolve_config_file(config_file))
-    for path in layers:
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as err:  # yaml.YAMLError and OSError: either way the file is unusable
-            raise UserError("cannot read configuration {}: {}".format(path, str(err).splitlines()[0]))
-        try:
-            cfg = OmegaConf.merge(cfg, loaded)
-        except OmegaConfBaseException as err:
-            raise UserError(_explain_omegaconf_error(err, path))
     for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise UserError("override {!r} is not of the form section.key=value, e.g. train.epochs=5".format(item))
         key = item.split("=", 1)[0]
-        if "." not in key:
+        if "=" in item and not item.startswith("=") and "." not in key:
             raise UserError("override {!r} needs a section: one of {} (e.g. train.{}=...)".format(
                 item, ", ".join(SECTIONS), key))
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as err:
-            raise UserError(_explain_omegaconf_error(err, "command line"))
-    config = OmegaConf.to_object(cfg)
+    config = OmegaConf.to_object(merge_layers(Config, layers, overrides))
     validate(config)
     return config
 
@@ -262,7 +283,6 @@ def config_to_dict(config):
 
 
 def config_to_yaml(config):
-    OmegaConf = _omegaconf()
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 

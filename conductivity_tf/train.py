@@ -48,7 +48,7 @@ from conductivity_tf.strategies import configure_logical_cpus, native_bfloat16
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m conductivity_tf.train",
-        description="Train the conductivity CNN. Settings come from configs/default.yaml, then an optional "
+        description="Train the conductivity CNN. Settings come from configs/train/default.yaml, then an optional "
                     "--config preset or YAML file, then section.key=value overrides.",
         epilog="Examples:\n"
                "  python -m conductivity_tf.train                                   # the embedded default run\n"

@@ -10,7 +10,7 @@ from tests.conftest import assert_one_line_error, run_module
 
 
 def test_default_yaml_lists_every_key_with_the_dataclass_defaults():
-    with open(C.CONFIG_DIR + "/default.yaml") as handle:
+    with open(C.PRESET_DIR + "/default.yaml") as handle:
         listed = yaml.safe_load(handle)
     assert listed == C.config_to_dict(C.default_config())
 

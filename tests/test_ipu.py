@@ -258,7 +258,8 @@ def test_training_on_ipus_calls_fit_in_the_sdks_units(monkeypatch, tmp_path):
 def test_training_the_ipu_plan_and_the_train_benchmark_share_one_step_plan_and_one_model(monkeypatch):
     """The batch split is computed once (steps.step_plan): the session training sets up, the IPU plan made from
     the model it trains and the train benchmark's row for the same run agree; the model is built once."""
-    from conductivity_tf import benchmark, train
+    from conductivity_tf import train
+    from conductivity_tf.benchmark import training as benchmark
     from conductivity_tf.keras_compat import keras
 
     sdk = R.make_sdk(replicas=2)

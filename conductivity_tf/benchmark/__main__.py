@@ -1,0 +1,3 @@
+from conductivity_tf.benchmark.cli import cli
+
+cli()

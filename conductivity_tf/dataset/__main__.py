@@ -1,0 +1,3 @@
+from conductivity_tf.dataset.cli import cli
+
+cli()
