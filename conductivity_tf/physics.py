@@ -17,7 +17,8 @@ Conventions (stated once, here):
   faces carry no current and are removed before solving.
 
 The linear system is solved matrix-free by conjugate gradients preconditioned with a geometric
-multigrid V-cycle compiled with numba (``conductivity_tf._multigrid``). The current is evaluated from
+multigrid V-cycle compiled with numba (``_discretisation``: conductances, boundary faces and power;
+``_multigrid``: grid levels and CG; ``_graph_levels``: coarse levels as graphs). The current is evaluated from
 the dissipated power, which is second-order accurate in the solver's error, and the spread of the
 current across all cross-sections is reported as a conservation check.
 
@@ -39,14 +40,8 @@ from typing import Optional
 import numpy as np
 import scipy.ndimage
 
-from conductivity_tf._multigrid import (
-    MultigridPCG,
-    assemble,
-    initial_guess,
-    power_and_sections,
-    spanning_field,
-    workspace,
-)
+from conductivity_tf._discretisation import assemble, initial_guess, power_and_sections, spanning_field, workspace
+from conductivity_tf._multigrid import MultigridPCG
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
 
