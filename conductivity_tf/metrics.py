@@ -19,6 +19,13 @@ def regression_metrics(truth, predicted):
             "count": int(truth.size)}
 
 
+def per_family(truth, predicted, families):
+    """``regression_metrics`` of each family's samples: {family: metrics}, families sorted."""
+    families = np.asarray(families)
+    return {f: regression_metrics(truth[families == f], predicted[families == f])
+            for f in sorted(set(families.tolist()))}
+
+
 Z90 = 1.6448536  # the ~90 % interval is the prediction +- Z90 uncertainties
 
 

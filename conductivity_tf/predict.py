@@ -20,7 +20,7 @@ from conductivity_tf import dataset as dataset_lib
 from conductivity_tf import domain as domain_lib
 from conductivity_tf import physics, serving
 from conductivity_tf.errors import UserError, run_cli
-from conductivity_tf.metrics import Z90, calibration_metrics, regression_metrics
+from conductivity_tf.metrics import Z90, calibration_metrics, per_family, regression_metrics
 from conductivity_tf.model import BFLOAT16_SIGNATURE
 from conductivity_tf.strategies import native_bfloat16
 from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
@@ -192,8 +192,7 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
     truth = sigma[:, predictor.axes]
     metrics = {"split": split, "dataset": manifest["path"], "axes": predictor.axes, "precision": predictor.precision,
                "all": regression_metrics(truth, predicted),
-               "per_family": {f: regression_metrics(truth[families == f], predicted[families == f])
-                              for f in sorted(set(families.tolist()))}}
+               "per_family": per_family(truth, predicted, families)}
     if uncertainty is not None:
         metrics["calibration"] = calibration_metrics(truth, predicted, uncertainty)
     return metrics

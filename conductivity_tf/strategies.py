@@ -126,6 +126,13 @@ def make_strategy(hardware_cfg, cfg=None):
     return Hardware(strategy, kind, replicas, description, worker)
 
 
+def reduce_accumulated(total, k, reduction):
+    """The gradient applied after adding those of ``k`` micro-batches, as Graphcore's reductions define it: 'sum'
+    the sum, 'mean' and 'running_mean' the sum over k (so that with a mean loss the step equals one step on the
+    whole batch)."""
+    return list(total) if reduction == "sum" or k == 1 else [g / float(k) for g in total]
+
+
 def accumulating_model_class(keras, tf):
     """A ``keras.Model`` subclass whose ``train_step`` accumulates gradients over micro-batches."""
 
@@ -158,8 +165,7 @@ def accumulating_model_class(keras, tf):
                     g = self.optimizer.get_unscaled_gradients(g)
                 grads = g if grads is None else [a + b for a, b in zip(grads, g)]
                 predictions.append(pred)
-            if k > 1 and getattr(self, "accumulation_reduction", "mean") != "sum":
-                grads = [g / float(k) for g in grads]
+            grads = reduce_accumulated(grads, k, getattr(self, "accumulation_reduction", "mean"))
             self.optimizer.apply_gradients(zip(grads, variables))
             pred = tf.concat(predictions, axis=0) if k > 1 else predictions[0]
             if hasattr(keras.Model, "compute_metrics"):

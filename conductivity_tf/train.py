@@ -30,15 +30,21 @@ from typing import Optional
 import numpy as np
 
 from conductivity_tf import config as config_lib
+from conductivity_tf import cpu_pipeline, ipu, pipeline_plan, plots, serving, strategies
 from conductivity_tf import dataset as dataset_lib
 from conductivity_tf import domain as domain_lib
-from conductivity_tf import ipu, pipeline_plan, plots, serving, strategies
 from conductivity_tf.checkpoints import checkpoint_callback, load_weights_checked, resume_epoch, trim_log
 from conductivity_tf.dataset import load_manifest
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.fileio import check_writable_dir, write_text
 from conductivity_tf.hardware import Hardware
-from conductivity_tf.metrics import bruggeman_fit, calibration_metrics, regression_metrics, uncertainty_scale
+from conductivity_tf.metrics import (
+    bruggeman_fit,
+    calibration_metrics,
+    per_family,
+    regression_metrics,
+    uncertainty_scale,
+)
 from conductivity_tf.model import build_model, members_summary
 from conductivity_tf.pipeline_plan import PipelinePlan, layer_costs
 from conductivity_tf.steps import StepPlan, step_plan
@@ -337,8 +343,7 @@ def finish_run(cfg, base, manifest, out, train_seconds):
     metrics = {
         "test": regression_metrics(truth, predicted),
         "bruggeman": dict(regression_metrics(truth, baseline), exponent=exponent),
-        "per_family": {f: regression_metrics(truth[families == f], predicted[families == f])
-                       for f in sorted(set(families.tolist()))},
+        "per_family": per_family(truth, predicted, families),
         "axes": axes, "dataset": manifest["path"], "train_seconds": train_seconds,
     }
     metrics["rmse_ratio_bruggeman_over_cnn"] = metrics["bruggeman"]["rmse"] / max(metrics["test"]["rmse"], 1e-12)
@@ -396,39 +401,8 @@ def print_plan(cfg, check_on_cpu=False, train_samples=None):
         raise UserError(plan.violations[0])
     print(pipeline_plan.format_plan(plan, cfg.train))
     if check_on_cpu:
-        check_pipeline_on_cpu(cfg, plan, model)
+        cpu_pipeline.check_pipeline_on_cpu(cfg, plan, model)
     return 0
-
-
-def check_pipeline_on_cpu(cfg, plan, model):
-    """One global batch through the CPU pipeline reference against unpipelined gradients."""
-    from conductivity_tf.keras_compat import keras, tf
-
-    steps = plan.steps
-    try:
-        x, y = next(iter(dataset_lib.make_dataset(cfg.data.path, "train", steps.global_batch, axes=cfg.data.axes)))
-        source = "a batch of {}".format(cfg.data.path)
-    except UserError:
-        rng = np.random.default_rng(cfg.train.seed)
-        x = tf.constant((rng.random((steps.global_batch,) + (cfg.data.size,) * 3 + (1,)) < 0.5).astype("float32"))
-        y = tf.constant(rng.random((steps.global_batch, len(cfg.data.axes))).astype("float32") * 0.3)
-        source = "random volumes (no dataset of this size at data.path)"
-    loss = keras.losses.MeanSquaredError()
-    devices = ["/cpu:{}".format(i) for i in range(len(plan.stages))]
-    replica = steps.micro_batch * steps.accumulation  # one replica's share of the global batch
-    piped, piped_loss = pipeline_plan.CpuPipeline(model, plan, devices, loss, None, cfg.hardware.reduction).gradients(
-        x[:replica], y[:replica])
-    with tf.GradientTape() as tape:
-        full_loss = loss(y[:replica], model(x[:replica], training=True))
-    full = tape.gradient(full_loss, model.trainable_variables)
-    if cfg.hardware.reduction == "sum":
-        full = [g * steps.accumulation for g in full]
-    # relative L2 norm over all gradients together
-    error = float(tf.linalg.global_norm([a - b for a, b in zip(piped, full)]) / tf.linalg.global_norm(full))
-    print("CPU pipeline check ({} stages on {}, {} micro-batches of {} from {}): loss {:.6g} vs {:.6g} unpipelined, "
-          "relative gradient difference (L2 over all weights) {:.2e}".format(
-              len(plan.stages), ", ".join(devices), steps.accumulation, steps.micro_batch, source, piped_loss,
-              float(full_loss), error))
 
 
 def main(argv=None):

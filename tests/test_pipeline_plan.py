@@ -134,6 +134,7 @@ from conductivity_tf.keras_compat import tf, keras, set_random_seed
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 4)
 from conductivity_tf import config as C, pipeline_plan as PP
+from conductivity_tf.cpu_pipeline import CpuPipeline
 from conductivity_tf.model import build_model
 
 stages = int(sys.argv[1])
@@ -155,7 +156,7 @@ def fresh():
 model = fresh()
 plan = PP.make_plan(cfg, model)
 assert not plan.violations, plan.violations
-pipe = PP.CpuPipeline(model, plan, ["/cpu:{}".format(i) for i in range(stages)], loss, keras.optimizers.SGD(0.5))
+pipe = CpuPipeline(model, plan, ["/cpu:{}".format(i) for i in range(stages)], loss, keras.optimizers.SGD(0.5))
 piped, _ = pipe.gradients(x, y)
 with tf.GradientTape() as tape:
     full_loss = loss(y, model(x, training=True))

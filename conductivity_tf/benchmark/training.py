@@ -34,6 +34,7 @@ from conductivity_tf.benchmark.common import (
     write_csv,
 )
 from conductivity_tf.config import CONFIG_DIR
+from conductivity_tf.cpu_pipeline import CpuPipeline
 from conductivity_tf.errors import UserError
 from conductivity_tf.fileio import write_text
 from conductivity_tf.model import build_model
@@ -327,7 +328,7 @@ def measure_cpu_pipeline(run, cfg, row, windows, per_window, warmup):
         raise UserError(plan.violations[0])
     devices = ["/cpu:{}".format(i) for i in range(stages)]
     optimizer = keras.optimizers.Adam(1e-3)
-    pipe = pipeline_plan.CpuPipeline(model, plan, devices, keras.losses.MeanSquaredError(), optimizer,
+    pipe = CpuPipeline(model, plan, devices, keras.losses.MeanSquaredError(), optimizer,
                                      cfg.hardware.reduction)
     x, y = (tf.constant(a) for a in synthetic_batch(plan.steps.global_batch, run["size"], len(cfg.data.axes)))
 
