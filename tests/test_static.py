@@ -1,5 +1,6 @@
 """The package must run on the Graphcore SDK's Python 3.8 and stay light to import."""
 
+import ast
 import os
 import shutil
 import subprocess
@@ -35,7 +36,9 @@ def test_ruff_is_clean():
 
 
 @pytest.mark.parametrize("module", ["conductivity_tf", "conductivity_tf.physics", "conductivity_tf.microstructure",
-                                    "conductivity_tf.volumes", "conductivity_tf.config"])
+                                    "conductivity_tf.volumes", "conductivity_tf.config", "conductivity_tf.dataset",
+                                    "conductivity_tf.pipeline_plan", "conductivity_tf.cpu_pipeline",
+                                    "conductivity_tf.predict", "conductivity_tf.train", "conductivity_tf.benchmark"])
 def test_light_modules_do_not_import_tensorflow(module):
     code = "import sys, {m}; assert 'tensorflow' not in sys.modules, 'tensorflow imported'".format(m=module)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -70,3 +73,58 @@ def test_no_unsafe_deserialisation_of_user_files():
                     hits += ["{}:{}: {}".format(name, number, line.strip()) for pattern in forbidden
                              if re.search(pattern, line)]
     assert not hits, hits
+
+
+def _project_imports():
+    """{module: [(imported module, inside a function?)]} for every module of the package, from its source."""
+    graph = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").replace(".__init__", "")
+            tree = ast.parse(open(path).read())
+            inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      for n in ast.walk(f) if n is not f}
+            edges = []
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("conductivity_tf"):
+                    targets = [node.module + "." + a.name for a in node.names]
+                    targets = [t if os.path.exists(os.path.join(ROOT, *t.split(".")) + ".py") or
+                               os.path.isdir(os.path.join(ROOT, *t.split("."))) else node.module for t in targets]
+                elif isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names if a.name.startswith("conductivity_tf")]
+                else:
+                    continue
+                edges += [(t, id(node) in inside) for t in targets]
+            graph[module] = edges
+    return graph
+
+
+def test_project_modules_are_imported_at_module_level_except_keras_compat():
+    lazy = sorted("{} imports {} inside a function".format(m, t) for m, edges in _project_imports().items()
+                  for t, inner in edges if inner and t != "conductivity_tf.keras_compat")
+    assert not lazy, lazy
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {m: {t for t, _ in edges if t != m} for m, edges in _project_imports().items()}
+    for module in graph:  # a package's modules import each other, not the package itself
+        graph[module] = {t for t in graph[module] if not module.startswith(t + ".")}
+    state, cycles = {}, []
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycles.append(path[path.index(target):] + [target] if target in path else path + [target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
+
