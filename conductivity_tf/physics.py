@@ -39,8 +39,18 @@ from typing import Optional
 
 import numpy as np
 import scipy.ndimage
+import scipy.sparse
+import scipy.sparse.csgraph
 
-from conductivity_tf._discretisation import assemble, initial_guess, power_and_sections, spanning_field, workspace
+from conductivity_tf._discretisation import (
+    Workspace,
+    assemble,
+    assemble_cells,
+    initial_guess,
+    power_and_sections,
+    spanning_field,
+    workspace,
+)
 from conductivity_tf._multigrid import MultigridPCG
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
@@ -305,6 +315,63 @@ def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
         results.append(AxisResult(
             axis, relative, tau, porosity, True, spread, iterations, residual, time.perf_counter() - t0,
             potential=np.moveaxis(phi, 0, axis).copy() if return_potential else None))
+    return results
+
+
+def _spanning_cells(s, axis):
+    """The cells of a grid with per-axis conductivities ``s`` (n0, n1, n2, 3) in a cluster joining the two faces
+    normal to ``axis``; neighbours are joined along axis a where both conduct along a."""
+    shape = s.shape[:3]
+    index = np.arange(int(np.prod(shape))).reshape(shape)
+    rows, cols = [], []
+    for a in range(3):
+        both = (np.take(s[..., a], range(shape[a] - 1), axis=a) > 0) & (np.take(s[..., a], range(1, shape[a]),
+                                                                                   axis=a) > 0)
+        rows.append(np.take(index, range(shape[a] - 1), axis=a)[both])
+        cols.append(np.take(index, range(1, shape[a]), axis=a)[both])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    graph = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(index.size, index.size))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    labels = labels.reshape(shape)
+    inlet = np.take(labels, 0, axis=axis)[np.take(s[..., axis], 0, axis=axis) > 0]
+    outlet = np.take(labels, shape[axis] - 1, axis=axis)[np.take(s[..., axis], shape[axis] - 1, axis=axis) > 0]
+    return np.isin(labels, np.intersect1d(inlet, outlet))
+
+
+def solve_cells(conductivity, sizes=None, axes=None, tol=1e-8, maxiter=1000):
+    """sigma_eff of a grid of box cells, each with its own conductivity along each axis, for each axis in ``axes``.
+
+    conductivity: (n0, n1, n2, 3), cell (i, j, k)'s conductivity along axes 0, 1, 2 (>= 0).
+    sizes: three 1-D arrays, the cells' edge lengths along each axis (default: unit cubes).
+    The boundary conditions are ``solve``'s: unit potential drop between the two faces normal to the axis,
+    insulating sides; cells not in a cluster joining both faces carry no current and are left out. Returns a list
+    of floats (sigma_eff in the unit of ``conductivity``; 0 where no cluster joins the faces).
+    """
+    s = np.asarray(conductivity, dtype=np.float64)
+    if s.ndim != 4 or s.shape[3] != 3 or min(s.shape[:3]) < 1:
+        raise UserError("cell conductivities must have shape (n0, n1, n2, 3); got {}".format(s.shape))
+    if not np.all(np.isfinite(s)) or s.min() < 0:
+        raise UserError("cell conductivities must be finite and non-negative")
+    sizes = [np.ones(n) for n in s.shape[:3]] if sizes is None else [np.asarray(h, np.float64) for h in sizes]
+    if [len(h) for h in sizes] != list(s.shape[:3]) or min(h.min() for h in sizes) <= 0:
+        raise UserError("cell sizes must be three arrays of positive lengths, one per cell along each axis")
+    results = []
+    with _one_blas_thread():
+        for axis in parse_axes(axes):
+            keep = _spanning_cells(s, axis)
+            if not keep.any():
+                results.append(0.0)
+                continue
+            order = [axis] + [a for a in range(3) if a != axis]   # transport along the first array axis
+            fields = [np.ascontiguousarray(np.transpose(np.where(keep, s[..., a], 0.0), order)) for a in order]
+            h = [sizes[a] for a in order]
+            cx, cy, cz, diag, bnd, rhs = assemble_cells(*fields, *h)
+            x0 = np.zeros(diag.shape)
+            initial_guess(diag, x0)
+            solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=Workspace())
+            phi, _, _ = solver.solve(rhs, x0=x0, maxiter=maxiter, tol=tol, offset=float(rhs.sum()))
+            current, _ = power_and_sections(phi, diag, cx, cy, cz, bnd, rhs)
+            results.append(float(current) * h[0].sum() / (h[1].sum() * h[2].sum()))
     return results
 
 

@@ -198,6 +198,118 @@ def tile(array, size, stride=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# volumes larger than memory: read slab by slab along axis 0
+
+
+class VolumeSource(object):
+    """A volume on disk read slab by slab along axis 0 (``read(start, stop)``), never whole: ``.npy`` by memory
+    map, TIFF stacks page by page. ``transform`` (phases from grey levels, relabelling) is applied per slab.
+    Volumes already in memory are wrapped as they are (``VolumeSource.of(array)``)."""
+
+    def __init__(self, shape, dtype, read, name, transform=None, close=None):
+        self.shape, self.dtype, self.name = tuple(int(n) for n in shape), np.dtype(dtype), name
+        self._read, self._transform, self._close = read, transform, close
+
+    @classmethod
+    def of(cls, array, name="volume"):
+        array = np.asarray(array)
+        return cls(array.shape, array.dtype, lambda start, stop: array[start:stop], name)
+
+    def read(self, start, stop):
+        """Slices ``start`` .. ``stop`` - 1 along axis 0, as an array in memory (transformed)."""
+        try:
+            slab = np.array(self._read(start, stop))
+        except (OSError, ValueError) as err:
+            raise UserError("cannot read slices {}..{} of {} ({}); the file is damaged or truncated".format(
+                start, stop - 1, self.name, str(err).splitlines()[0] if str(err) else type(err).__name__))
+        return self._transform(slab) if self._transform else slab
+
+    def close(self):
+        if self._close:
+            self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_volume(path, args=None):
+    """A ``VolumeSource`` for ``path``: ``.npy`` memory-mapped, TIFF read page by page, raw memory-mapped; the
+    command-line segmentation options of ``args`` (``--threshold``, ``--phase-map``) applied per slab
+    (``--otsu`` needs the whole volume's histogram: use ``load_volume_from_args``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError("volume file {} does not exist; check the path".format(path))
+    transform = None
+    if args is not None:
+        if getattr(args, "otsu", False):
+            raise UserError("--otsu needs the whole volume in memory; give --threshold for a volume read slab by "
+                            "slab")
+        mapping = _parse_phase_map(args.phase_map) if getattr(args, "phase_map", None) else None
+        threshold = getattr(args, "threshold", None)
+        conducting = "below" if getattr(args, "dark_conducts", False) else "above"
+
+        def transform(slab):
+            if threshold is not None:
+                slab = segment(slab, threshold=threshold, conducting=conducting)
+            if mapping:
+                slab = remap_phases(slab, mapping)
+            return slab
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise UserError("cannot read {} as a .npy array ({}); the file is damaged or truncated, or not saved "
+                            "with numpy.save".format(path, str(err).splitlines()[0]))
+        source = VolumeSource(array.shape, array.dtype, lambda a, b: array[a:b], path, transform)
+    elif lower.endswith(TIFF_SUFFIXES):
+        source = _tiff_source(path, transform)
+    else:
+        if args is None or args.shape is None or args.dtype is None:
+            raise UserError("{} is read as raw binary, which needs --shape Z Y X and --dtype (e.g. uint8); or give "
+                            "a .npy or .tif file".format(path))
+        array = load_volume(path, shape=args.shape, dtype=args.dtype).array  # checked sizes; reads it whole
+        source = VolumeSource(array.shape, array.dtype, lambda a, b: array[a:b], path, transform)
+    if len(source.shape) != 3:
+        raise UserError("{} holds a {}-D array of shape {}; a volume must be 3-D".format(
+            path, len(source.shape), source.shape))
+    if not (np.issubdtype(source.dtype, np.number) or source.dtype == np.bool_) or np.issubdtype(
+            source.dtype, np.complexfloating):
+        raise UserError("{} holds {} values; a volume holds real phase labels or grey levels".format(
+            path, source.dtype))
+    return source
+
+
+def _tiff_source(path, transform):
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+        pages = tif.pages
+        if len(pages) < 2:  # one page holding the whole stack (or a 2-D image): read as load_volume reads it
+            tif.close()
+            array = _read_tiff(path).array
+            return VolumeSource(array.shape, array.dtype, lambda a, b: array[a:b], path, transform)
+        first = pages[0]
+        shape = (len(pages),) + tuple(first.shape)
+        dtype = first.dtype
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
+        raise UserError("cannot read TIFF {}: {}; check that the file is a complete TIFF stack".format(
+            path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+
+    def read(start, stop):
+        try:
+            return np.stack([pages[i].asarray() for i in range(start, stop)])
+        except (tifffile.TiffFileError, KeyError, IndexError) as err:
+            raise ValueError(str(err) or type(err).__name__)
+
+    return VolumeSource(shape, dtype, read, path, transform, tif.close)
+
+
+# ---------------------------------------------------------------------------------------------
 # command-line options shared by every tool that reads volumes
 
 

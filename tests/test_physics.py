@@ -407,3 +407,47 @@ def test_cluster_labels_are_the_6_connected_components(shape, porosity):
     assert np.array_equal(labels > 0, mask)
     pairs = np.unique(np.stack([labels[mask], want[mask]]), axis=1)
     assert pairs.shape[1] == count      # one-to-one: no cluster split or merged
+
+
+# ---------------------------------------------------------------------------------------------
+# grids of cells with their own conductivity along each axis (the whole-volume combination)
+
+
+def test_cells_in_series_and_in_parallel_combine_harmonically_and_arithmetically():
+    s = np.ones((6, 4, 5, 3))
+    s[3:] = 0.25                      # two slabs normal to axis 0, each three cells thick
+    along, across_1, across_2 = physics.solve_cells(s)
+    assert along == pytest.approx(1.0 / (0.5 / 1.0 + 0.5 / 0.25), rel=1e-6)     # in series: 0.4
+    assert across_1 == pytest.approx((1.0 + 0.25) / 2, rel=1e-6)                 # in parallel: 0.625
+    assert across_2 == pytest.approx((1.0 + 0.25) / 2, rel=1e-6)
+
+
+def test_cells_of_unequal_sizes_and_anisotropic_conductivities():
+    s = np.ones((5, 3, 4, 3))
+    s[..., 1] = 2.0
+    s[..., 2] = 3.0
+    s[2:, ..., 0] = 0.5               # along axis 0: 3 + 2 length units at 1, then 3 + 3 + 1 at 0.5
+    sizes = [np.array([3.0, 2.0, 3.0, 3.0, 1.0]), np.array([1.0, 4.0, 2.0]), np.array([2.0, 1.0, 1.0, 5.0])]
+    along, across_1, across_2 = physics.solve_cells(s, sizes)
+    assert along == pytest.approx(12.0 / (5.0 / 1.0 + 7.0 / 0.5), rel=1e-6)
+    assert across_1 == pytest.approx(2.0, rel=1e-6) and across_2 == pytest.approx(3.0, rel=1e-6)
+
+
+def test_cells_equal_to_voxels_give_the_voxel_solve():
+    v = microstructure.blobs(24, 0.45, 2.5, seed=4)
+    cells = np.repeat(v[..., None].astype(float), 3, axis=3)
+    exact = [r.relative_conductivity for r in physics.solve(v, tol=1e-9)]
+    assert physics.solve_cells(cells, tol=1e-9) == pytest.approx(exact, rel=1e-5)
+
+
+def test_cells_without_a_path_between_the_faces_give_zero():
+    s = np.ones((6, 6, 6, 3))
+    s[3, :, :, 0] = 0.0               # a layer that conducts only sideways blocks axis 0
+    along, across_1, across_2 = physics.solve_cells(s)
+    assert along == 0.0 and across_1 > 0 and across_2 > 0
+    s = np.ones((8, 8, 8, 3))
+    s[2:7, 1:6, 1:6] = 0.0            # a hollow insulating box around a floating cluster (singular if kept)
+    s[3:6, 2:5, 2:5] = 1.0
+    without = s.copy()
+    without[3:6, 2:5, 2:5] = 0.0
+    assert physics.solve_cells(s) == pytest.approx(physics.solve_cells(without), rel=1e-6)

@@ -1,0 +1,68 @@
+"""Whole volumes: windows labelled exactly (physics on each window) and combined by physics, against full solves;
+volumes read slab by slab from disk give the answer they give in memory."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from conductivity_tf import microstructure, physics, volumes
+from conductivity_tf import whole_volume as W
+from conductivity_tf.errors import UserError
+
+
+def _layers():
+    fine = dict(radius=1.5)
+    a = microstructure.generate("overlapping_spheres", 64, seed=1, porosity=0.75, **fine)
+    b = microstructure.generate("overlapping_spheres", 64, seed=2, porosity=0.55, **fine)
+    return np.concatenate([a[:32], b[:32]], axis=0)[:, :48, :40]   # in series along 0, in parallel along 1, 2
+
+
+def test_layers_in_series_and_in_parallel_come_out_as_the_full_solve():
+    v = _layers()
+    full = [r.relative_conductivity for r in physics.solve(v)]
+    result = W.predict_volume(volumes.VolumeSource.of(v), W.exact_labeller(1), window=16)
+    assert result.plan.cells == (4, 3, 3)   # 40 voxels along axis 2: three cells of 13-14, no larger than 16
+    assert result.values == pytest.approx(full, rel=0.02)
+    assert result.uncertainty is None and result.solved_fraction == 1.0
+    assert result.porosity == pytest.approx(v.mean())
+
+
+def test_a_volume_without_a_spanning_path_gives_zero_along_that_axis():
+    v = _layers()
+    v[30:34] = 0                      # an insulating layer across axis 0
+    result = W.predict_volume(volumes.VolumeSource.of(v), W.exact_labeller(1), window=16)
+    assert result.values[0] == 0.0 and min(result.values[1:]) > 0.1
+
+
+def test_windows_cover_a_volume_whose_sides_are_not_multiples_of_the_window():
+    plan = W.layout((100, 64, 70), window=32)
+    assert plan.cells == (4, 2, 3)
+    for n, edges, origins in zip(plan.shape, plan.edges, plan.origins):
+        assert edges[0] == 0 and edges[-1] == n and np.all(np.diff(edges) > 0)
+        assert np.all(origins >= 0) and np.all(origins + 32 <= n)
+        assert np.all(origins <= edges[:-1]) and np.all(origins + 32 >= edges[1:])  # each window holds its cell
+    with pytest.raises(UserError, match="smaller than the model"):
+        W.layout((100, 20, 70), window=32)
+
+
+def test_npy_and_tiff_read_slab_by_slab_give_the_in_memory_answer(tmp_path):
+    v = _layers()
+    memory = W.predict_volume(volumes.VolumeSource.of(v), W.exact_labeller(1), window=16).values
+    np.save(tmp_path / "v.npy", v)
+    tifffile.imwrite(tmp_path / "v.tif", v)
+    for name in ("v.npy", "v.tif"):
+        with volumes.open_volume(tmp_path / name) as source:
+            assert source.shape == v.shape
+            assert W.predict_volume(source, W.exact_labeller(1), window=16).values == memory
+
+
+def test_a_truncated_npy_or_a_non_binary_volume_is_one_clear_error(tmp_path):
+    v = _layers()
+    np.save(tmp_path / "v.npy", v)
+    data = (tmp_path / "v.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError, match="cut.npy"):
+        volumes.open_volume(tmp_path / "cut.npy")
+    grey = v * 3
+    with pytest.raises(UserError, match="not binary"):
+        W.predict_volume(volumes.VolumeSource.of(grey, "grey.npy"), W.exact_labeller(1), window=16)
