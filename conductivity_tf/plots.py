@@ -171,3 +171,34 @@ def tradeoff_plot(path, curve):
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def conductivity_map_plot(path, field, sizes=None, title=None):
+    """The local conductivity field (cells, 3) of a whole volume: the middle slice normal to each axis (rows) of
+    the cells' conductivity along each axis (columns), one colour scale; cells drawn at their size in voxels."""
+    plt = _pyplot()
+    field = np.asarray(field)
+    edges = [np.concatenate([[0.0], np.cumsum(h)]) for h in sizes] if sizes is not None else \
+        [np.arange(n + 1, dtype=float) for n in field.shape[:3]]
+    top = max(float(field.max()), 1e-6)
+    fig, axes = plt.subplots(3, 3, figsize=(11, 10), dpi=100, constrained_layout=True)
+    image = None
+    for row, normal in enumerate(range(3)):
+        middle = field.shape[normal] // 2
+        rest = [a for a in range(3) if a != normal]
+        for column in range(3):
+            panel = np.take(field[..., column], middle, axis=normal)
+            ax = axes[row][column]
+            image = ax.pcolormesh(edges[rest[1]], edges[rest[0]], panel, vmin=0.0, vmax=top, cmap="viridis")
+            ax.set_aspect("equal")
+            ax.invert_yaxis()
+            ax.set_title("slice {} of axis {}: along axis {}".format(middle, normal, column), fontsize=9)
+            ax.set_xlabel("axis {} (voxels)".format(rest[1]), fontsize=8)
+            ax.set_ylabel("axis {} (voxels)".format(rest[0]), fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="local σ/σ₀ of the cell's window")
+    if title:
+        fig.suptitle(title)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+    return path

@@ -15,15 +15,23 @@ import time
 
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from conductivity_tf import dataset as dataset_lib
 from conductivity_tf import domain as domain_lib
-from conductivity_tf import physics, serving
+from conductivity_tf import physics, plots, serving, whole_volume
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.metrics import Z90, calibration_metrics, per_family, regression_metrics
 from conductivity_tf.model import BFLOAT16_SIGNATURE
 from conductivity_tf.strategies import native_bfloat16
-from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
+from conductivity_tf.volumes import (
+    TIFF_SUFFIXES,
+    VolumeSource,
+    add_volume_arguments,
+    load_volume_from_args,
+    open_volume,
+    save_volume,
+)
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 ZERO_WITHOUT_PATH_HELP = ("predict exactly 0 along axes with no conducting path between the two faces (labels the "
@@ -210,6 +218,17 @@ def build_parser():
     parser.add_argument("--json", action="store_true", help="one JSON object per volume and line")
     parser.add_argument("--zero-without-path", action="store_true", help=ZERO_WITHOUT_PATH_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument("--map", metavar="OUT",
+                        help="volumes larger than the model's cube: write the local conductivity field (cells x 3 "
+                             "axes) to OUT (.npy or .tif; with several volumes, each volume's name is added) and "
+                             "slices of it to OUT's .png")
+    parser.add_argument("--cell", type=int, help="volumes larger than the model's cube: cells of at most this many "
+                                                 "voxels a side, each labelled by the window centred on it "
+                                                 "(default: the model's cube, windows side by side)")
+    parser.add_argument("--exact-windows", action="store_true",
+                        help="volumes larger than the model's cube: label every window with the physics solver "
+                             "instead of the model (the combination's own error, as a reference)")
+    parser.add_argument("--workers", type=int, help="processes for --exact-windows (default: every core)")
     parser.add_argument("--max-error", type=float, metavar="REL",
                         help="where a predicted value's relative uncertainty exceeds REL (e.g. 0.05), the model "
                              "states none, or the volume lies outside the model's training domain, the physics "
@@ -225,24 +244,32 @@ def main(argv=None):
         raise UserError("--batch-size {} must be at least 1".format(args.batch_size))
     if args.max_error is not None and not args.max_error > 0:
         raise UserError("--max-error {} must be a positive relative error, e.g. 0.05".format(args.max_error))
-    # every volume is read and checked before the model loads: a bad file fails fast
-    arrays = [(path, load_volume_from_args(path, args).array) for path in args.volumes]
-    for path, array in arrays:
-        Predictor.check_binary(array, path)
-    predictor = Predictor(args.model, args.precision)
-    volumes = []
-    for path, array in arrays:
-        predictor.check(array, path)
-        volumes.append(array)
-    if predictor.note:
+    # every volume is opened (and a cube read and checked) before the model loads: a bad file fails fast
+    sources = [(path, VolumeSource.of(load_volume_from_args(path, args).array, path) if args.otsu else
+                open_volume(path, args)) for path in args.volumes]
+    cubes = {}
+    for path, source in sources:
+        if len(set(source.shape)) == 1 and source.shape[0] <= 256:  # a cube the model may take as it is
+            cubes[path] = source.read(0, source.shape[0])
+            Predictor.check_binary(cubes[path], path)
+    predictor = None if args.exact_windows else Predictor(args.model, args.precision)
+    size = predictor.size if predictor else _model_size(args.model)
+    whole = [(path, source) for path, source in sources if source.shape != (size,) * 3]
+    for _path, source in whole:
+        whole_volume.layout(source.shape, size, args.cell)  # every side at least the cube: checked before any work
+    if (args.map or args.cell) and not whole:
+        raise UserError("--map and --cell are for volumes larger than the model's {}^3 cube".format(size))
+    if predictor is not None and predictor.note:
         print("conductivity_tf: note: " + predictor.note, file=sys.stderr, flush=True)
+    volumes = [cubes[path] for path, source in sources if source.shape == (size,) * 3]
+    names = [path for path, source in sources if source.shape == (size,) * 3]
     for start in range(0, len(volumes), args.batch_size):
         chunk = np.stack(volumes[start:start + args.batch_size])
         t0 = time.perf_counter()
         result = predictor.predict(chunk, args.batch_size, max_error=args.max_error,
                                    zero_without_path=args.zero_without_path)
         seconds = (time.perf_counter() - t0) / len(chunk)
-        for i, (path, volume) in enumerate(zip(args.volumes[start:], chunk)):
+        for i, (path, volume) in enumerate(zip(names[start:], chunk)):
             porosity = float(volume.mean())
             values = [float(v) for v in result.values[i]]
             uncertainty = None if result.uncertainty is None else [float(u) for u in result.uncertainty[i]]
@@ -261,7 +288,70 @@ def main(argv=None):
             print("{}  porosity {:.4f}  sigma_eff/sigma_0 {}".format(path, porosity, "  ".join(parts)), flush=True)
             for reason in result.flags[i]:
                 print("  outside the training domain: {}".format(reason), flush=True)
+    for path, source in whole:
+        predict_whole(args, predictor, size, path, source, several=len(whole) > 1)
     return 0
+
+
+def _model_size(model_dir):
+    """The cube edge of a run's model, from its configuration (without loading the model)."""
+    config_path = os.path.join(model_dir or PRETRAINED, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise UserError("--exact-windows takes its window size from the model's run directory; {} has no "
+                        "config.yaml".format(model_dir or PRETRAINED))
+    with open(config_path) as handle:
+        return int(yaml.safe_load(handle)["data"]["size"])
+
+
+def _map_path(out, path, several):
+    stem, suffix = os.path.splitext(out)
+    if suffix.lower() not in (".npy",) + TIFF_SUFFIXES:
+        raise UserError("--map {} must end in .npy or .tif".format(out))
+    if several:
+        stem = "{}-{}".format(stem, os.path.splitext(os.path.basename(path))[0])
+    return stem + suffix, stem + ".png"
+
+
+def predict_whole(args, predictor, size, path, source, several=False):
+    """One volume larger than the model's cube: windows labelled by the model (or the solver) and combined."""
+    t0 = time.perf_counter()
+    if args.exact_windows:
+        labeller = whole_volume.exact_labeller(args.workers)
+    else:
+        labeller = whole_volume.model_labeller(predictor, args.max_error, args.zero_without_path)
+    plan = whole_volume.layout(source.shape, size, args.cell)
+    with tqdm(total=plan.windows, desc="windows of {}".format(os.path.basename(path)), unit="window",
+              disable=args.json or not sys.stderr.isatty(), file=sys.stderr) as bar:
+        try:
+            result = whole_volume.predict_volume(source, labeller, size, args.cell, args.batch_size, bar.update)
+        finally:
+            getattr(labeller, "close", lambda: None)()
+    seconds = time.perf_counter() - t0
+    maps = None
+    if args.map:
+        maps = _map_path(args.map, path, several)
+        save_volume(maps[0], result.field.astype(np.float32))
+        plots.conductivity_map_plot(maps[1], result.field, result.plan.sizes,
+                                    title="{}: local σ/σ₀ of {} cells".format(os.path.basename(path),
+                                                                          "x".join(map(str, result.plan.cells))))
+    source_name = "solver windows" if args.exact_windows else "model windows"
+    if args.json:
+        print(json.dumps({"file": path, "relative_conductivity": result.values, "uncertainty": result.uncertainty,
+                          "interval_90": result.interval(Z90), "source": [source_name] * 3,
+                          "outside_training_domain": [], "porosity": result.porosity, "seconds": seconds,
+                          "shape": list(source.shape), "cells": list(result.plan.cells),
+                          "windows": result.plan.windows, "solved_fraction": result.solved_fraction,
+                          "map": list(maps) if maps else None}), flush=True)
+        return
+    parts = []
+    for axis, value in enumerate(result.values):
+        stated = "" if result.uncertainty is None else " +- {:.4f}".format(Z90 * result.uncertainty[axis])
+        parts.append("axis {}: {:.4f}{}".format(axis, value, stated))
+    print("{}  {}  porosity {:.4f}  sigma_eff/sigma_0 {}  ({} windows of {}^3 by the {}, {:.1f} s)".format(
+        path, "x".join(map(str, source.shape)), result.porosity, "  ".join(parts), result.plan.windows, size,
+        "solver" if args.exact_windows else "model", seconds), flush=True)
+    if maps:
+        print("  local conductivity: {} and {}".format(*maps), flush=True)
 
 
 def cli():

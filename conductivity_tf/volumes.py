@@ -284,8 +284,12 @@ def open_volume(path, args=None):
 
 
 def _tiff_source(path, transform):
+    import logging
+
     import tifffile
 
+    log = logging.getLogger("tifffile")
+    log.setLevel(logging.CRITICAL)  # its warnings would be a second line; the errors below say it all
     try:
         tif = tifffile.TiffFile(path)
         pages = tif.pages
@@ -293,9 +297,10 @@ def _tiff_source(path, transform):
             tif.close()
             array = _read_tiff(path).array
             return VolumeSource(array.shape, array.dtype, lambda a, b: array[a:b], path, transform)
-        first = pages[0]
-        shape = (len(pages),) + tuple(first.shape)
-        dtype = first.dtype
+        shape = (len(pages),) + tuple(pages[0].shape)
+        dtype = pages[0].dtype
+    except UserError:
+        raise
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise UserError("cannot read TIFF {}: {}; check that the file is a complete TIFF stack".format(
             path, str(err).splitlines()[0] if str(err) else type(err).__name__))

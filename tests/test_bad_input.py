@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import tifffile
 
 from tests.conftest import ROOT, assert_one_line_error, run_module
 
@@ -42,6 +43,20 @@ def files(tmp_path_factory):
     save("good.npy", good)
     save("good32.npy", (rng.random((32, 32, 32)) < 0.6).astype(np.uint8))
     save("zero.npy", np.zeros((0, 16, 16), np.uint8))
+    large = (rng.random((96, 64, 72)) < 0.6).astype(np.uint8)
+    save("grey_large.npy", large * 200)
+    save("good64.npy", large[:64, :, :64])
+    save("large.npy", large)
+    whole = open(f["large.npy"], "rb").read()
+    path = str(d / "truncated_large.npy")
+    with open(path, "wb") as handle:
+        handle.write(whole[:len(whole) // 3])
+    f["truncated_large.npy"] = path
+    path = str(d / "truncated_large.tif")
+    tifffile.imwrite(path, large)
+    with open(path, "r+b") as handle:
+        handle.truncate(len(large.tobytes()) // 2)
+    f["truncated_large.tif"] = path
     path = str(d / "garbage.tif")
     with open(path, "wb") as handle:
         handle.write(b"II*\x00" + b"\x17" * 50)
@@ -72,6 +87,14 @@ CASES = [
      ["three_phase.npy", "--sigma"], None),
     ("non-binary into predict", "conductivity_tf.predict", ["{three_phase.npy}"], ["three_phase.npy", "binary"],
      None),
+    ("non-binary whole volume", "conductivity_tf.predict", ["{grey_large.npy}"], ["grey_large.npy", "binary"],
+     None),
+    ("truncated .npy whole volume", "conductivity_tf.predict", ["{truncated_large.npy}"], ["truncated_large.npy"],
+     None),
+    ("truncated TIFF whole volume", "conductivity_tf.predict", ["{truncated_large.tif}"], ["truncated_large.tif"],
+     None),
+    ("map without a whole volume", "conductivity_tf.predict", ["{good64.npy}", "--map", "{dir}/map.npy"], ["--map"],
+     "{dir}/map.npy"),
     ("model directory that is not a run", "conductivity_tf.predict", ["--model", "{dir}/nothing", "{good.npy}"],
      ["nothing"], None),
     ("unreadable TIFF", "conductivity_tf.physics", ["{garbage.tif}"], ["garbage.tif"], None),
@@ -122,7 +145,8 @@ CASES = [
      None),
     ("broken YAML", "conductivity_tf.train", ["--config", "{bad.yaml}"], ["bad.yaml"], None),
     ("override without '='", "conductivity_tf.train", ["train.epochs"], ["section.key=value"], None),
-    ("predict volume of another size", "conductivity_tf.predict", ["{good32.npy}"], ["32x32x32", "64^3", "--tile"],
+    ("predict volume smaller than the model's cube", "conductivity_tf.predict", ["{good32.npy}"],
+     ["32x32x32", "64^3"],
      None),
     ("evaluate on a missing dataset", "conductivity_tf.evaluate", ["--data", "{dir}/no_dataset"], ["no_dataset"],
      None),
