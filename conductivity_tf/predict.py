@@ -253,7 +253,7 @@ def main(argv=None):
             cubes[path] = source.read(0, source.shape[0])
             Predictor.check_binary(cubes[path], path)
     predictor = None if args.exact_windows else Predictor(args.model, args.precision)
-    size = predictor.size if predictor else _model_size(args.model)
+    size = predictor.size if predictor else model_size(args.model)
     whole = [(path, source) for path, source in sources if source.shape != (size,) * 3]
     for _path, source in whole:
         whole_volume.layout(source.shape, size, args.cell)  # every side at least the cube: checked before any work
@@ -293,7 +293,7 @@ def main(argv=None):
     return 0
 
 
-def _model_size(model_dir):
+def model_size(model_dir):
     """The cube edge of a run's model, from its configuration (without loading the model)."""
     config_path = os.path.join(model_dir or PRETRAINED, "config.yaml")
     if not os.path.isfile(config_path):

@@ -6,6 +6,7 @@ import os
 from conductivity_tf.benchmark.solver import run_solver_suite
 from conductivity_tf.benchmark.surrogate import run_surrogate_suite
 from conductivity_tf.benchmark.training import run_compare, run_input_suite, run_train_suite
+from conductivity_tf.benchmark.whole import run_whole_suite
 from conductivity_tf.errors import UserError, run_cli
 
 SUITES = {
@@ -13,6 +14,7 @@ SUITES = {
     "input": "input pipeline throughput against training throughput",
     "train": "training throughput per hardware configuration (benchmarks.yaml)",
     "surrogate": "CNN inference against the physics solver",
+    "whole": "whole volumes: the model's windows combined by physics against the full solve (time, memory, error)",
     "compare": "plot benchmark CSVs from several machines against each other",
 }
 
@@ -39,6 +41,13 @@ def build_parser():
             p.add_argument("--only", help="comma-separated run names to time (default: all, or the quick ones)")
             p.add_argument("--one", help=argparse.SUPPRESS)
             p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
+        if name == "whole":
+            p.add_argument("--model", help="a run directory (default: the pretrained model)")
+            p.add_argument("--size", type=int, default=256, help="edge of the generated volumes (default 256)")
+            p.add_argument("--volumes", nargs="+", metavar="VOLUME",
+                           help="measure these volumes (.npy, TIFF or a .zip of one; each phase conducting in turn) "
+                                "instead of one generated volume per family")
+            p.add_argument("--one", help=argparse.SUPPRESS)
         if name == "surrogate":
             p.add_argument("--model", help="a run directory to time (default: the default architecture)")
             p.add_argument("--size", type=int, default=64, help="volume edge (default 64)")
@@ -64,6 +73,8 @@ def main(argv=None):
         return run_surrogate_suite(args)
     if args.suite == "train":
         return run_train_suite(args)
+    if args.suite == "whole":
+        return run_whole_suite(args)
     return run_compare(args)
 
 

@@ -1,0 +1,147 @@
+"""``benchmark whole``: whole volumes, side by side on the same files: the full solve (``physics.solve``, three
+axes) against the model's windows combined by physics (``whole_volume``), and the same combination with exact
+window labels (the method's own error). Each method runs in a process of its own, so its peak resident memory
+(the OS's ``ru_maxrss`` of that process) is its own; its time is the work after start-up (the model loaded, numba
+compiled on a small volume first)."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from conductivity_tf import microstructure, physics, real_structures, volumes, whole_volume
+from conductivity_tf.benchmark.common import markdown_table, say, write_csv
+from conductivity_tf.errors import UserError
+from conductivity_tf.predict import Predictor, model_size
+
+ROW_MARK = "WHOLE-ROW "
+FAMILIES = [("blobs", dict(porosity=0.4, correlation_length=4)),
+            ("overlapping_spheres", dict(porosity=0.5, radius=4)),
+            ("packed_spheres", dict(porosity=0.75, radius=5)),
+            ("fibres", dict(porosity=0.7, radius=2.5)),
+            ("graded", dict(porosity_start=0.6, porosity_end=0.3)),
+            ("spheroids", dict(porosity=0.5)),
+            ("electrode", dict(porosity=0.4)),
+            ("granular", dict(porosity=0.2)),
+            ("foam", dict(porosity=0.8))]
+COLUMNS = ["volume", "shape", "porosity", "full_sigma", "full_s", "full_peak_mb", "whole_sigma", "whole_s",
+           "whole_peak_mb", "speedup", "total_error_pct", "exact_sigma", "method_error_pct", "windows"]
+
+
+def _cases(args, folder):
+    """[(name, .npy path)]: generated volumes, or each phase of the given volumes conducting in turn."""
+    cases = []
+    if args.volumes:
+        for path in args.volumes:
+            phases = real_structures.read_phases(path)
+            values = np.unique(phases)
+            conductors = [values[-1]] if len(values) == 2 else values
+            for phase in conductors:
+                name = "{} phase {}".format(os.path.basename(path), int(phase))
+                target = os.path.join(folder, "case{}.npy".format(len(cases)))
+                np.save(target, (phases == phase).astype(np.uint8))
+                cases.append((name, target))
+        return cases
+    size = 128 if args.quick else args.size
+    for family, params in FAMILIES[:2] if args.quick else FAMILIES:
+        try:
+            volume = microstructure.generate(family, size, seed=5, **params)
+        except UserError as err:
+            say("skipped {}: {}".format(family, err))
+            continue
+        target = os.path.join(folder, "case{}.npy".format(len(cases)))
+        np.save(target, volume)
+        cases.append(("{} {}^3".format(family, size), target))
+    return cases
+
+
+def measure_one(job):
+    """One method on one volume, in this process: its row (values, seconds)."""
+    path, method = job["path"], job["method"]
+    physics.solve(microstructure.blobs(16, 0.5, 2, seed=0))  # numba's kernels compiled outside the timing
+    source = volumes.open_volume(path)
+    if method == "full":
+        volume = np.load(path)
+        t0 = time.perf_counter()
+        values = [r.relative_conductivity for r in physics.solve(volume)]
+        return {"values": values, "seconds": time.perf_counter() - t0}
+    if method == "exact":
+        labeller, size = whole_volume.exact_labeller(job.get("workers")), job["window"]
+    else:
+        predictor = Predictor(job.get("model"))
+        size = predictor.size
+        predictor.predict(np.zeros((2,) + (size,) * 3, np.uint8))  # traced outside the timing
+        labeller = whole_volume.model_labeller(predictor)
+    t0 = time.perf_counter()
+    result = whole_volume.predict_volume(source, labeller, size, job.get("cell"))
+    seconds = time.perf_counter() - t0
+    getattr(labeller, "close", lambda: None)()
+    return {"values": result.values, "uncertainty": result.uncertainty, "seconds": seconds,
+            "windows": result.plan.windows, "porosity": result.porosity}
+
+
+def _child(job):
+    """``measure_one`` in a fresh process: (row, peak resident MB of that process)."""
+    proc = subprocess.Popen([sys.executable, "-m", "conductivity_tf.benchmark", "whole", "--one", json.dumps(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    out, err = proc.communicate()
+    rows = [json.loads(line[len(ROW_MARK):]) for line in out.splitlines() if line.startswith(ROW_MARK)]
+    if proc.returncode != 0 or not rows:
+        lines = [line for line in err.splitlines() if line.strip()]
+        raise UserError("the {} measurement of {} failed: {}".format(job["method"], job["path"],
+                                                                   (lines or ["exit {}".format(proc.returncode)])[-1]))
+    return rows[0], rows[0].pop("peak_mb")
+
+
+def _error(values, reference):
+    errors = [abs(v / r - 1) * 100 for v, r in zip(values, reference) if r > 0.02]
+    return max(errors) if errors else None
+
+
+def run_whole_suite(args):
+    if args.one:
+        job = json.loads(args.one)
+        row = measure_one(job)
+        row["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(ROW_MARK + json.dumps(row), flush=True)
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        cases = _cases(args, folder)
+        window = model_size(args.model)
+        with tqdm(total=3 * len(cases), desc="whole-volume benchmark", unit="run", file=sys.stderr) as bar:
+            for name, path in cases:
+                shape = np.load(path, mmap_mode="r").shape
+                bar.set_postfix_str(name)
+                full, full_mb = _child({"path": path, "method": "full"})
+                bar.update()
+                whole, whole_mb = _child({"path": path, "method": "model", "model": args.model})
+                bar.update()
+                exact, _ = _child({"path": path, "method": "exact", "window": window})
+                bar.update()
+                rows.append({"volume": name, "shape": "x".join(map(str, shape)), "porosity": whole["porosity"],
+                             "full_sigma": " ".join("{:.4f}".format(v) for v in full["values"]),
+                             "full_s": full["seconds"], "full_peak_mb": full_mb,
+                             "whole_sigma": " ".join("{:.4f}".format(v) for v in whole["values"]),
+                             "whole_s": whole["seconds"], "whole_peak_mb": whole_mb,
+                             "speedup": full["seconds"] / whole["seconds"],
+                             "total_error_pct": _error(whole["values"], full["values"]),
+                             "exact_sigma": " ".join("{:.4f}".format(v) for v in exact["values"]),
+                             "method_error_pct": _error(exact["values"], full["values"]),
+                             "windows": whole["windows"]})
+    print(markdown_table(rows, COLUMNS))
+    if args.csv:
+        write_csv(args.csv, rows, COLUMNS)
+    print()
+    print("errors: the largest over the three axes of |whole / full solve - 1| where the full solve's "
+          "sigma_eff/sigma_0 > 0.02; method: exact window labels, total: the model's")
+    for row in rows:
+        print("{}: the model's windows combined are {:.0f}x faster than the full solve (3 axes) at {:.0f} MB peak "
+              "against {:.0f} MB".format(row["volume"], row["speedup"], row["whole_peak_mb"], row["full_peak_mb"]))
+    return 0
