@@ -17,12 +17,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from conductivity_tf import config as config_lib
 from conductivity_tf import dataset as dataset_lib
 from conductivity_tf import domain as domain_lib
-from conductivity_tf import physics, plots, serving, whole_volume
+from conductivity_tf import physics, plots, serving, strategies, whole_volume
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.metrics import Z90, calibration_metrics, per_family, regression_metrics
-from conductivity_tf.model import BFLOAT16_SIGNATURE
+from conductivity_tf.model import BFLOAT16_SIGNATURE, members_summary
 from conductivity_tf.strategies import native_bfloat16
 from conductivity_tf.volumes import (
     TIFF_SUFFIXES,
@@ -229,6 +230,8 @@ def build_parser():
                         help="volumes larger than the model's cube: label every window with the physics solver "
                              "instead of the model (the combination's own error, as a reference)")
     parser.add_argument("--workers", type=int, help="processes for --exact-windows (default: every core)")
+    parser.add_argument("--devices", help="volumes larger than the model's cube: spread the windows over these "
+                                          "devices with MirroredStrategy, e.g. /gpu:0,/gpu:1 (or /cpu:0,/cpu:1)")
     parser.add_argument("--max-error", type=float, metavar="REL",
                         help="where a predicted value's relative uncertainty exceeds REL (e.g. 0.05), the model "
                              "states none, or the volume lies outside the model's training domain, the physics "
@@ -252,13 +255,17 @@ def main(argv=None):
         if len(set(source.shape)) == 1 and source.shape[0] <= 256:  # a cube the model may take as it is
             cubes[path] = source.read(0, source.shape[0])
             Predictor.check_binary(cubes[path], path)
-    predictor = None if args.exact_windows else Predictor(args.model, args.precision)
+    if args.devices and (args.exact_windows or args.max_error is not None):
+        raise UserError("--devices spreads the model's windows over devices; it goes without --exact-windows and "
+                        "--max-error")
+    predictor = None if args.exact_windows or args.devices else Predictor(args.model, args.precision)
     size = predictor.size if predictor else model_size(args.model)
     whole = [(path, source) for path, source in sources if source.shape != (size,) * 3]
     for _path, source in whole:
         whole_volume.layout(source.shape, size, args.cell)  # every side at least the cube: checked before any work
-    if (args.map or args.cell) and not whole:
-        raise UserError("--map and --cell are for volumes larger than the model's {}^3 cube".format(size))
+    if (args.map or args.cell or args.devices or args.exact_windows) and not whole:
+        raise UserError("--map, --cell, --devices and --exact-windows are for volumes larger than the model's {}^3 "
+                        "cube".format(size))
     if predictor is not None and predictor.note:
         print("conductivity_tf: note: " + predictor.note, file=sys.stderr, flush=True)
     volumes = [cubes[path] for path, source in sources if source.shape == (size,) * 3]
@@ -293,6 +300,29 @@ def main(argv=None):
     return 0
 
 
+def replicated_labeller(model_dir, devices):
+    """A whole-volume labeller whose windows are spread over ``devices`` (['/gpu:0', '/gpu:1'], or logical CPUs
+    ['/cpu:0', '/cpu:1']) by ``strategies.make_strategy``'s MirroredStrategy: Keras's predict splits every batch
+    of windows between the replicas. The run's network is rebuilt from its Keras weights, in float32."""
+    model_dir = model_dir or PRETRAINED
+    config_path, weights = os.path.join(model_dir, "config.yaml"), os.path.join(model_dir, "model.weights.h5")
+    if not (os.path.isfile(config_path) and os.path.isfile(weights)):
+        raise UserError("--devices rebuilds the model from its run directory's config.yaml and model.weights.h5, "
+                        "which {} does not have".format(model_dir))
+    kind = "cpu" if all(d.lower().startswith("/cpu:") for d in devices) else "gpu"
+    hardware = strategies.make_strategy(config_lib.HardwareConfig(kind=kind, devices=list(devices)))
+    with hardware.strategy.scope():
+        served, scale = serving.keras_model(config_path, weights)
+
+    def labeller(chunk):
+        raw = served.predict(chunk[..., None].astype(np.float32), batch_size=len(chunk), verbose=0)
+        mean, spread = members_summary(np, raw)
+        return mean, None if spread is None else spread * scale, np.zeros(mean.shape, bool)
+
+    labeller.description = hardware.description
+    return labeller
+
+
 def model_size(model_dir):
     """The cube edge of a run's model, from its configuration (without loading the model)."""
     config_path = os.path.join(model_dir or PRETRAINED, "config.yaml")
@@ -317,6 +347,8 @@ def predict_whole(args, predictor, size, path, source, several=False):
     t0 = time.perf_counter()
     if args.exact_windows:
         labeller = whole_volume.exact_labeller(args.workers)
+    elif args.devices:
+        labeller = replicated_labeller(args.model, [d.strip() for d in args.devices.split(",") if d.strip()])
     else:
         labeller = whole_volume.model_labeller(predictor, args.max_error, args.zero_without_path)
     plan = whole_volume.layout(source.shape, size, args.cell)

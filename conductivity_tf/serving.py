@@ -81,11 +81,10 @@ def load_weights(model, path):
                 layer.set_weights(values)
 
 
-def keras_signatures(config_path, weights_path):
-    """An object with a ``signatures`` dict like a loaded SavedModel's (``serving_default``, float32): the run's
-    network rebuilt from its configuration and Keras weights, batch norms folded as in the export."""
-    from conductivity_tf.keras_compat import tf
-
+def keras_model(config_path, weights_path):
+    """(the run's network rebuilt from its configuration and Keras weights, batch norms folded as in the export;
+    the uncertainty scale an ensemble was calibrated with, 1.0 otherwise). Build it inside a strategy's scope to
+    spread predictions over its replicas."""
     cfg = config_lib.load_config(config_path)
     base = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
     try:
@@ -93,14 +92,22 @@ def keras_signatures(config_path, weights_path):
     except Exception as err:  # h5py, a mismatched layer, ...
         raise UserError("cannot load the Keras weights {} ({}); they are damaged or from another model".format(
             weights_path, str(err).splitlines()[0][:160] if str(err) else type(err).__name__))
-    served = inference_copy(base, cfg.model)
     metrics_path = os.path.join(os.path.dirname(config_path), "metrics.json")
     scale = 1.0
     if os.path.isfile(metrics_path):  # an ensemble's calibration, as the export bakes it into the SavedModel
         with open(metrics_path) as handle:
             scale = float(json.load(handle).get("calibration", {}).get("scale", 1.0))
+    return inference_copy(base, cfg.model), scale
 
-    @tf.function(input_signature=[tf.TensorSpec([None] + list(base.input_shape[1:]), tf.float32, name="volume")])
+
+def keras_signatures(config_path, weights_path):
+    """An object with a ``signatures`` dict like a loaded SavedModel's (``serving_default``, float32): the network
+    of ``keras_model``."""
+    from conductivity_tf.keras_compat import tf
+
+    served, scale = keras_model(config_path, weights_path)
+
+    @tf.function(input_signature=[tf.TensorSpec([None] + list(served.input_shape[1:]), tf.float32, name="volume")])
     def serve(volume):
         mean, spread = members_summary(tf, served(volume, training=False))
         if spread is None:

@@ -1,6 +1,8 @@
 """Whole volumes: windows labelled exactly (physics on each window) and combined by physics, against full solves;
 volumes read slab by slab from disk give the answer they give in memory."""
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -8,6 +10,7 @@ import tifffile
 from conductivity_tf import microstructure, physics, volumes
 from conductivity_tf import whole_volume as W
 from conductivity_tf.errors import UserError
+from tests.conftest import run_module
 
 
 def _layers():
@@ -66,3 +69,17 @@ def test_a_truncated_npy_or_a_non_binary_volume_is_one_clear_error(tmp_path):
     grey = v * 3
     with pytest.raises(UserError, match="not binary"):
         W.predict_volume(volumes.VolumeSource.of(grey, "grey.npy"), W.exact_labeller(1), window=16)
+
+
+def test_windows_spread_over_two_logical_cpus_give_the_one_device_answer(tmp_path):
+    v = np.concatenate([microstructure.blobs(72, 0.5, 3, seed=6)[:64], microstructure.blobs(72, 0.4, 3, seed=7)])
+    np.save(tmp_path / "v.npy", v[:, :64])
+    answers = {}
+    for name, extra in (("one", ["--precision", "fp32"]), ("mirrored", ["--devices", "/cpu:0,/cpu:1"])):
+        proc = run_module("conductivity_tf.predict", tmp_path / "v.npy", "--json", *extra)
+        assert proc.returncode == 0, proc.stderr
+        answers[name] = json.loads(proc.stdout.splitlines()[-1])
+    one, mirrored = answers["one"], answers["mirrored"]
+    assert one["cells"] == mirrored["cells"] == [3, 1, 2] and one["windows"] == 6
+    assert mirrored["relative_conductivity"] == pytest.approx(one["relative_conductivity"], rel=1e-4)
+    assert min(one["relative_conductivity"]) > 0.05
