@@ -202,9 +202,9 @@ def tile(array, size, stride=None):
 
 
 class VolumeSource(object):
-    """A volume on disk read slab by slab along axis 0 (``read(start, stop)``), never whole: ``.npy`` by memory
-    map, TIFF stacks page by page. ``transform`` (phases from grey levels, relabelling) is applied per slab.
-    Volumes already in memory are wrapped as they are (``VolumeSource.of(array)``)."""
+    """A volume on disk read slab by slab along axis 0 (``read(start, stop)``), never whole: ``.npy`` by reads at
+    the slab's offset, TIFF stacks page by page. ``transform`` (phases from grey levels, relabelling) is applied per
+    slab. Volumes already in memory are wrapped as they are (``VolumeSource.of(array)``)."""
 
     def __init__(self, shape, dtype, read, name, transform=None, close=None):
         self.shape, self.dtype, self.name = tuple(int(n) for n in shape), np.dtype(dtype), name
@@ -236,7 +236,7 @@ class VolumeSource(object):
 
 
 def open_volume(path, args=None):
-    """A ``VolumeSource`` for ``path``: ``.npy`` memory-mapped, TIFF read page by page, raw memory-mapped; the
+    """A ``VolumeSource`` for ``path``: ``.npy`` read slab by slab, TIFF page by page, raw read whole; the
     command-line segmentation options of ``args`` (``--threshold``, ``--phase-map``) applied per slab
     (``--otsu`` needs the whole volume's histogram: use ``load_volume_from_args``)."""
     path = os.fspath(path)
@@ -259,12 +259,7 @@ def open_volume(path, args=None):
             return slab
     lower = path.lower()
     if lower.endswith(".npy"):
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise UserError("cannot read {} as a .npy array ({}); the file is damaged or truncated, or not saved "
-                            "with numpy.save".format(path, str(err).splitlines()[0]))
-        source = VolumeSource(array.shape, array.dtype, lambda a, b: array[a:b], path, transform)
+        source = _npy_source(path, transform)
     elif lower.endswith(TIFF_SUFFIXES):
         source = _tiff_source(path, transform)
     else:
@@ -281,6 +276,37 @@ def open_volume(path, args=None):
         raise UserError("{} holds {} values; a volume holds real phase labels or grey levels".format(
             path, source.dtype))
     return source
+
+
+def _npy_source(path, transform):
+    """A .npy file read slab by slab with plain reads at the slab's offset (a memory map would keep every page it
+    touched resident); its size is checked against its header first."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            shape, fortran, dtype = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0) else
+                                     np.lib.format.read_array_header_2_0(handle))
+            offset = handle.tell()
+    except (ValueError, OSError) as err:
+        raise UserError("cannot read {} as a .npy array ({}); save it with numpy.save".format(
+            path, str(err).splitlines()[0]))
+    if dtype.hasobject:
+        raise UserError("cannot read {} as a .npy array (it holds pickled objects); save it with numpy.save "
+                        "(no pickled objects)".format(path))
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if os.path.getsize(path) < expected:
+        raise UserError("{} is truncated: {} bytes, its header needs {}; copy it again".format(
+            path, os.path.getsize(path), expected))
+    if fortran or len(shape) != 3:
+        array = np.load(path, allow_pickle=False)  # not sliceable by planes on disk: read as it is
+        return VolumeSource(array.shape, array.dtype, lambda a, b: array[a:b], path, transform)
+    plane = int(np.prod(shape[1:]))
+
+    def read(start, stop):
+        return np.fromfile(path, dtype=dtype, count=(stop - start) * plane,
+                           offset=offset + start * plane * dtype.itemsize).reshape((stop - start,) + shape[1:])
+
+    return VolumeSource(shape, dtype, read, path, transform)
 
 
 def _tiff_source(path, transform):
