@@ -96,10 +96,19 @@ def test_evaluate_matches_the_training_metrics(run_dir, data16):
     assert evaluated["rmse"] == pytest.approx(trained["rmse"], rel=1e-5)
 
 
-def test_predict_refuses_a_volume_of_another_size(run_dir, tmp_path):
+def test_predict_refuses_a_smaller_volume_and_takes_a_larger_one_whole(run_dir, tmp_path):
+    np.save(tmp_path / "small.npy", np.ones((12, 20, 20), np.uint8))
+    assert_one_line_error(run_module("conductivity_tf.predict", "--model", run_dir, tmp_path / "small.npy"),
+                          "12x20x20", "16^3")
+    np.save(tmp_path / "cube.npy", np.ones((16, 16, 16), np.uint8))
     np.save(tmp_path / "big.npy", np.ones((20, 20, 20), np.uint8))
-    assert_one_line_error(run_module("conductivity_tf.predict", "--model", run_dir, tmp_path / "big.npy"),
-                          "16^3", "--tile 16")
+    proc = run_module("conductivity_tf.predict", "--model", run_dir, tmp_path / "cube.npy", tmp_path / "big.npy",
+                      "--json", "--precision", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    cube, big = (json.loads(line) for line in proc.stdout.splitlines())
+    # eight identical windows: cells of one conductivity per axis, so the whole is the window's value
+    assert big["windows"] == 8 and big["cells"] == [2, 2, 2]
+    assert big["relative_conductivity"] == pytest.approx(cube["relative_conductivity"], rel=1e-5)
 
 
 def test_a_model_exported_without_bfloat16_runs_in_fp32_and_refuses_bf16(tmp_path):
