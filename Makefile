@@ -13,6 +13,8 @@ EXTRAS ?= $(if $(HAS_GPU),gpu,cpu),dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
+# test files spread over the cores (pytest-xdist, from [dev]); a file's tests stay in one process, in order
+PYTEST_WORKERS ?= -n auto --dist loadfile
 ARGS ?=
 # the first Python 3.8 that runs: pyenv's, then one on PATH (a pyenv shim for an inactive version does not run)
 PYTHON_SDK ?= $(shell for p in $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.8*/bin/python3.8 $$(command -v python3.8); do \
@@ -40,7 +42,7 @@ train: install
 	$(PY) -m conductivity_tf.train $(ARGS)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-sdk
 
 $(SDK_STAMP): setup.cfg pyproject.toml constraints-sdk.txt
@@ -61,7 +63,7 @@ endif
 test-sdk: install-sdk
 ifneq ($(PYTHON_SDK),)
 	@echo "SDK-like leg: $$($(SDK_PY) -c 'import sys, tensorflow as tf, keras; print("Python {}, TensorFlow {}, Keras {}".format(sys.version.split()[0], tf.__version__, keras.__version__))' 2>/dev/null)"
-	$(SDK_PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(SDK_PY) -m pytest -p no:cacheprovider $(PYTEST_WORKERS) $(PYTEST_ARGS)
 endif
 
 lint: install

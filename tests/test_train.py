@@ -211,10 +211,11 @@ def test_model_builds_and_fits_under_keras_3(tmp_path):
 def test_folded_batch_norms_predict_what_the_trained_model_predicts():
     """The exported inference copy: each batch norm folded into its convolution, same predictions."""
     from conductivity_tf import config as C
-    from conductivity_tf.keras_compat import keras
+    from conductivity_tf.keras_compat import keras, set_random_seed
     from conductivity_tf.model import build_model, inference_copy
 
     cfg = C.load_config(overrides=["model.widths=[4,8,8]", "model.head_units=8", "model.norm=batch"])
+    set_random_seed(0)  # the same weights whichever tests ran before in this process
     model = build_model(cfg.model, 16, 3)
     rng = np.random.default_rng(0)
     for layer in model.layers:
