@@ -261,8 +261,9 @@ def main(argv=None):
     predictor = None if args.exact_windows or args.devices else Predictor(args.model, args.precision)
     size = predictor.size if predictor else model_size(args.model)
     whole = [(path, source) for path, source in sources if source.shape != (size,) * 3]
-    for _path, source in whole:
-        whole_volume.layout(source.shape, size, args.cell)  # every side at least the cube: checked before any work
+    for path, source in whole:  # checked before any work: every side at least the cube, the first slab binary
+        whole_volume.layout(source.shape, size, args.cell)
+        whole_volume.check_binary(source.read(0, min(source.shape[0], size)), path)
     if (args.map or args.cell or args.devices or args.exact_windows) and not whole:
         raise UserError("--map, --cell, --devices and --exact-windows are for volumes larger than the model's {}^3 "
                         "cube".format(size))
