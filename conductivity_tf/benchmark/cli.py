@@ -41,16 +41,19 @@ def build_parser():
             p.add_argument("--only", help="comma-separated run names to time (default: all, or the quick ones)")
             p.add_argument("--one", help=argparse.SUPPRESS)
             p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
+        if name in ("whole", "surrogate"):
+            whole = name == "whole"
+            p.add_argument("--model", help="a run directory to time (default: {})".format(
+                "the pretrained model" if whole else "the default architecture"))
+            p.add_argument("--size", type=int, default=256 if whole else 64, help="edge of the generated volumes "
+                                                                                  "(default {})".format(
+                                                                                      256 if whole else 64))
         if name == "whole":
-            p.add_argument("--model", help="a run directory (default: the pretrained model)")
-            p.add_argument("--size", type=int, default=256, help="edge of the generated volumes (default 256)")
             p.add_argument("--volumes", nargs="+", metavar="VOLUME",
                            help="measure these volumes (.npy, TIFF or a .zip of one; each phase conducting in turn) "
                                 "instead of one generated volume per family")
             p.add_argument("--one", help=argparse.SUPPRESS)
         if name == "surrogate":
-            p.add_argument("--model", help="a run directory to time (default: the default architecture)")
-            p.add_argument("--size", type=int, default=64, help="volume edge (default 64)")
             p.add_argument("--tiles", nargs="+", metavar="VOLUME",
                            help="also measure --model on tiles of these volumes (.npy, TIFF or a .zip of one), "
                                 "each phase conducting in turn: errors, calibration and the --max-error trade-off")
