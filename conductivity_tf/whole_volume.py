@@ -80,14 +80,17 @@ def layout(shape, window, cell=None):
     return Layout(tuple(int(n) for n in shape), int(window), edges, origins)
 
 
-def windows(source, plan, batch=64):
+def windows(source, plan, batch=64, counted=None):
     """Yield (cell indices (b, 3), windows (b, S, S, S) uint8) in batches, reading ``source`` one slab of S slices
-    per layer of cells along axis 0."""
+    per layer of cells along axis 0. ``counted`` (a one-element list) gets the conducting voxels added up, each
+    voxel once (every slab holds its layer of cells)."""
     s = plan.window
     index, chunk = [], []
     for i, o0 in enumerate(plan.origins[0]):
         slab = source.read(int(o0), int(o0) + s)
         check_binary(slab, source.name)
+        if counted is not None:
+            counted[0] += int(np.count_nonzero(slab[plan.edges[0][i] - o0:plan.edges[0][i + 1] - o0]))
         for j, o1 in enumerate(plan.origins[1]):
             for k, o2 in enumerate(plan.origins[2]):
                 index.append((i, j, k))
@@ -131,8 +134,8 @@ def label(source, plan, labeller, batch=64, progress=None):
     the solver labelled and the porosity."""
     field = np.zeros(plan.cells + (3,))
     spread = None
-    solved = 0
-    for index, chunk in windows(source, plan, batch):
+    solved, counted = 0, [0]
+    for index, chunk in windows(source, plan, batch, counted):
         values, uncertainty, from_solver = labeller(chunk)
         field[index[:, 0], index[:, 1], index[:, 2]] = values
         if uncertainty is not None:
@@ -142,15 +145,7 @@ def label(source, plan, labeller, batch=64, progress=None):
         solved += int(np.count_nonzero(np.all(from_solver, axis=1)))
         if progress is not None:
             progress(len(chunk))
-    porosity = _porosity(source)
-    return field, spread, solved / plan.windows, porosity
-
-
-def _porosity(source, slices=64):
-    conducting = 0
-    for start in range(0, source.shape[0], slices):
-        conducting += int(np.count_nonzero(source.read(start, min(source.shape[0], start + slices))))
-    return conducting / float(np.prod(source.shape))
+    return field, spread, solved / plan.windows, counted[0] / float(np.prod(source.shape))
 
 
 def combine(field, spread, plan, axes=(0, 1, 2)):
