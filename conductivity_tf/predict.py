@@ -251,9 +251,10 @@ def main(argv=None):
     sources = [(path, VolumeSource.of(load_volume_from_args(path, args).array, path) if args.otsu else
                 open_volume(path, args)) for path in args.volumes]
     cubes = {}
+    known = model_size(args.model, required=False)  # the model's cube from its run's configuration, if it has one
     for path, source in sources:
-        if len(set(source.shape)) == 1 and source.shape[0] <= 256:  # a cube the model may take as it is
-            cubes[path] = source.read(0, source.shape[0])
+        if source.shape == (known,) * 3 or (known is None and len(set(source.shape)) == 1 and source.shape[0] <= 256):
+            cubes[path] = source.read(0, source.shape[0])  # a cube the model may take as it is
             Predictor.check_binary(cubes[path], path)
     if args.devices and (args.exact_windows or args.max_error is not None):
         raise UserError("--devices spreads the model's windows over devices; it goes without --exact-windows and "
@@ -261,9 +262,12 @@ def main(argv=None):
     predictor = None if args.exact_windows or args.devices else Predictor(args.model, args.precision)
     size = predictor.size if predictor else model_size(args.model)
     whole = [(path, source) for path, source in sources if source.shape != (size,) * 3]
-    for path, source in whole:  # checked before any work: every side at least the cube, the first slab binary
-        whole_volume.layout(source.shape, size, args.cell)
+    for path, source in whole:  # checked before any work: the first slab binary, every side at least the cube
         whole_volume.check_binary(source.read(0, min(source.shape[0], size)), path)
+        try:
+            whole_volume.layout(source.shape, size, args.cell)
+        except UserError as err:
+            raise UserError("{}: {}".format(path, err))
     if (args.map or args.cell or args.devices or args.exact_windows) and not whole:
         raise UserError("--map, --cell, --devices and --exact-windows are for volumes larger than the model's {}^3 "
                         "cube".format(size))
@@ -324,10 +328,13 @@ def replicated_labeller(model_dir, devices):
     return labeller
 
 
-def model_size(model_dir):
-    """The cube edge of a run's model, from its configuration (without loading the model)."""
+def model_size(model_dir, required=True):
+    """The cube edge of a run's model, from its configuration (without loading the model); None when the run has
+    no configuration and ``required`` is false."""
     config_path = os.path.join(model_dir or PRETRAINED, "config.yaml")
     if not os.path.isfile(config_path):
+        if not required:
+            return None
         raise UserError("--exact-windows takes its window size from the model's run directory; {} has no "
                         "config.yaml".format(model_dir or PRETRAINED))
     with open(config_path) as handle:
