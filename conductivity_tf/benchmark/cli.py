@@ -57,6 +57,9 @@ def build_parser():
             p.add_argument("--tiles", nargs="+", metavar="VOLUME",
                            help="also measure --model on tiles of these volumes (.npy, TIFF or a .zip of one), "
                                 "each phase conducting in turn: errors, calibration and the --max-error trade-off")
+            p.add_argument("--porespy", action="store_true",
+                           help="also measure --model on 24 volumes from PoreSpy's generators (needs the [bench] "
+                                "extra): errors and calibration")
     return parser
 
 

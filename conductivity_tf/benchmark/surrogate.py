@@ -97,11 +97,33 @@ def run_surrogate_suite(args):
             solver / cnn["checked"]))
         print("predict's output (values, uncertainty, training-domain check): {:.0f}x faster than the solver".format(
             solver / cnn["full"]))
+    if args.porespy:
+        if not args.model:
+            raise UserError("--porespy measures a trained model; add --model RUN_DIR")
+        porespy_report(predictors[chosen], args.csv)
     if args.tiles:
         if not args.model:
             raise UserError("--tiles measures a trained model; add --model RUN_DIR")
         tile_report(predictors[chosen], args.tiles, args.csv)
     return 0
+
+
+_TABLE_COLUMNS = ["volume", "phase", "tiles", "values", "flagged", "mape", "median_ape", "r2", "coverage_90",
+                  "spearman_error_uncertainty"]
+
+
+def porespy_report(predictor, csv_path=None):
+    """The model on volumes from PoreSpy's generators (``real_structures.porespy_groups``), pure prediction."""
+    say("generating {} PoreSpy volumes of {}^3 and labelling them with the solver".format(
+        6 * len(real_structures.PORESPY_KINDS), predictor.size))
+    groups = real_structures.porespy_groups(predictor.size)
+    table, _ = real_structures.measure(predictor, groups, max_errors=())
+    columns = [c for c in _TABLE_COLUMNS if any(c in row for row in table)]
+    print()
+    print("Pure prediction on PoreSpy's structures (percolating values; coverage of the ~90 % interval):")
+    print(markdown_table(table, columns))
+    if csv_path:
+        write_csv(os.path.splitext(csv_path)[0] + "_porespy.csv", table, columns)
 
 
 def tile_report(predictor, paths, csv_path=None):
@@ -113,8 +135,7 @@ def tile_report(predictor, paths, csv_path=None):
             predictor.size, path))
         groups += real_structures.phase_tiles(path, predictor.size)
     table, curve = real_structures.measure(predictor, groups)
-    columns = ["volume", "phase", "tiles", "values", "flagged", "mape", "median_ape", "r2", "coverage_90",
-               "spearman_error_uncertainty"]
+    columns = _TABLE_COLUMNS
     print()
     print("Pure prediction on tiles of third-party volumes (percolating values; coverage of the ~90 % interval):")
     print(markdown_table(table, [c for c in columns if any(c in row for row in table)]))
