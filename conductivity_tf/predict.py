@@ -381,6 +381,7 @@ def predict_whole(args, predictor, size, path, source, several=False):
                           "outside_training_domain": [], "porosity": result.porosity, "seconds": seconds,
                           "shape": list(source.shape), "cells": list(result.plan.cells),
                           "windows": result.plan.windows, "solved_fraction": result.solved_fraction,
+                          "windows_without_path": result.without_path, "cautions": result.cautions,
                           "map": list(maps) if maps else None}), flush=True)
         return
     parts = []
@@ -390,6 +391,8 @@ def predict_whole(args, predictor, size, path, source, several=False):
     print("{}  {}  porosity {:.4f}  sigma_eff/sigma_0 {}  ({} windows of {}^3 by the {}, {:.1f} s)".format(
         path, "x".join(map(str, source.shape)), result.porosity, "  ".join(parts), result.plan.windows, size,
         "solver" if args.exact_windows else "model", seconds), flush=True)
+    for note in result.cautions:
+        print("  caution, " + note, flush=True)
     if maps:
         print("  local conductivity: {} and {}".format(*maps), flush=True)
 

@@ -37,6 +37,22 @@ def test_a_volume_without_a_spanning_path_gives_zero_along_that_axis():
     assert result.values[0] == 0.0 and min(result.values[1:]) > 0.1
 
 
+def test_windows_without_a_path_where_the_whole_conducts_are_a_caution():
+    v = np.zeros((16, 32, 16), np.uint8)
+    v[:, :16] = 1                                       # window (0, 0, 0) conducts, window (0, 1, 0) is empty
+    result = W.predict_volume(volumes.VolumeSource.of(v), W.exact_labeller(1), window=16)
+    assert result.values[0] == pytest.approx(0.5) and result.without_path == [0.5, 0.5, 0.5]
+    assert result.values[1] == 0.0       # along 1 the empty half cuts the path: a true zero, no caution
+    assert [note.split(":")[0] for note in result.cautions] == ["axis 0", "axis 2"]
+    assert "50 % of the 16^3 windows" in result.cautions[0]
+    full = W.predict_volume(volumes.VolumeSource.of(np.ones((16, 32, 16), np.uint8)), W.exact_labeller(1), 16)
+    assert full.values == pytest.approx([1.0, 1.0, 1.0]) and full.without_path == [0.0] * 3 and not full.cautions
+    layer = _layers()
+    layer[30:34] = 0                                    # no path at all along 0: an exact zero, nothing to caution
+    cut = W.predict_volume(volumes.VolumeSource.of(layer), W.exact_labeller(1), window=16)
+    assert cut.values[0] == 0.0 and cut.without_path[0] > 0 and not any(n.startswith("axis 0") for n in cut.cautions)
+
+
 def test_windows_cover_a_volume_whose_sides_are_not_multiples_of_the_window():
     plan = W.layout((100, 64, 70), window=32)
     assert plan.cells == (4, 2, 3)
