@@ -21,6 +21,15 @@ arrays: x is zero wherever a cell is not an unknown, so the sum holds exactly th
 import numpy as np
 from numba import njit, prange
 
+from conductivity_tf._binary_level import (
+    BinaryLevel,
+    coarsen_binary,
+    curvature_binary,
+    first_sweep_binary,
+    gauss_seidel_color_binary,
+    initial_state_binary,
+    step_binary,
+)
 from conductivity_tf._discretisation import Workspace
 from conductivity_tf._graph_levels import (
     GraphCoarsestSolver,
@@ -187,6 +196,15 @@ def _prolong_add(xc, x, diag):
 
 def coarse_shape(shape):
     return tuple((n - 2 + 1) // 2 + 2 for n in shape)
+
+
+def _coarsen_binary(diag, u, scale, ws, tag):
+    """``_coarsen`` of the operator a ``_binary_level`` diagonal describes."""
+    shape = coarse_shape(diag.shape)
+    out = [ws.get(tag + name, shape) for name in ("diag64", "cx64", "cy64", "cz64", "bnd64")]
+    active = ws.get(tag + "active", shape, np.bool_)
+    coarsen_binary(diag, u, scale, out[0], out[1], out[2], out[3], out[4], active)
+    return out
 
 
 def _coarsen(diag, cx, cy, cz, bnd, scale, ws, tag):
@@ -358,12 +376,16 @@ class VCycle(object):
     """The multigrid preconditioner of A (padded layout): grid levels of 2x2x2 aggregates, then graph levels,
     a direct solve at the bottom; ``run`` takes the top level's ``b`` to its ``x`` (one cycle)."""
 
-    def __init__(self, diag, cx, cy, cz, bnd, smoothing=2, fine_smoothing=1, cycle=1, ws=None, uniform=None):
+    def __init__(self, diag, cx, cy, cz, bnd, smoothing=2, fine_smoothing=1, cycle=1, ws=None, uniform=None,
+                 binary=False):
         """``uniform``: the conductance of every face between two unknowns when they all have the same
-        one (a binary volume); the fine-grid kernels then read half the bytes."""
+        one (a binary volume); the fine-grid kernels then read half the bytes. ``binary``: ``diag`` is a
+        ``_binary_level`` diagonal (float32) that describes the whole operator with ``uniform`` (cx, cy, cz
+        and bnd are not given); the top level is then a ``BinaryLevel``."""
         ws = ws or Workspace()
         self.uniform = None if uniform is None else np.float32(uniform)
-        self.levels = [_Level(diag, cx, cy, cz, ws, "L0.")]
+        self.binary = binary
+        self.levels = [BinaryLevel(diag, ws, "L0.") if binary else _Level(diag, cx, cy, cz, ws, "L0.")]
         # red-black sweeps before and after the coarse correction: one on the fine grid, where a sweep
         # costs 8x a coarse one, and two below (measured: 6-15 % less time per solve than two everywhere,
         # one more CG iteration at most)
@@ -371,11 +393,14 @@ class VCycle(object):
         self.fine_smoothing = fine_smoothing
         self.cycle = cycle
         grid = (diag, cx, cy, cz)       # the double-precision operator of the last grid level
-        while (len(self.levels) < GRID_LEVELS and np.count_nonzero(self.levels[-1].diag) > COARSEST_CELLS
-               and min(self.levels[-1].diag.shape) > 3):
+        # a binary top level always has a grid level below it (it has no conductance arrays to solve on)
+        while (len(self.levels) < GRID_LEVELS and (binary and len(self.levels) == 1 or (
+                np.count_nonzero(self.levels[-1].diag) > COARSEST_CELLS and min(self.levels[-1].diag.shape) > 3))):
             lv = self.levels[-1]
             tag = "L{}.".format(len(self.levels))
-            if len(self.levels) == 1:
+            if binary and len(self.levels) == 1:
+                dc, xc, yc, zc, bnd = _coarsen_binary(diag, float(uniform), COARSE_SCALE, ws, tag)
+            elif len(self.levels) == 1:
                 dc, xc, yc, zc, bnd = _coarsen(diag, cx, cy, cz, bnd, COARSE_SCALE, ws, tag)
             else:
                 dc, xc, yc, zc, bnd = _coarsen(lv.diag, lv.cx, lv.cy, lv.cz, bnd, COARSE_SCALE, ws, tag)
@@ -446,7 +471,10 @@ class VCycle(object):
 
     def _presmooth(self, lv):
         """Red-black sweeps from x = 0 (the first sweep needs no neighbours)."""
-        _first_sweep(lv.x, lv.b, lv.inv, 0)
+        if isinstance(lv, BinaryLevel):
+            first_sweep_binary(lv.x, lv.b, lv.diag, 0)
+        else:
+            _first_sweep(lv.x, lv.b, lv.inv, 0)
         self._sweep(lv, 1)
         self._smooth(lv, (0, 1), self._sweeps(lv) - 1)
 
@@ -459,7 +487,9 @@ class VCycle(object):
                 self._sweep(lv, color)
 
     def _sweep(self, lv, color):
-        if lv is self.levels[0] and self.uniform is not None:
+        if isinstance(lv, BinaryLevel):
+            gauss_seidel_color_binary(lv.x, lv.b, lv.diag, self.uniform, color)
+        elif lv is self.levels[0] and self.uniform is not None:
             _gauss_seidel_color_uniform(lv.x, lv.b, lv.inv, self.uniform, color)
         else:
             _gauss_seidel_color(lv.x, lv.b, lv.inv, lv.cx, lv.cy, lv.cz, color)
@@ -479,12 +509,16 @@ class VCycle(object):
 class MultigridPCG(object):
     """Solve A x = b (padded layout, see ``_discretisation``) by CG with a multigrid V-cycle preconditioner."""
 
-    def __init__(self, diag, cx, cy, cz, bnd, smoothing=2, fine_smoothing=1, cycle=1, ws=None, uniform=None):
+    def __init__(self, diag, cx, cy, cz, bnd, smoothing=2, fine_smoothing=1, cycle=1, ws=None, uniform=None,
+                 binary=False):
         """``uniform``: the conductance of every face between two unknowns when they all have the same
-        one (a binary volume); the fine-grid kernels then read half the bytes."""
+        one (a binary volume); the fine-grid kernels then read half the bytes. ``binary``: ``diag`` is a
+        ``_binary_level`` diagonal that describes the whole system with ``uniform`` (cx, cy, cz, bnd None):
+        ``solve`` then takes no right-hand side and works in single precision only."""
         self.ws = ws = ws or Workspace()
         self.operator = (diag, cx, cy, cz)
-        self.preconditioner = VCycle(diag, cx, cy, cz, bnd, smoothing, fine_smoothing, cycle, ws, uniform)
+        self.binary = binary
+        self.preconditioner = VCycle(diag, cx, cy, cz, bnd, smoothing, fine_smoothing, cycle, ws, uniform, binary)
         self.uniform = self.preconditioner.uniform
 
     @property
@@ -513,6 +547,8 @@ class MultigridPCG(object):
             raise ValueError("give rtol, tol or both")
         ws = self.ws
         top = self.levels[0]
+        if self.binary:
+            return self._loop(*self._start_binary(), rtol, maxiter, tol)
         if rtol is None:
             # only sigma wanted: products with the operator rounded to single precision (half the
             # memory traffic). CG then converges to the solution of a system off by ~1e-7, but the
@@ -544,9 +580,29 @@ class MultigridPCG(object):
         q = ws.get("cg.q" + suffix, b.shape, dtype, zero=False)
         if not single:
             top.b[...] = r
+        x, it, rel = self._loop(x, r, q, bnorm, energy, single, diag, cx, cy, cz, rtol, maxiter, tol)
+        if single:
+            x64 = ws.get("cg.x", x.shape, np.float64, zero=False)
+            np.copyto(x64, x)
+            x = x64
+        return x, it, rel
+
+    def _start_binary(self):
+        """CG's start for a binary system: x, r = b - A x, q, |b| and the energy, in single precision, without
+        storing b (``_binary_level.initial_state_binary``)."""
+        top = self.levels[0]
+        x = self.ws.get("cg.x32", top.diag.shape, np.float32, zero=False)
+        r = top.b
+        bb, offset, xb = initial_state_binary(top.diag, float(self.uniform), x, r)
+        return x, r, None, np.sqrt(bb) or 1.0, offset - _dot(x, r) - xb, True, top.diag, None, None, None
+
+    def _loop(self, x, r, q, bnorm, energy, single, diag, cx, cy, cz, rtol, maxiter, tol):
+        """The preconditioned CG iterations from x with residual r (r is the top level's b when ``single``)."""
+        ws = self.ws
+        top = self.levels[0]
         self.preconditioner.run()
         z = top.x
-        p = ws.get("cg.p" + suffix, b.shape, dtype, zero=False)
+        p = ws.get("cg.p" + ("32" if single else ""), x.shape, x.dtype, zero=False)
         np.copyto(p, z)
         rz = _dot(r, z)
         rel = np.sqrt(_dot(r, r)) / bnorm
@@ -555,11 +611,15 @@ class MultigridPCG(object):
         done = rel == 0.0 or (tol is None and rel <= rtol)    # the energy test needs one step
         while not done and it < maxiter:
             it += 1
-            if rtol is None and self.uniform is not None:
+            if self.binary:      # no q: A p recomputed in the step
+                alpha = rz / curvature_binary(p, diag, self.uniform)
+            elif rtol is None and self.uniform is not None:
                 alpha = rz / _matvec_dot_uniform(p, q, diag, self.uniform)
             else:
                 alpha = rz / _matvec_dot(p, q, diag, cx, cy, cz)
-            if single:
+            if self.binary:
+                rel = np.sqrt(step_binary(x, r, p, diag, self.uniform, np.float32(alpha))) / bnorm
+            elif single:
                 rel = np.sqrt(_step_single(x, r, p, q, np.float32(alpha))) / bnorm
             else:
                 rel = np.sqrt(_step(x, r, p, q, alpha, top.b)) / bnorm
@@ -576,8 +636,4 @@ class MultigridPCG(object):
             rz_new = _dot(r, z)
             _direction(p, z, p.dtype.type(rz_new / rz))
             rz = rz_new
-        if single:
-            x64 = ws.get("cg.x", x.shape, np.float64, zero=False)
-            np.copyto(x64, x)
-            x = x64
         return x, it, rel

@@ -43,6 +43,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 from numba import njit
 
+from conductivity_tf._binary_level import binary_diagonal, power_and_sections_binary, spanning_bits
 from conductivity_tf._discretisation import (
     Workspace,
     assemble,
@@ -57,6 +58,9 @@ from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
 
 DEFAULT_SIGMA = {0: 0.0, 1: 1.0}
+# binary volumes from this many voxels up are solved with the fine level held as its diagonal alone
+# (``_binary_level``: about 28 bytes per voxel instead of ~134); below it the general layout, tuned for speed
+BINARY_LEVEL_VOXELS = 160 ** 3
 
 
 @dataclass
@@ -114,8 +118,10 @@ def conductivity_field(volume, sigma=None):
     return field, sigma0
 
 
-def _conductivity_field(volume, sigma):
-    """``conductivity_field`` and the positive conductivities of the phases present (sorted)."""
+def _conductivity_field(volume, sigma, field=True):
+    """``conductivity_field`` and the positive conductivities of the phases present (sorted). With ``field``
+    False a binary volume whose phase 0 does not conduct gives its conducting voxels (bool) instead of the
+    float64 field (1 byte per voxel instead of 8)."""
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise UserError("the volume has {} dimension(s), shape {}; the solver needs a 3-D array".format(
@@ -163,9 +169,11 @@ def _conductivity_field(volume, sigma):
     positive = sorted({sigma[float(p)] for p in phases.tolist()} - {0.0})
     if binary:
         low, high = sigma.get(0.0, 0.0), sigma.get(1.0, 0.0)
+        if low == 0.0 and not field:
+            return volume != 0, sigma0, positive
         if low == 0.0:
-            field = volume.astype(np.float64)
-            return (field * high if high != 1.0 else field), sigma0, positive
+            values = volume.astype(np.float64)
+            return (values * high if high != 1.0 else values), sigma0, positive
         return np.where(volume != 0, high, low), sigma0, positive
     table = np.array([sigma[float(p)] for p in phases.tolist()])
     if small_labels:
@@ -295,7 +303,14 @@ def solve(volume, axes=None, sigma=None, tol=1e-6, rtol=None, maxiter=1000, retu
 
 
 def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
-    s, sigma0, positive = _conductivity_field(volume, sigma)
+    large = np.asarray(volume).size >= BINARY_LEVEL_VOXELS and rtol is None
+    s, sigma0, positive = _conductivity_field(volume, sigma, field=not large)
+    if s.dtype == np.bool_:
+        porosity, shape = np.count_nonzero(s) / s.size, s.shape
+        bits, spanning = _spanning_bits(s, axes)
+        del s                       # the conducting voxels are in ``bits`` now
+        return _solve_binary(bits, spanning, shape, porosity, axes, sigma0, positive[0], tol, maxiter,
+                             return_potential)
     conducting = s > 0
     porosity = np.count_nonzero(conducting) / conducting.size
     labels, count, spanning = _spanning_clusters(conducting, axes)
@@ -325,6 +340,49 @@ def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
         results.append(AxisResult(
             axis, relative, tau, porosity, True, spread, iterations, residual, time.perf_counter() - t0,
             potential=np.moveaxis(phi, 0, axis).copy() if return_potential else None))
+    return results
+
+
+def _spanning_bits(conducting, axes):
+    """(uint8 per voxel whose bit a is set in clusters joining the two faces normal to axis a, {axis: those
+    clusters' labels}), the labels freed."""
+    labels, count, spanning = _spanning_clusters(conducting, axes)
+    keeps = [np.zeros(count + 1, bool) for _ in range(3)]
+    for axis in axes:
+        keeps[axis][spanning[axis]] = True
+    return spanning_bits(labels, *keeps), spanning
+
+
+def _solve_binary(bits, spanning, shape, porosity, axes, sigma0, uniform, tol, maxiter, return_potential):
+    """``_solve`` for a large binary volume in about 28 bytes per voxel: the spanning clusters of every axis
+    kept as ``bits`` (``_spanning_bits``), and per axis only the diagonal of the system (``_binary_level``) and
+    CG's single-precision vectors."""
+    results = []
+    for axis in axes:
+        t0 = time.perf_counter()
+        if not spanning[axis].size:
+            results.append(AxisResult(axis, 0.0, math.inf, porosity, False,
+                                      potential=np.zeros(shape) if return_potential else None,
+                                      seconds=time.perf_counter() - t0))
+            continue
+        moved = [shape[axis]] + [n for a, n in enumerate(shape) if a != axis]
+        diag = np.zeros([n + 2 for n in moved], np.float32)
+        binary_diagonal(bits, axis, float(uniform), diag)
+        ws = Workspace()
+        ws.begin(diag.shape)        # nothing kept beyond this solve above MAX_KEPT_CELLS
+        solver = MultigridPCG(diag, None, None, None, None, ws=ws, uniform=uniform, binary=True)
+        phi, iterations, residual = solver.solve(None, maxiter=maxiter, tol=tol)
+        current, sections = power_and_sections_binary(phi, diag, float(uniform))
+        mean = sections.mean()
+        spread = float((sections.max() - sections.min()) / abs(mean)) if mean else 0.0
+        relative = float(current) * moved[0] / (moved[1] * moved[2] * sigma0)
+        tau = porosity / relative if relative > 0 else math.inf
+        potential = None
+        if return_potential:
+            potential = np.moveaxis(phi[1:-1, 1:-1, 1:-1].astype(np.float64), 0, axis).copy()
+        del solver, phi, diag, ws
+        results.append(AxisResult(axis, relative, tau, porosity, True, spread, iterations, residual,
+                                  time.perf_counter() - t0, potential=potential))
     return results
 
 

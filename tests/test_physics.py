@@ -451,3 +451,60 @@ def test_cells_without_a_path_between_the_faces_give_zero():
     without = s.copy()
     without[3:6, 2:5, 2:5] = 0.0
     assert physics.solve_cells(s) == pytest.approx(physics.solve_cells(without), rel=1e-6)
+
+
+def _binary_cases():
+    rng = np.random.default_rng(0)
+    channel = np.zeros((40, 40, 40), np.uint8)
+    channel[:, 10, 10] = 1                                   # one channel: along 0 only, few unknowns
+    cut = channel.copy()
+    cut[20:] = 0                                             # no path at all
+    return [microstructure.blobs(48, porosity=0.3, correlation_length=3.0, seed=31),
+            microstructure.generate("fibres", 40, seed=32, porosity=0.7, radius=2.0),
+            (rng.random((33, 35, 3)) < 0.6).astype(np.uint8), (rng.random((2, 30, 50)) < 0.6).astype(bool),
+            channel, cut, np.ones((20, 21, 22), np.uint8)]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_the_binary_fine_level_gives_the_general_layouts_answer(monkeypatch, case):
+    """Large binary volumes are solved with the fine level held as its diagonal (``_binary_level``); forced on
+    small ones it gives the general layout's sigma (to its tolerance), current spread and potential, with
+    another conductivity than 1 too, and zeros where nothing joins the faces."""
+    volume = _binary_cases()[case]
+    for sigma in (None, {0: 0.0, 1: 2.5}):
+        monkeypatch.setattr(physics, "BINARY_LEVEL_VOXELS", 1 << 62)
+        general = physics.solve(volume, sigma=sigma, return_potential=True)
+        monkeypatch.setattr(physics, "BINARY_LEVEL_VOXELS", 0)
+        binary = physics.solve(volume, sigma=sigma, return_potential=True)
+        for g, b in zip(general, binary):
+            assert b.percolates == g.percolates and b.porosity == g.porosity
+            assert b.relative_conductivity == pytest.approx(g.relative_conductivity, rel=3e-6, abs=1e-12)
+            assert b.potential.shape == volume.shape and np.abs(b.potential - g.potential).max() < 1e-3
+            assert b.current_spread < 1e-2 or not b.percolates
+
+
+def test_the_binary_fine_level_is_what_large_binary_volumes_get(monkeypatch):
+    """Above BINARY_LEVEL_VOXELS a binary volume is solved without the general layout's arrays; a
+    multi-phase one, or one whose potential must be accurate everywhere (rtol), still takes the general layout."""
+    from conductivity_tf import _discretisation
+
+    calls = []
+    monkeypatch.setattr(physics, "assemble", lambda *a, **k: calls.append(1) or _discretisation.assemble(*a, **k))
+    monkeypatch.setattr(physics, "BINARY_LEVEL_VOXELS", 30 ** 3)
+    volume = microstructure.blobs(32, porosity=0.4, correlation_length=3.0, seed=33)
+    physics.solve(volume)
+    assert calls == []
+    physics.solve(volume, rtol=1e-8)
+    assert len(calls) == 3
+    physics.solve(np.where(volume == 1, 2, volume).astype(np.uint8) + (volume == 0), sigma={1: 0.1, 2: 1.0})
+    assert len(calls) == 6
+
+
+def test_a_memory_mapped_volume_gives_the_answer_of_one_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(physics, "BINARY_LEVEL_VOXELS", 0)
+    volume = microstructure.blobs(40, porosity=0.35, correlation_length=3.0, seed=34)
+    np.save(tmp_path / "v.npy", volume)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    assert isinstance(mapped, np.memmap)
+    assert [r.relative_conductivity for r in physics.solve(mapped)] == \
+        [r.relative_conductivity for r in physics.solve(volume)]

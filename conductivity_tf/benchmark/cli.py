@@ -41,6 +41,13 @@ def build_parser():
             p.add_argument("--only", help="comma-separated run names to time (default: all, or the quick ones)")
             p.add_argument("--one", help=argparse.SUPPRESS)
             p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
+        if name == "solver":
+            p.add_argument("--memory", action="store_true",
+                           help="peak resident memory per voxel and time per direction of the binary fine level "
+                                "beside the general layout (128^3, 256^3, 500^3; --quick: 128^3, 192^3)")
+            p.add_argument("--volumes", nargs="+", metavar="VOLUME",
+                           help="with --memory: also these volumes (non-zero voxels conduct)")
+            p.add_argument("--one", help=argparse.SUPPRESS)
         if name in ("whole", "surrogate"):
             whole = name == "whole"
             p.add_argument("--model", help="a run directory to time (default: {})".format(

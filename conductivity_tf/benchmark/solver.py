@@ -1,14 +1,24 @@
 """``benchmark solver``: our conduction solver against TauFactor (CPU) and PoreSpy ``tortuosity_fd`` on the same
-volumes (the anchors come from the ``bench`` extra; a missing anchor is skipped, saying so)."""
+volumes (the anchors come from the ``bench`` extra; a missing anchor is skipped, saying so); ``--memory``: the
+solver's peak resident memory per voxel and time per direction, the binary fine level (``_binary_level``, the
+default for large binary volumes) beside the general layout, each solve in a process of its own."""
 
 import importlib.util
+import json
 import logging
+import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
 import numpy as np
 
-from conductivity_tf import microstructure, physics
+from conductivity_tf import microstructure, physics, volumes
 from conductivity_tf.benchmark.common import best_time, markdown_table, say, write_csv
+from conductivity_tf.errors import UserError
 
 
 def _taufactor():
@@ -60,7 +70,84 @@ SOLVER_COLUMNS = ["size", "porosity", "ours_s", "iterations", "ours_sigma", "tau
                   "porespy_s", "porespy_sigma", "speedup", "max_rel_diff"]
 
 
+MEMORY_ROW = "SOLVER-MEMORY-ROW "
+MEMORY_COLUMNS = ["volume", "voxels", "layout", "peak_mb", "bytes_per_voxel", "seconds_per_direction",
+                  "iterations", "sigma"]
+
+
+def _memory_one(job):
+    """One solve of all three axes in this process, as ``python -m conductivity_tf.physics`` does it: the
+    volume loaded, then solved; the layout forced by ``physics.BINARY_LEVEL_VOXELS``."""
+    physics.solve(microstructure.blobs(16, 0.5, 2, seed=0))          # compile outside the timing
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    physics.BINARY_LEVEL_VOXELS = 0 if job["layout"] == "binary" else 1 << 62
+    volume = np.load(job["path"])
+    t0 = time.perf_counter()
+    results = physics.solve(volume)
+    seconds = time.perf_counter() - t0
+    return {"sigma": [r.relative_conductivity for r in results], "iterations": [r.iterations for r in results],
+            "seconds": seconds, "baseline_mb": baseline,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def _memory_child(job):
+    proc = subprocess.Popen([sys.executable, "-m", "conductivity_tf.benchmark", "solver", "--one", json.dumps(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    out, err = proc.communicate()
+    rows = [json.loads(line[len(MEMORY_ROW):]) for line in out.splitlines() if line.startswith(MEMORY_ROW)]
+    if proc.returncode != 0 or not rows:
+        lines = [line for line in err.splitlines() if line.strip()] or ["exit {}".format(proc.returncode)]
+        raise UserError("the {} solve of {} failed: {}".format(job["layout"], job["path"], lines[-1]))
+    return rows[0]
+
+
+def run_memory_suite(args):
+    """Peak resident memory and time of the two layouts on the same volumes, side by side."""
+    sizes = [128, 192] if args.quick else [128, 256, 500]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        cases = []
+        for size in sizes:
+            path = os.path.join(folder, "blobs{}.npy".format(size))
+            np.save(path, microstructure.blobs(size, porosity=0.3, correlation_length=4, seed=size))
+            cases.append(("blobs {}^3 (porosity 0.3)".format(size), path))
+        for path in args.volumes or []:
+            target = os.path.join(folder, "given{}.npy".format(len(cases)))
+            np.save(target, (volumes.load_volume(path).array > 0).astype(np.uint8))
+            cases.append((os.path.basename(path), target))
+        for name, path in cases:
+            voxels = int(np.prod(np.load(path, mmap_mode="r").shape))
+            for layout in ("general", "binary"):
+                say("solver memory: {} ({} layout)".format(name, layout))
+                got = _memory_child({"path": path, "layout": layout})
+                rows.append({"volume": name, "voxels": voxels, "layout": layout, "peak_mb": got["peak_mb"],
+                             "baseline_mb": got["baseline_mb"], "bytes_per_voxel": got["peak_mb"] * 2 ** 20 / voxels,
+                             "seconds_per_direction": got["seconds"] / 3, "iterations": " ".join(
+                                 str(i) for i in got["iterations"]),
+                             "sigma": " ".join("{:.6f}".format(v) for v in got["sigma"]), "values": got["sigma"]})
+    print(markdown_table(rows, MEMORY_COLUMNS))
+    if args.csv:
+        write_csv(args.csv, rows, MEMORY_COLUMNS)
+    print()
+    print("peak resident memory of the whole process (the OS's ru_maxrss) over the voxels, all three axes; "
+          "the interpreter and the compiled kernels alone: {:.0f} MB".format(rows[0]["baseline_mb"]))
+    for general, binary in zip(rows[0::2], rows[1::2]):
+        difference = max(abs(a / b - 1) for a, b in zip(binary["values"], general["values"]) if b > 0)
+        print("{}: the binary level takes {:.1f} bytes per voxel against {:.1f} ({:.2f}x less) at {:.2f}x the time "
+              "per direction ({:.2f} against {:.2f} s); sigma differs by at most {:.1e} (relative)".format(
+                  general["volume"], binary["bytes_per_voxel"], general["bytes_per_voxel"],
+                  general["bytes_per_voxel"] / binary["bytes_per_voxel"],
+                  binary["seconds_per_direction"] / general["seconds_per_direction"],
+                  binary["seconds_per_direction"], general["seconds_per_direction"], difference))
+    return 0
+
+
 def run_solver_suite(args):
+    if args.one:
+        print(MEMORY_ROW + json.dumps(_memory_one(json.loads(args.one))), flush=True)
+        return 0
+    if args.memory:
+        return run_memory_suite(args)
     import concurrent.futures
     import multiprocessing
 
