@@ -50,6 +50,7 @@ def _cases(args, folder):
         return cases
     size = 128 if args.quick else args.size
     for family, params in FAMILIES[:2] if args.quick else FAMILIES:
+        say("generating {} {}^3".format(family, size))
         try:
             volume = microstructure.generate(family, size, seed=5, **params)
         except UserError as err:
