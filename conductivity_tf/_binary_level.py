@@ -5,16 +5,19 @@ u, each unknown's boundary conductance is 2u in the first and last layers, and t
 first layer: the whole operator follows from its diagonal (u times the number of unknown neighbours, plus the
 boundary conductance; 0 off the unknowns). ``BinaryLevel`` keeps only that diagonal (4 bytes per voxel) and the
 V-cycle's two vectors; the smoother divides by the diagonal where it is used instead of reading a stored
-inverse, the first coarse level is built from the diagonal alone, and the initial residual and the dissipated
-power are computed without storing the right-hand side. With CG's two other vectors (A p is recomputed where it
-is needed instead of stored) that is about 27 bytes per voxel with the coarse levels, the input and the
-clusters' bits, where the general layout (``_discretisation``: three conductance arrays, the diagonal, the
-boundary conductances and the right-hand side in double precision, then their single-precision copies) needs
-about 134. The layout is ``_discretisation``'s: padded by one cell, transport along array axis 0.
+inverse, the first coarse level is built from the diagonal alone (``_multigrid.coarsen_binary``), and the
+initial residual and the dissipated power are computed without storing the right-hand side. With CG's two other
+vectors (A p is recomputed where it is needed instead of stored) that is about 27 bytes per voxel with the
+coarse levels, the input and the clusters' bits, where the general layout (``_discretisation``: three
+conductance arrays, the diagonal, the boundary conductances and the right-hand side in double precision, then
+their single-precision copies) needs about 134. The layout is ``_discretisation``'s: padded by one cell,
+transport along array axis 0.
 """
 
 import numpy as np
 from numba import njit, prange
+
+from conductivity_tf._discretisation import initial_guess
 
 
 @njit(parallel=True, cache=True)
@@ -100,55 +103,12 @@ def gauss_seidel_color_binary(x, b, diag, c, color):
 
 
 @njit(parallel=True, cache=True)
-def coarsen_binary(diag, u, scale, dc, xc, yc, zc, bc, active):
-    """``_multigrid._coarsen_into`` for the operator ``diag`` describes (faces u between unknowns, boundary
-    conductance 2u in the first and last layers), into zeroed float64 arrays of the coarse shape."""
-    n0, n1, n2 = diag.shape
-    m0, m1, m2 = dc.shape
-    for I in prange(1, m0 - 1):
-        for i in range(2 * I - 1, min(2 * I + 1, n0 - 1)):
-            edge = 2.0 * u * ((i == 1) + (i == n0 - 2))
-            for j in range(1, n1 - 1):
-                J = (j - 1) // 2 + 1
-                for k in range(1, n2 - 1):
-                    K = (k - 1) // 2 + 1
-                    if diag[i, j, k] == 0.0:
-                        continue
-                    active[I, J, K] = True
-                    bc[I, J, K] += edge
-                    if i < n0 - 2 and (i + 1 - 1) // 2 + 1 != I and diag[i + 1, j, k] != 0.0:
-                        xc[I, J, K] += u
-                    if j < n1 - 2 and (j + 1 - 1) // 2 + 1 != J and diag[i, j + 1, k] != 0.0:
-                        yc[I, J, K] += u
-                    if k < n2 - 2 and (k + 1 - 1) // 2 + 1 != K and diag[i, j, k + 1] != 0.0:
-                        zc[I, J, K] += u
-    for I in prange(m0):
-        for J in range(m1):
-            for K in range(m2):
-                xc[I, J, K] *= scale
-                yc[I, J, K] *= scale
-                zc[I, J, K] *= scale
-                bc[I, J, K] *= scale
-    for I in prange(1, m0 - 1):
-        for J in range(1, m1 - 1):
-            for K in range(1, m2 - 1):
-                if active[I, J, K]:
-                    dc[I, J, K] = (bc[I, J, K] + xc[I - 1, J, K] + xc[I, J, K] + yc[I, J - 1, K]
-                                   + yc[I, J, K] + zc[I, J, K - 1] + zc[I, J, K])
-
-
-@njit(parallel=True, cache=True)
 def initial_state_binary(diag, u, x, r):
     """x = the linear potential between the faces on the unknowns (0 elsewhere), r = b - A x, where b is 2u on
     the unknowns of the first layer. Returns (|b|^2, sum b, b.x): |b| for CG's residual test, sum b the offset
     that makes CG's energy the dissipated power, b.x for that energy at the start."""
     n0, n1, n2 = diag.shape
-    m = n0 - 2
-    for i in prange(n0):
-        v = 1.0 - (i - 0.5) / m
-        for j in range(n1):
-            for k in range(n2):
-                x[i, j, k] = np.float32(v) if diag[i, j, k] != 0.0 else np.float32(0.0)
+    initial_guess(diag, x)
     first = 0
     xb = 0.0
     for j in range(1, n1 - 1):
@@ -212,6 +172,14 @@ def power_and_sections_binary(phi, diag, u):
     return per_layer.sum(), sections
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _product(p, diag, c, i, j, k):
+    """(A p) at (i, j, k): 0 off the unknowns."""
+    v = diag[i, j, k] * p[i, j, k] - c * (p[i - 1, j, k] + p[i + 1, j, k] + p[i, j - 1, k] + p[i, j + 1, k]
+                                          + p[i, j, k - 1] + p[i, j, k + 1])
+    return v if diag[i, j, k] != 0.0 else 0.0
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def curvature_binary(p, diag, c):
     """p . A p, without storing A p (CG's step recomputes it: one array fewer, and fewer bytes moved than
@@ -221,10 +189,7 @@ def curvature_binary(p, diag, c):
     for i in prange(1, n0 - 1):
         for j in range(1, n1 - 1):
             for k in range(1, n2 - 1):
-                v = diag[i, j, k] * p[i, j, k] - c * (p[i - 1, j, k] + p[i + 1, j, k] + p[i, j - 1, k]
-                                                      + p[i, j + 1, k] + p[i, j, k - 1] + p[i, j, k + 1])
-                v = v if diag[i, j, k] != 0.0 else 0.0
-                s += p[i, j, k] * v
+                s += p[i, j, k] * _product(p, diag, c, i, j, k)
     return s
 
 
@@ -236,9 +201,7 @@ def step_binary(x, r, p, diag, c, alpha):
     for i in prange(1, n0 - 1):
         for j in range(1, n1 - 1):
             for k in range(1, n2 - 1):
-                v = diag[i, j, k] * p[i, j, k] - c * (p[i - 1, j, k] + p[i + 1, j, k] + p[i, j - 1, k]
-                                                      + p[i, j + 1, k] + p[i, j, k - 1] + p[i, j, k + 1])
-                v = v if diag[i, j, k] != 0.0 else 0.0
+                v = _product(p, diag, c, i, j, k)
                 x[i, j, k] += alpha * p[i, j, k]
                 w = r[i, j, k] - alpha * v
                 r[i, j, k] = w

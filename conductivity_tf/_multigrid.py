@@ -23,7 +23,6 @@ from numba import njit, prange
 
 from conductivity_tf._binary_level import (
     BinaryLevel,
-    coarsen_binary,
     curvature_binary,
     first_sweep_binary,
     gauss_seidel_color_binary,
@@ -198,6 +197,32 @@ def coarse_shape(shape):
     return tuple((n - 2 + 1) // 2 + 2 for n in shape)
 
 
+@njit(parallel=True, cache=True)
+def coarsen_binary(diag, u, scale, dc, xc, yc, zc, bc, active):
+    """``_multigrid._coarsen_into`` for the operator ``diag`` describes (faces u between unknowns, boundary
+    conductance 2u in the first and last layers), into zeroed float64 arrays of the coarse shape."""
+    n0, n1, n2 = diag.shape
+    m0, m1, m2 = dc.shape
+    for I in prange(1, m0 - 1):
+        for i in range(2 * I - 1, min(2 * I + 1, n0 - 1)):
+            edge = 2.0 * u * ((i == 1) + (i == n0 - 2))
+            for j in range(1, n1 - 1):
+                J = (j - 1) // 2 + 1
+                for k in range(1, n2 - 1):
+                    K = (k - 1) // 2 + 1
+                    if diag[i, j, k] == 0.0:
+                        continue
+                    active[I, J, K] = True
+                    bc[I, J, K] += edge
+                    if i < n0 - 2 and (i + 1 - 1) // 2 + 1 != I and diag[i + 1, j, k] != 0.0:
+                        xc[I, J, K] += u
+                    if j < n1 - 2 and (j + 1 - 1) // 2 + 1 != J and diag[i, j + 1, k] != 0.0:
+                        yc[I, J, K] += u
+                    if k < n2 - 2 and (k + 1 - 1) // 2 + 1 != K and diag[i, j, k + 1] != 0.0:
+                        zc[I, J, K] += u
+    _scale_and_sum(scale, dc, xc, yc, zc, bc, active)
+
+
 def _coarsen_binary(diag, u, scale, ws, tag):
     """``_coarsen`` of the operator a ``_binary_level`` diagonal describes."""
     shape = coarse_shape(diag.shape)
@@ -240,6 +265,13 @@ def _coarsen_into(diag, cx, cy, cz, bnd, scale, dc, xc, yc, zc, bc, active):
                         yc[I, J, K] += cy[i, j, k]
                     if k < n2 - 2 and (k + 1 - 1) // 2 + 1 != K:
                         zc[I, J, K] += cz[i, j, k]
+    _scale_and_sum(scale, dc, xc, yc, zc, bc, active)
+
+
+@njit(parallel=True, cache=True)
+def _scale_and_sum(scale, dc, xc, yc, zc, bc, active):
+    """The coarse face and boundary conductances scaled, and the diagonal of the active cells as their sum."""
+    m0, m1, m2 = dc.shape
     for I in prange(m0):
         for J in range(m1):
             for K in range(m2):

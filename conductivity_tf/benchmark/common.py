@@ -2,10 +2,12 @@
 samples/s in windows of steps)."""
 
 import csv
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -78,6 +80,19 @@ def read_csv_rows(paths):
 
 def say(*args):
     print(*args, file=sys.stderr, flush=True)
+
+
+def child_row(suite, job, mark, what):
+    """Run ``python -m conductivity_tf.benchmark SUITE --one JOB`` in a fresh process (so that its peak resident
+    memory is its own) and return the JSON row it prints after ``mark``; ``what`` names the job in the error."""
+    proc = subprocess.Popen([sys.executable, "-m", "conductivity_tf.benchmark", suite, "--one", json.dumps(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    out, err = proc.communicate()
+    rows = [json.loads(line[len(mark):]) for line in out.splitlines() if line.startswith(mark)]
+    if proc.returncode != 0 or not rows:
+        lines = [line for line in err.splitlines() if line.strip()] or ["exit {}".format(proc.returncode)]
+        raise UserError("{} failed: {}".format(what, lines[-1]))
+    return rows[0]
 
 
 def best_time(fn, repeats):

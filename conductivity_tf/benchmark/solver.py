@@ -9,16 +9,13 @@ import logging
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
 from conductivity_tf import microstructure, physics, volumes
-from conductivity_tf.benchmark.common import best_time, markdown_table, say, write_csv
-from conductivity_tf.errors import UserError
+from conductivity_tf.benchmark.common import best_time, child_row, markdown_table, say, write_csv
 
 
 def _taufactor():
@@ -90,17 +87,6 @@ def _memory_one(job):
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def _memory_child(job):
-    proc = subprocess.Popen([sys.executable, "-m", "conductivity_tf.benchmark", "solver", "--one", json.dumps(job)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    out, err = proc.communicate()
-    rows = [json.loads(line[len(MEMORY_ROW):]) for line in out.splitlines() if line.startswith(MEMORY_ROW)]
-    if proc.returncode != 0 or not rows:
-        lines = [line for line in err.splitlines() if line.strip()] or ["exit {}".format(proc.returncode)]
-        raise UserError("the {} solve of {} failed: {}".format(job["layout"], job["path"], lines[-1]))
-    return rows[0]
-
-
 def run_memory_suite(args):
     """Peak resident memory and time of the two layouts on the same volumes, side by side."""
     sizes = [128, 192] if args.quick else [128, 256, 500]
@@ -119,7 +105,8 @@ def run_memory_suite(args):
             voxels = int(np.prod(np.load(path, mmap_mode="r").shape))
             for layout in ("general", "binary"):
                 say("solver memory: {} ({} layout)".format(name, layout))
-                got = _memory_child({"path": path, "layout": layout})
+                got = child_row("solver", {"path": path, "layout": layout}, MEMORY_ROW,
+                                "the {} solve of {}".format(layout, name))
                 rows.append({"volume": name, "voxels": voxels, "layout": layout, "peak_mb": got["peak_mb"],
                              "baseline_mb": got["baseline_mb"], "bytes_per_voxel": got["peak_mb"] * 2 ** 20 / voxels,
                              "seconds_per_direction": got["seconds"] / 3, "iterations": " ".join(

@@ -7,7 +7,6 @@ compiled on a small volume first)."""
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from conductivity_tf import microstructure, physics, real_structures, volumes, whole_volume
-from conductivity_tf.benchmark.common import markdown_table, say, write_csv
+from conductivity_tf.benchmark.common import child_row, markdown_table, say, write_csv
 from conductivity_tf.errors import UserError
 from conductivity_tf.predict import Predictor, model_size
 
@@ -89,15 +88,8 @@ def measure_one(job):
 
 def _child(job):
     """``measure_one`` in a fresh process: (row, peak resident MB of that process)."""
-    proc = subprocess.Popen([sys.executable, "-m", "conductivity_tf.benchmark", "whole", "--one", json.dumps(job)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    out, err = proc.communicate()
-    rows = [json.loads(line[len(ROW_MARK):]) for line in out.splitlines() if line.startswith(ROW_MARK)]
-    if proc.returncode != 0 or not rows:
-        lines = [line for line in err.splitlines() if line.strip()]
-        raise UserError("the {} measurement of {} failed: {}".format(job["method"], job["path"],
-                                                                   (lines or ["exit {}".format(proc.returncode)])[-1]))
-    return rows[0], rows[0].pop("peak_mb")
+    row = child_row("whole", job, ROW_MARK, "the {} measurement of {}".format(job["method"], job["path"]))
+    return row, row.pop("peak_mb")
 
 
 def _error(values, reference):
