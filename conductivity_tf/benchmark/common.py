@@ -82,6 +82,21 @@ def say(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
+def peak_resident_mb():
+    """This process's peak resident memory (MB) since it started: the kernel's VmHWM of its address space. The
+    rusage maximum is not used: on Linux it carries the parent's peak into a child started by fork and exec."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def child_row(suite, job, mark, what):
     """Run ``python -m conductivity_tf.benchmark SUITE --one JOB`` in a fresh process (so that its peak resident
     memory is its own) and return the JSON row it prints after ``mark``; ``what`` names the job in the error."""

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import logging
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -15,7 +14,14 @@ import time
 import numpy as np
 
 from conductivity_tf import microstructure, physics, volumes
-from conductivity_tf.benchmark.common import best_time, child_row, markdown_table, say, write_csv
+from conductivity_tf.benchmark.common import (
+    best_time,
+    child_row,
+    markdown_table,
+    peak_resident_mb,
+    say,
+    write_csv,
+)
 
 
 def _taufactor():
@@ -75,16 +81,16 @@ MEMORY_COLUMNS = ["volume", "voxels", "layout", "peak_mb", "bytes_per_voxel", "s
 def _memory_one(job):
     """One solve of all three axes in this process, as ``python -m conductivity_tf.physics`` does it: the
     volume loaded, then solved; the layout forced by ``physics.BINARY_LEVEL_VOXELS``."""
-    physics.solve(microstructure.blobs(16, 0.5, 2, seed=0))          # compile outside the timing
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     physics.BINARY_LEVEL_VOXELS = 0 if job["layout"] == "binary" else 1 << 62
+    physics.solve(microstructure.blobs(16, 0.5, 2, seed=0))          # this layout compiled outside the timing
+    baseline = peak_resident_mb()
     volume = np.load(job["path"])
     t0 = time.perf_counter()
     results = physics.solve(volume)
     seconds = time.perf_counter() - t0
     return {"sigma": [r.relative_conductivity for r in results], "iterations": [r.iterations for r in results],
             "seconds": seconds, "baseline_mb": baseline,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+            "peak_mb": peak_resident_mb()}
 
 
 def run_memory_suite(args):
@@ -116,7 +122,7 @@ def run_memory_suite(args):
     if args.csv:
         write_csv(args.csv, rows, MEMORY_COLUMNS)
     print()
-    print("peak resident memory of the whole process (the OS's ru_maxrss) over the voxels, all three axes; "
+    print("peak resident memory of the whole process (the kernel's VmHWM) over the voxels, all three axes; "
           "the interpreter and the compiled kernels alone: {:.0f} MB".format(rows[0]["baseline_mb"]))
     for general, binary in zip(rows[0::2], rows[1::2]):
         difference = max(abs(a / b - 1) for a, b in zip(binary["values"], general["values"]) if b > 0)

@@ -1,12 +1,11 @@
 """``benchmark whole``: whole volumes, side by side on the same files: the full solve (``physics.solve``, three
 axes) against the model's windows combined by physics (``whole_volume``), and the same combination with exact
 window labels (the method's own error). Each method runs in a process of its own, so its peak resident memory
-(the OS's ``ru_maxrss`` of that process) is its own; its time is the work after start-up (the model loaded, numba
+(the kernel's VmHWM of that process) is its own; its time is the work after start-up (the model loaded, numba
 compiled on a small volume first)."""
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -15,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from conductivity_tf import microstructure, physics, real_structures, volumes, whole_volume
-from conductivity_tf.benchmark.common import child_row, markdown_table, say, write_csv
+from conductivity_tf.benchmark.common import child_row, markdown_table, peak_resident_mb, say, write_csv
 from conductivity_tf.errors import UserError
 from conductivity_tf.predict import Predictor, model_size
 
@@ -101,7 +100,7 @@ def run_whole_suite(args):
     if args.one:
         job = json.loads(args.one)
         row = measure_one(job)
-        row["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        row["peak_mb"] = peak_resident_mb()
         print(ROW_MARK + json.dumps(row), flush=True)
         return 0
     rows = []
