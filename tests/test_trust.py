@@ -186,6 +186,8 @@ def test_tiles_of_a_three_phase_volume_each_phase_conducting_measure_the_model(e
                                            max_errors=(1e9, 1e-9))
     assert [row["phase"] for row in table] == [0, 85, 170, "all"] and "coverage_90" in table[-1]
     assert curve[1]["solved_fraction"] == 1.0 and curve[1]["mape"] == 0.0
+    # solving everything is not faster than the solver: both timed in this process
+    assert curve[1]["speedup"] < 1.5
     assert curve[0]["solved_fraction"] < 1.0 and curve[0]["mape"] > 0.0
 
 
