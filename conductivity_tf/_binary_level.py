@@ -5,7 +5,7 @@ u, each unknown's boundary conductance is 2u in the first and last layers, and t
 first layer: the whole operator follows from its diagonal (u times the number of unknown neighbours, plus the
 boundary conductance; 0 off the unknowns). ``BinaryLevel`` keeps only that diagonal (4 bytes per voxel) and the
 V-cycle's two vectors; the smoother divides by the diagonal where it is used instead of reading a stored
-inverse, the first coarse level is built from the diagonal alone (``_multigrid.coarsen_binary``), and the
+inverse, the first coarse level is built from the diagonal alone (``_coarsening.coarsen_from_diagonal``), and the
 initial residual and the dissipated power are computed without storing the right-hand side. With CG's two other
 vectors (A p is recomputed where it is needed instead of stored) that is about 27 bytes per voxel with the
 coarse levels, the input and the clusters' bits, where the general layout (``_discretisation``: three

@@ -275,10 +275,10 @@ def test_coarse_aggregates_split_blocks_into_their_connected_pieces():
 
 def test_graph_levels_are_the_grid_coarsening_where_blocks_are_connected():
     """Where every block is connected the graph level's Galerkin operator is the grid's coarse operator."""
-    from conductivity_tf import _discretisation, _graph_levels, _multigrid
+    from conductivity_tf import _coarsening, _discretisation, _graph_levels
 
     cx, cy, cz, diag, bnd, rhs = _system(np.ones((16, 16, 16), np.uint8))
-    dc, xc, yc, zc, _ = _multigrid._coarsen(diag, cx, cy, cz, bnd, 0.5, _discretisation.Workspace(), "t.")
+    dc, xc, yc, zc, _ = _coarsening.coarsen(diag, cx, cy, cz, bnd, 0.5, _discretisation.Workspace(), "t.")
     node, d, coords, rows, cols, vals = _graph_levels.grid_graph(diag, cx, cy, cz)
     agg, count = _graph_levels.aggregate(coords, rows, cols)
     gd, gcoords, grows, gcols, gvals = _graph_levels.coarse_graph(d, coords, rows, cols, vals, agg, count, 0.5)
