@@ -59,7 +59,7 @@ from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
 
 DEFAULT_SIGMA = {0: 0.0, 1: 1.0}
 # binary volumes from this many voxels up are solved with the fine level held as its diagonal alone
-# (``_binary_level``: about 28 bytes per voxel instead of ~134); below it the general layout, tuned for speed
+# (``_binary_level``: about 30 bytes per voxel instead of ~143 at 500^3); below it the general layout, tuned for speed
 BINARY_LEVEL_VOXELS = 160 ** 3
 
 
@@ -319,9 +319,7 @@ def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
     for axis in axes:
         t0 = time.perf_counter()
         if not spanning[axis].size:
-            results.append(AxisResult(axis, 0.0, math.inf, porosity, False,
-                                      potential=np.zeros(s.shape) if return_potential else None,
-                                      seconds=time.perf_counter() - t0))
+            results.append(_no_path(axis, porosity, s.shape, return_potential, t0))
             continue
         keep = np.zeros(count + 1, bool)
         keep[spanning[axis]] = True
@@ -334,13 +332,24 @@ def _solve(volume, axes, sigma, tol, rtol, maxiter, return_potential):
             s_axis = np.ascontiguousarray(np.moveaxis(np.where(keep[labels], s, 0.0), axis, 0))
         current, spread, iterations, residual, phi = _solve_axis0(
             s_axis, tol, rtol, maxiter, uniform=uniform)
-        n = s_axis.shape
-        relative = current * n[0] / (n[1] * n[2] * sigma0)
-        tau = porosity / relative if relative > 0 else math.inf
-        results.append(AxisResult(
-            axis, relative, tau, porosity, True, spread, iterations, residual, time.perf_counter() - t0,
-            potential=np.moveaxis(phi, 0, axis).copy() if return_potential else None))
+        results.append(_axis_result(axis, current, s_axis.shape, sigma0, porosity, spread, iterations, residual,
+                                    t0, phi if return_potential else None))
     return results
+
+
+def _no_path(axis, porosity, shape, return_potential, t0):
+    """The result along an axis no cluster spans: sigma 0, tau infinite."""
+    return AxisResult(axis, 0.0, math.inf, porosity, False, potential=np.zeros(shape) if return_potential else None,
+                      seconds=time.perf_counter() - t0)
+
+
+def _axis_result(axis, current, moved, sigma0, porosity, spread, iterations, residual, t0, phi=None):
+    """The result along ``axis`` from the current for a unit potential drop on the grid of shape ``moved``
+    (transport first); ``phi`` (unpadded, transport first) becomes the potential in the volume's axes."""
+    relative = float(current) * moved[0] / (moved[1] * moved[2] * sigma0)
+    tau = porosity / relative if relative > 0 else math.inf
+    return AxisResult(axis, relative, tau, porosity, True, spread, iterations, residual, time.perf_counter() - t0,
+                      potential=None if phi is None else np.moveaxis(phi, 0, axis).astype(np.float64, order="C"))
 
 
 def _spanning_bits(conducting, axes):
@@ -361,9 +370,7 @@ def _solve_binary(bits, spanning, shape, porosity, axes, sigma0, uniform, tol, m
     for axis in axes:
         t0 = time.perf_counter()
         if not spanning[axis].size:
-            results.append(AxisResult(axis, 0.0, math.inf, porosity, False,
-                                      potential=np.zeros(shape) if return_potential else None,
-                                      seconds=time.perf_counter() - t0))
+            results.append(_no_path(axis, porosity, shape, return_potential, t0))
             continue
         moved = [shape[axis]] + [n for a, n in enumerate(shape) if a != axis]
         diag = np.zeros([n + 2 for n in moved], np.float32)
@@ -375,14 +382,9 @@ def _solve_binary(bits, spanning, shape, porosity, axes, sigma0, uniform, tol, m
         current, sections = power_and_sections_binary(phi, diag, float(uniform))
         mean = sections.mean()
         spread = float((sections.max() - sections.min()) / abs(mean)) if mean else 0.0
-        relative = float(current) * moved[0] / (moved[1] * moved[2] * sigma0)
-        tau = porosity / relative if relative > 0 else math.inf
-        potential = None
-        if return_potential:
-            potential = np.moveaxis(phi[1:-1, 1:-1, 1:-1].astype(np.float64), 0, axis).copy()
+        results.append(_axis_result(axis, current, moved, sigma0, porosity, spread, iterations, residual, t0,
+                                    phi[1:-1, 1:-1, 1:-1] if return_potential else None))
         del solver, phi, diag, ws
-        results.append(AxisResult(axis, relative, tau, porosity, True, spread, iterations, residual,
-                                  time.perf_counter() - t0, potential=potential))
     return results
 
 
