@@ -61,6 +61,9 @@ class ModelConfig:
     activation: str = _f("relu", "activation: relu | gelu | swish | elu")
     dropout: float = _f(0.0, "dropout before the head, 0 to 1")
     head_units: int = _f(64, "units of the dense layer before the output (0 = none)")
+    head: str = _f("global", "global: one average over the whole volume, then dense layers | slices: per axis, "
+                   "the features averaged over each slice across it, a resistance per slice, the slices in "
+                   "series (needs data.axes [0,1,2])")
     ensemble: int = _f(1, "members of the built-in ensemble: the levels from branch_level on and the head, "
                           "repeated with weights of their own; their spread is each prediction's uncertainty (1 = "
                           "one network, no uncertainty)")
@@ -123,6 +126,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "har
 CHOICES = {
     "model.norm": ("batch", "group", "none"),
     "model.activation": ("relu", "gelu", "swish", "elu"),
+    "model.head": ("global", "slices"),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("cosine", "constant"),
     "train.loss": ("mse", "mae", "huber", "log_mse"),
@@ -333,6 +337,8 @@ def validate(config):
     if not d.axes or len(d.axes) not in (1, 3) or len(set(d.axes)) != len(d.axes) or any(
             a not in (0, 1, 2) for a in d.axes):
         raise UserError("data.axes={} is invalid; predict one axis ([0]) or all three ([0,1,2])".format(d.axes))
+    if m.head == "slices" and sorted(d.axes) != [0, 1, 2]:
+        raise UserError("model.head=slices predicts the three axes; set data.axes=[0,1,2] or model.head=global")
     if not m.widths or any(w < 1 for w in m.widths):
         raise UserError("model.widths={} is invalid; give positive filter counts, e.g. [16,32,64]".format(m.widths))
     if not 0.0 <= m.dropout < 1.0:

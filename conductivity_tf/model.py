@@ -48,7 +48,7 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
     """The CNN for cubes of edge ``input_size`` predicting ``outputs`` (1 or 3) values.
 
     model_cfg: a ``config.ModelConfig`` (widths, blocks, stride, stem_stride, norm, groups, activation,
-    dropout, head_units, ensemble, branch_level). Layer names are stable (``level{l}_conv{b}`` ...) so that
+    dropout, head_units, head, ensemble, branch_level). Layer names are stable (``level{l}_conv{b}`` ...) so that
     pipeline split points and checkpoints can name them.
 
     With ``ensemble`` K > 1 the levels from ``branch_level`` on, the pooling and the head are built K times
@@ -77,7 +77,32 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
             x = layers.Activation(model_cfg.activation, name="{}level{}_act{}".format(prefix, index, block))(x)
         return x
 
+    def slices_head(x, prefix=""):
+        # per axis: the features averaged over each slice across it (the slices conduct in parallel within),
+        # a positive resistance per slice, the slices in series along the axis (mean resistance R); the fraction
+        # of the porosity that conducts is 1 / (1 + R), 1 - softsign(R) for R > 0
+        fractions = []
+        edge = int(x.shape[1])
+        for axis in range(3):
+            pool = [edge] * 3
+            pool[axis] = 1
+            y = layers.AveragePooling3D(pool, name="{}axis{}_slices".format(prefix, axis))(x)
+            if model_cfg.head_units:
+                y = layers.Conv3D(model_cfg.head_units, 1, activation=model_cfg.activation,
+                                  name="{}axis{}_head".format(prefix, axis))(y)
+            y = layers.Conv3D(1, 1, activation="exponential", dtype="float32",
+                              name="{}axis{}_resistance".format(prefix, axis))(y)
+            y = layers.GlobalAveragePooling3D(name="{}axis{}_series".format(prefix, axis), dtype="float32")(y)
+            y = layers.Activation("softsign", name="{}axis{}_softsign".format(prefix, axis), dtype="float32")(y)
+            fractions.append(layers.Rescaling(-1.0, 1.0, name="{}axis{}_fraction".format(prefix, axis),
+                                              dtype="float32")(y))
+        return layers.Concatenate(name=prefix + "fraction", dtype="float32")(fractions)
+
     def head(x, prefix=""):
+        if model_cfg.head == "slices":
+            if outputs != 3:
+                raise ValueError("the slices head predicts three axes, not {}".format(outputs))
+            return slices_head(x, prefix)
         x = layers.GlobalAveragePooling3D(name=prefix + "pool")(x)
         if model_cfg.dropout:
             x = layers.Dropout(model_cfg.dropout, name=prefix + "dropout")(x)

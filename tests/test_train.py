@@ -182,15 +182,16 @@ def _keras_3_installed():
 
 
 @pytest.mark.skipif(not _keras_3_installed(), reason="Keras 3 is not installed here (TensorFlow 2.6 has Keras 2.6)")
-def test_model_builds_and_fits_under_keras_3(tmp_path):
+@pytest.mark.parametrize("head", ["global", "slices"])
+def test_model_builds_and_fits_under_keras_3(tmp_path, head):
     code = textwrap.dedent('''
-        import os
+        import os, sys
         os.environ["TF_USE_LEGACY_KERAS"] = "0"
         import numpy as np, keras
         assert keras.__version__.startswith("3"), keras.__version__
         from conductivity_tf import config, model
         cfg = config.load_config(overrides=["model.widths=[4,8]", "model.head_units=8", "model.norm=group",
-                                            "model.groups=4", "data.size=16"])
+                                            "model.groups=4", "data.size=16", "model.head=" + sys.argv[1]])
         m = model.build_model(cfg.model, 16, 3, keras=keras)
         x = (np.random.default_rng(0).random((16, 16, 16, 16, 1)) < 0.4).astype("float32")
         y = np.random.default_rng(1).random((16, 3)).astype("float32") * 0.2
@@ -202,10 +203,45 @@ def test_model_builds_and_fits_under_keras_3(tmp_path):
         assert np.isfinite(history.history["loss"]).all()
         print("keras", keras.__version__, "ok")
     ''')
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="0"))
+    proc = subprocess.run([sys.executable, "-c", code, head], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok" in proc.stdout
+
+
+def test_the_slices_head_puts_each_axis_slices_in_series():
+    """Along each axis: one resistance per slice across it, the fraction 1 / (1 + mean resistance) of the porosity."""
+    from conductivity_tf import config as C
+    from conductivity_tf.keras_compat import keras, set_random_seed
+    from conductivity_tf.model import build_model
+
+    cfg = C.load_config(overrides=["model.widths=[4,8]", "model.head_units=8", "model.head=slices", "data.size=16"])
+    set_random_seed(0)
+    model = build_model(cfg.model, 16, 3)
+    rng = np.random.default_rng(0)
+    for axis in range(3):                                              # resistances far from 1
+        layer = model.get_layer("axis{}_resistance".format(axis))
+        kernel, bias = layer.get_weights()
+        layer.set_weights([rng.normal(0, 1, kernel.shape).astype("float32"), bias + axis - 1.0])
+    volumes = (rng.random((5, 16, 16, 16, 1)) < 0.5).astype("float32")
+    names = ["axis{}_resistance".format(a) for a in range(3)]
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names] + [model.output])
+    *resistances, sigma = (t.numpy() for t in probe(volumes, training=False))
+    porosity = volumes.reshape(5, -1).mean(1)
+    for axis, r in enumerate(resistances):
+        edge = [1, 1, 1]
+        edge[axis] = 4                                                 # 16^3 -> 8^3 stem -> 4^3: 4 slices
+        assert r.shape == (5, *edge, 1) and np.all(r > 0)
+        np.testing.assert_allclose(sigma[:, axis], porosity / (1.0 + r.reshape(5, -1).mean(1)), rtol=1e-5)
+    assert np.ptp(sigma[:, 0] / sigma[:, 2]) > 0 and np.all(sigma[:, 0] > sigma[:, 2])
+
+
+def test_the_slices_head_needs_all_three_axes():
+    from conductivity_tf import config as C
+    from conductivity_tf.errors import UserError
+
+    with pytest.raises(UserError, match="data.axes=\\[0,1,2\\]"):
+        C.load_config(overrides=["model.head=slices", "data.axes=[1]"])
 
 
 def test_folded_batch_norms_predict_what_the_trained_model_predicts():
