@@ -126,8 +126,8 @@ def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle
         parsed = tf.io.parse_single_example(record, features)
         packed = tf.io.decode_raw(parsed["volume"], tf.uint8)
         bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[:, None], shifts[None, :]), 1)
-        # kept as uint8 through the cache, the shuffle buffer and the symmetries (a quarter of float32's
-        # memory and traffic); cast to float32 per batch element in finish
+        # kept as uint8 through the cache and the shuffle buffer (a quarter of float32's memory), cast to
+        # float32 per sample after them
         volume = tf.reshape(bits[: size ** 3 // 8 * 8], [size, size, size])
         return volume, parsed["relative_conductivity"]
 
@@ -138,6 +138,7 @@ def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle
 
     def symmetry(volume, sigma, key):
         """One of the allowed cube symmetries, drawn from the stateless key (seed, epoch, position)."""
+        volume = tf.cast(volume, tf.float32)     # float32 from here (oneDNN has no uint8 transpose on every CPU)
         choice = tf.random.stateless_uniform([], key, 0, len(perms), dtype=tf.int32)
         branches = [(lambda p=p: (tf.transpose(volume, p), tf.gather(sigma, p))) for p in perms]
         volume, sigma = tf.switch_case(choice, branches)
