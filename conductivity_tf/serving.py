@@ -9,13 +9,11 @@ configuration and Keras weights (``keras_signatures``).
 
 import json
 import os
-import re
 import shutil
 import types
 
-import h5py
-
 from conductivity_tf import config as config_lib
+from conductivity_tf.checkpoints import load_weights
 from conductivity_tf.errors import UserError
 from conductivity_tf.model import BFLOAT16_SIGNATURE, build_model, inference_copy, members_summary
 
@@ -59,26 +57,6 @@ def export(base, out, model_cfg, uncertainty_scale=None):
     os.replace(staging, target)
     base.save_weights(os.path.join(out, "model.weights.h5"))
 
-
-
-def load_weights(model, path):
-    """Set ``model``'s weights from a Keras ``.weights.h5`` file in either layout: Keras 2's (weights by layer
-    name: what Keras 2.6 writes) or the one tf-keras >= 2.13 writes for this suffix (``layers/<layer class in
-    snake case>[_<n>]/vars/<i>``, the model's layers in order), which Keras 2.6 cannot read."""
-    with h5py.File(path, "r") as handle:
-        if "layers" not in handle or "layer_names" in handle.attrs:
-            model.load_weights(path)
-            return
-        seen = {}
-        for layer in model.layers:
-            kind = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__))
-            kind = kind.lower()
-            key = kind if kind not in seen else "{}_{}".format(kind, seen[kind])
-            seen[kind] = seen.get(kind, 0) + 1
-            group = handle["layers"][key]["vars"]
-            values = [group[str(i)][()] for i in range(len(group))]
-            if values:
-                layer.set_weights(values)
 
 
 def keras_model(config_path, weights_path):

@@ -209,6 +209,37 @@ def test_model_builds_and_fits_under_keras_3(tmp_path, head):
     assert "ok" in proc.stdout
 
 
+def test_the_batch_norm_on_a_4d_view_trains_like_the_5d_one():
+    """Outputs in training and inference, gradients and moving statistics equal to a plain 5-D batch norm's."""
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import _batch_norm
+
+    layers = keras.layers
+    inputs = keras.Input((6, 5, 4, 3))
+    viewed = keras.Model(inputs, _batch_norm(keras, layers.Conv3D(4, 3, padding="same", name="c")(inputs), "n"))
+    plain = keras.Model(inputs, layers.BatchNormalization(name="n")(layers.Conv3D(4, 3, padding="same",
+                                                                                   name="c")(inputs)))
+    rng = np.random.default_rng(0)
+    for name in ("c", "n"):
+        weights = [rng.normal(1.0, 0.5, w.shape).astype("float32") for w in viewed.get_layer(name).get_weights()]
+        weights[-1] = np.abs(weights[-1])                              # the moving variance
+        viewed.get_layer(name).set_weights(weights)
+        plain.get_layer(name).set_weights(weights)
+    x = tf.constant(rng.normal(0, 1, (5, 6, 5, 4, 3)).astype("float32"))
+    target = tf.constant(rng.normal(0, 1, (5, 6, 5, 4, 4)).astype("float32"))
+    results = []
+    for model in (viewed, plain):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = tf.reduce_mean(tf.square(out - target))
+        grads = tape.gradient(loss, model.trainable_variables)
+        results.append([out.numpy(), model(x, training=False).numpy()] + [g.numpy() for g in grads] +
+                       [w for w in model.get_layer("n").get_weights()])
+    assert np.ptp(results[1][0]) > 1.0
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_the_slices_head_puts_each_axis_slices_in_series():
     """Along each axis: one resistance per slice across it, the fraction 1 / (1 + mean resistance) of the porosity."""
     from conductivity_tf import config as C
