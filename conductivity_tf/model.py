@@ -56,11 +56,12 @@ def _batch_norm(keras, x, name):
     return layers.Reshape((d, h, w, c), name=name + "_5d")(x)
 
 
-def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_cnn"):
+def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_cnn", norm_view=True):
     """The CNN for cubes of edge ``input_size`` predicting ``outputs`` (1 or 3) values.
 
     model_cfg: a ``config.ModelConfig`` (widths, blocks, stride, stem_stride, norm, groups, activation,
-    dropout, head_units, head, ensemble, branch_level). Layer names are stable (``level{l}_conv{b}`` ...) so that
+    dropout, head_units, head, ensemble, branch_level). ``norm_view`` False: batch norms on the 5-D tensors
+    (unfused; for the training benchmark's comparison only). Layer names are stable (``level{l}_conv{b}`` ...) so that
     pipeline split points and checkpoints can name them.
 
     With ``ensemble`` K > 1 the levels from ``branch_level`` on, the pooling and the head are built K times
@@ -82,8 +83,10 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
                 x = layers.MaxPooling3D(2, name="{}level{}_pool".format(prefix, index))(x)
             x = layers.Conv3D(width, 3, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
                               name="{}level{}_conv{}".format(prefix, index, block))(x)
-            if model_cfg.norm == "batch":
+            if model_cfg.norm == "batch" and norm_view:
                 x = _batch_norm(keras, x, "{}level{}_norm{}".format(prefix, index, block))
+            elif model_cfg.norm == "batch":  # on the 5-D tensor itself: the training benchmark's comparison
+                x = layers.BatchNormalization(name="{}level{}_norm{}".format(prefix, index, block))(x)
             elif model_cfg.norm == "group":
                 x = _group_norm(keras, model_cfg.groups, "{}level{}_norm{}".format(prefix, index, block))(x)
             x = layers.Activation(model_cfg.activation, name="{}level{}_act{}".format(prefix, index, block))(x)

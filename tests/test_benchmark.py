@@ -38,10 +38,11 @@ def test_train_suite_and_compare(tmp_path):
     assert rows["tiny-b4-ga2"]["global_batch"] == "8"
     assert rows["tiny-gpu"]["status"].startswith("skipped: hardware.kind=gpu")
     assert rows["tiny-ipu"]["status"].startswith("skipped: hardware.kind=ipu needs Graphcore's Poplar SDK")
-    assert sum(name.startswith("reference: ") for name in rows) == 3
-    last = proc.stdout.strip().splitlines()[-2:]
+    assert sum(name.startswith("reference: ") for name in rows) == 4
+    last = proc.stdout.strip().splitlines()[-3:]
     assert last[0].startswith("our training step / bare model.fit: ")
     assert last[1].startswith("gradient accumulation (2 micro-batches of 4) / one batch of 8: ")
+    assert last[2].startswith("batch norms on a 4-D view / on the 5-D tensors (bare model.fit, 16^3): ")
     for suffix in (".md", "_vs_batch.png", "_vs_accumulation.png", "_vs_stages.png"):
         path = str(out)[:-4] + suffix
         with open(path, "rb") as handle:
