@@ -99,3 +99,14 @@ def test_windows_spread_over_two_logical_cpus_give_the_one_device_answer(tmp_pat
     assert one["cells"] == mirrored["cells"] == [3, 1, 2] and one["windows"] == 6
     assert mirrored["relative_conductivity"] == pytest.approx(one["relative_conductivity"], rel=1e-4)
     assert min(one["relative_conductivity"]) > 0.05
+
+
+def test_the_whole_volume_benchmark_counts_the_axes_whose_interval_holds_the_full_solve():
+    from conductivity_tf.benchmark.whole import _inside_90
+    from conductivity_tf.metrics import Z90
+
+    full = [0.30, 0.10, 0.01]                               # the third is below 0.02: not counted
+    values = [0.30 + 0.9 * Z90 * 0.02, 0.10 + 1.1 * Z90 * 0.01, 0.5]
+    assert _inside_90(values, [0.02, 0.01, 0.0], full) == "1/2"
+    assert _inside_90(values, [0.02, 0.02, 0.0], full) == "2/2"
+    assert _inside_90(values, None, full) == ""
