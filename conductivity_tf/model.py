@@ -83,12 +83,11 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
                 x = layers.MaxPooling3D(2, name="{}level{}_pool".format(prefix, index))(x)
             x = layers.Conv3D(width, 3, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
                               name="{}level{}_conv{}".format(prefix, index, block))(x)
-            if model_cfg.norm == "batch" and norm_view:
-                x = _batch_norm(keras, x, "{}level{}_norm{}".format(prefix, index, block))
-            elif model_cfg.norm == "batch":  # on the 5-D tensor itself: the training benchmark's comparison
-                x = layers.BatchNormalization(name="{}level{}_norm{}".format(prefix, index, block))(x)
+            norm = "{}level{}_norm{}".format(prefix, index, block)
+            if model_cfg.norm == "batch":  # without the view only for the training benchmark's comparison
+                x = _batch_norm(keras, x, norm) if norm_view else layers.BatchNormalization(name=norm)(x)
             elif model_cfg.norm == "group":
-                x = _group_norm(keras, model_cfg.groups, "{}level{}_norm{}".format(prefix, index, block))(x)
+                x = _group_norm(keras, model_cfg.groups, norm)(x)
             x = layers.Activation(model_cfg.activation, name="{}level{}_act{}".format(prefix, index, block))(x)
         return x
 
@@ -102,6 +101,8 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
             pool = [edge] * 3
             pool[axis] = 1
             y = layers.AveragePooling3D(pool, name="{}axis{}_slices".format(prefix, axis))(x)
+            if model_cfg.dropout:
+                y = layers.Dropout(model_cfg.dropout, name="{}axis{}_dropout".format(prefix, axis))(y)
             if model_cfg.head_units:
                 y = layers.Conv3D(model_cfg.head_units, 1, activation=model_cfg.activation,
                                   name="{}axis{}_head".format(prefix, axis))(y)

@@ -267,6 +267,23 @@ def test_the_slices_head_puts_each_axis_slices_in_series():
     assert np.ptp(sigma[:, 0] / sigma[:, 2]) > 0 and np.all(sigma[:, 0] > sigma[:, 2])
 
 
+def test_the_slices_head_drops_out_the_slice_features_when_asked():
+    from conductivity_tf import config as C
+    from conductivity_tf.keras_compat import keras, set_random_seed
+    from conductivity_tf.model import build_model
+
+    cfg = C.load_config(overrides=["model.widths=[4,8]", "model.head_units=8", "model.head=slices", "data.size=16",
+                                   "model.dropout=0.5", "model.norm=none"])  # training differs by dropout alone
+    set_random_seed(0)
+    model = build_model(cfg.model, 16, 3)
+    assert sorted(layer.name for layer in model.layers if isinstance(layer, keras.layers.Dropout)) == [
+        "axis0_dropout", "axis1_dropout", "axis2_dropout"]
+    volumes = (np.random.default_rng(0).random((4, 16, 16, 16, 1)) < 0.5).astype("float32")
+    inference = model(volumes, training=False).numpy()
+    np.testing.assert_array_equal(model(volumes, training=False).numpy(), inference)
+    assert not np.allclose(model(volumes, training=True).numpy(), inference)
+
+
 def test_the_slices_head_needs_all_three_axes():
     from conductivity_tf import config as C
     from conductivity_tf.errors import UserError
