@@ -128,7 +128,7 @@ def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle
         bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[:, None], shifts[None, :]), 1)
         # kept as uint8 through the cache and the shuffle buffer (a quarter of float32's memory), cast to
         # float32 per sample after them
-        volume = tf.reshape(bits[: size ** 3 // 8 * 8], [size, size, size])
+        volume = tf.reshape(tf.reshape(bits, [-1])[: size ** 3], [size, size, size])  # packbits pads to bytes
         return volume, parsed["relative_conductivity"]
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
