@@ -46,7 +46,10 @@ def build_parser():
                            help="peak resident memory per voxel and time per direction of the binary fine level "
                                 "beside the general layout (128^3, 256^3, 500^3; --quick: 128^3, 192^3)")
             p.add_argument("--volumes", nargs="+", metavar="VOLUME",
-                           help="with --memory: also these volumes (non-zero voxels conduct)")
+                           help="with --memory: also these volumes (.npy, TIFF or a .zip of one; non-zero voxels "
+                                "conduct)")
+            p.add_argument("--axis", default="all",
+                           help="with --memory: the transport axes to solve, 0, 1, 2 or all (default all)")
             p.add_argument("--one", help=argparse.SUPPRESS)
         if name in ("whole", "surrogate"):
             whole = name == "whole"
