@@ -64,6 +64,9 @@ class ModelConfig:
     head: str = _f("global", "global: one average over the whole volume, then dense layers | slices: per axis, "
                    "the features averaged over each slice across it, a resistance per slice, the slices in "
                    "series (needs data.axes [0,1,2])")
+    inputs: str = _f("volume", "what the network sees: volume (the binary volume, one channel) | spanning (also, per "
+                     "axis, the voxels in clusters joining the two faces normal to it: four channels, labelled "
+                     "per volume before the network)")
     ensemble: int = _f(1, "members of the built-in ensemble: the levels from branch_level on and the head, "
                           "repeated with weights of their own; their spread is each prediction's uncertainty (1 = "
                           "one network, no uncertainty)")
@@ -127,6 +130,7 @@ CHOICES = {
     "model.norm": ("batch", "group", "none"),
     "model.activation": ("relu", "gelu", "swish", "elu"),
     "model.head": ("global", "slices"),
+    "model.inputs": ("volume", "spanning"),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("cosine", "constant"),
     "train.loss": ("mse", "mae", "huber", "log_mse"),

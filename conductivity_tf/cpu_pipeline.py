@@ -9,6 +9,7 @@ applies them once with Graphcore's reductions (``strategies.reduce_accumulated``
 import numpy as np
 
 from conductivity_tf import dataset as dataset_lib
+from conductivity_tf import physics
 from conductivity_tf.errors import UserError
 from conductivity_tf.strategies import reduce_accumulated
 
@@ -85,11 +86,14 @@ def check_pipeline_on_cpu(cfg, plan, model):
 
     steps = plan.steps
     try:
-        x, y = next(iter(dataset_lib.make_dataset(cfg.data.path, "train", steps.global_batch, axes=cfg.data.axes)))
+        x, y = next(iter(dataset_lib.make_dataset(cfg.data.path, "train", steps.global_batch, axes=cfg.data.axes,
+                                                  inputs=cfg.model.inputs)))
         source = "a batch of {}".format(cfg.data.path)
     except UserError:
         rng = np.random.default_rng(cfg.train.seed)
-        x = tf.constant((rng.random((steps.global_batch,) + (cfg.data.size,) * 3 + (1,)) < 0.5).astype("float32"))
+        x = (rng.random((steps.global_batch,) + (cfg.data.size,) * 3) < 0.5).astype("uint8")
+        x = tf.constant((physics.spanning_channels(x) if cfg.model.inputs == "spanning" else x[..., None]).astype(
+            "float32"))
         y = tf.constant(rng.random((steps.global_batch, len(cfg.data.axes))).astype("float32") * 0.3)
         source = "random volumes (no dataset of this size at data.path)"
     loss = keras.losses.MeanSquaredError()

@@ -1,10 +1,12 @@
 """The 3-D CNN: one functional Keras model, built from ``ModelConfig``, knowing nothing about hardware.
 
-Input: a conducting mask (S, S, S, 1), float, 1 = conducting. Output: sigma_eff/sigma_0 along the
-configured axes. The output is physics-bounded by construction: the network predicts a fraction
-f in (0, 1) (sigmoid) and the model multiplies it by the porosity eps, computed from the input inside the
-model, so 0 <= prediction <= eps (Wiener's bound: a conductor in an insulator never beats the
-parallel arrangement).
+Input: a conducting mask (S, S, S, 1), float, 1 = conducting; with ``model.inputs: spanning`` (S, S, S, 4):
+the mask and, per axis, the voxels of its clusters joining the two faces normal to that axis
+(``physics.spanning_channels``; connectivity is global, which a network's local filters see only in part).
+Output: sigma_eff/sigma_0 along the configured axes. The output is physics-bounded by construction: the
+network predicts a fraction f in (0, 1) (sigmoid) and the model multiplies it by the porosity eps, computed
+from the input inside the model, so 0 <= prediction <= eps (Wiener's bound: a conductor in an insulator never
+beats the parallel arrangement).
 
 Only layers that exist in Keras 2.6 (Graphcore's SDK), tf-keras 2.x and Keras 3 are used; group
 normalisation comes from ``keras.layers.GroupNormalization`` where it exists, else from Graphcore's
@@ -56,6 +58,25 @@ def _batch_norm(keras, x, name):
     return layers.Reshape((d, h, w, c), name=name + "_5d")(x)
 
 
+def input_channels(model_cfg):
+    """Channels of the network's input: 1 (the volume) or 4 (the volume and, per axis, its clusters joining the
+    two faces normal to it, ``physics.spanning_channels``), by ``model.inputs``."""
+    return 4 if getattr(model_cfg, "inputs", "volume") == "spanning" else 1
+
+
+def network_input(volumes, inputs="volume"):
+    """The float32 input of a network with ``model.inputs`` ``inputs`` for binary volumes (N, S, S, S): the volumes
+    as one channel, or their ``physics.spanning_channels``."""
+    import numpy as np
+
+    volumes = np.asarray(volumes)
+    if inputs == "spanning":
+        from conductivity_tf.physics import spanning_channels
+
+        return spanning_channels(volumes).astype(np.float32)
+    return volumes[..., None].astype(np.float32)
+
+
 def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_cnn", norm_view=True):
     """The CNN for cubes of edge ``input_size`` predicting ``outputs`` (1 or 3) values.
 
@@ -71,8 +92,13 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
     """
     keras = _keras(keras)
     layers = keras.layers
-    inputs = keras.Input((input_size, input_size, input_size, 1), name="volume")
+    channels = input_channels(model_cfg)
+    inputs = keras.Input((input_size, input_size, input_size, channels), name="volume")
     porosity = layers.GlobalAveragePooling3D(name="porosity", dtype="float32")(inputs)
+    if channels > 1:  # the volume is channel 0; the others are its spanning clusters
+        porosity = layers.Reshape((channels, 1), name="channel_means", dtype="float32")(porosity)
+        porosity = layers.Cropping1D((0, channels - 1), name="volume_mean", dtype="float32")(porosity)
+        porosity = layers.Reshape((1,), name="porosity_of_volume", dtype="float32")(porosity)
 
     def level(x, index, width, prefix=""):
         for block in range(model_cfg.blocks):

@@ -45,7 +45,7 @@ from conductivity_tf.metrics import (
     regression_metrics,
     uncertainty_scale,
 )
-from conductivity_tf.model import build_model, members_summary
+from conductivity_tf.model import build_model, members_summary, network_input
 from conductivity_tf.pipeline_plan import PipelinePlan, layer_costs
 from conductivity_tf.steps import StepPlan, step_plan
 from conductivity_tf.strategies import configure_logical_cpus, native_bfloat16
@@ -267,13 +267,14 @@ def train(cfg):
     train_ds = dataset_lib.make_dataset(manifest["path"], "train", steps.dataset_batch, axes=axes,
                                         augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed, repeat=True,
                                         cache=True, input_context=input_context, start_epoch=start, checksums=False,
-                                        epoch_batches=steps.steps_per_epoch, epochs=cfg.train.epochs)
+                                        epoch_batches=steps.steps_per_epoch, epochs=cfg.train.epochs,
+                                        inputs=cfg.model.inputs)
     val_ds = None
     if steps.validation_steps:
         # finite and the same every epoch: Keras reads it from the start each time (resumable, deterministic)
         val_ds = dataset_lib.make_dataset(manifest["path"], "validation", steps.dataset_batch, axes=axes,
                                           cache=True, input_context=input_context, checksums=False,
-                                          epoch_batches=steps.validation_steps)
+                                          epoch_batches=steps.validation_steps, inputs=cfg.model.inputs)
 
     gflops = session.forward_flops / 1e9
     print("conductivity_tf.train: {} | {} replica(s) | global batch {} = micro-batch {} x accumulation {} x "
@@ -330,8 +331,9 @@ def finish_run(cfg, base, manifest, out, train_seconds):
         volumes, sigma, porosity, families = dataset_lib.load_arrays(manifest["path"], split)
         # Keras's input pipeline for arrays makes TensorFlow log a C++ line about an op attribute under op
         # determinism (harmless): kept quiet, as at start-up
-        with quiet_native_stderr():
-            raw = base.predict(volumes[..., None].astype("float32"), batch_size=64, verbose=0)
+        with quiet_native_stderr():  # in chunks: four input channels of a whole split would not fit in memory
+            raw = np.concatenate([base.predict(network_input(volumes[i:i + 256], cfg.model.inputs), batch_size=64,
+                                               verbose=0) for i in range(0, len(volumes), 256)])
         mean, spread = members_summary(np, raw)
         return sigma[:, axes], mean, spread, porosity, families
 

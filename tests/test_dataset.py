@@ -147,6 +147,21 @@ def test_tf_dataset_static_shapes_and_physical_augmentation(small, axes):
         np.testing.assert_allclose(label, solved, rtol=1e-5, atol=1e-6)
 
 
+def test_spanning_inputs_are_the_clusters_of_each_augmented_volume(small):
+    from conductivity_tf.physics import connected_to_both_faces
+
+    ds = D.make_dataset(small, "train", batch_size=4, augment=True, shuffle=True, seed=2, inputs="spanning")
+    assert ds.element_spec[0].shape.as_list() == [4, 16, 16, 16, 4]
+    volumes, labels = next(iter(ds))
+    for volume, label in zip(volumes.numpy(), labels.numpy()):
+        # after the symmetry: the channels belong to the volume as the network sees it, and its labels
+        spans = connected_to_both_faces(volume[..., 0] > 0.5)
+        for axis in range(3):
+            assert np.array_equal(volume[..., 1 + axis] > 0.5, spans[axis]), axis
+            assert (label[axis] > 0) == bool(spans[axis].any()), axis
+        np.testing.assert_allclose(label, _physics_labels(volume[..., 0].astype(np.uint8)), rtol=1e-5, atol=1e-6)
+
+
 def test_a_cube_of_odd_edge_reads_as_it_was_written(tmp_path):
     out = tmp_path / "odd"                               # 9^3 = 729 voxels: the packed bits end inside a byte
     proc = run_module("conductivity_tf.dataset", "build", "--out", out, "--workers", "1", "--samples", "12",

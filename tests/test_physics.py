@@ -508,3 +508,23 @@ def test_a_memory_mapped_volume_gives_the_answer_of_one_in_memory(tmp_path, monk
     assert isinstance(mapped, np.memmap)
     assert [r.relative_conductivity for r in physics.solve(mapped)] == \
         [r.relative_conductivity for r in physics.solve(volume)]
+
+
+def test_spanning_channels_hold_the_volume_and_per_axis_the_clusters_joining_both_faces():
+    volume = np.zeros((12, 10, 8), np.uint8)
+    volume[:, 2, 2] = 1                  # a rod along axis 0
+    volume[5, :, 5:7] = 1                # a strip along axis 1, apart from the rod
+    volume[2:4, 6:8, 0:2] = 1            # an isolated block
+    channels = physics.spanning_channels(volume)
+    assert channels.shape == (12, 10, 8, 4) and channels.dtype == np.uint8
+    assert np.array_equal(channels[..., 0], volume)
+    rod = np.zeros_like(volume)
+    rod[:, 2, 2] = 1
+    slab = np.zeros_like(volume)
+    slab[5, :, 5:7] = 1
+    assert np.array_equal(channels[..., 1], rod)
+    assert np.array_equal(channels[..., 2], slab)          # it spans axis 1, not axis 2 (k 5..6 of 0..7)
+    assert not channels[..., 3].any()
+    batch = np.stack([volume, volume[::-1, :, ::-1]])
+    both = physics.spanning_channels(batch.astype(np.float32))
+    assert np.array_equal(both[0], channels) and np.array_equal(both[1], physics.spanning_channels(batch[1]))

@@ -182,8 +182,8 @@ def _keras_3_installed():
 
 
 @pytest.mark.skipif(not _keras_3_installed(), reason="Keras 3 is not installed here (TensorFlow 2.6 has Keras 2.6)")
-@pytest.mark.parametrize("head", ["global", "slices"])
-def test_model_builds_and_fits_under_keras_3(tmp_path, head):
+@pytest.mark.parametrize("head,inputs", [("global", "volume"), ("slices", "spanning")])
+def test_model_builds_and_fits_under_keras_3(tmp_path, head, inputs):
     code = textwrap.dedent('''
         import os, sys
         os.environ["TF_USE_LEGACY_KERAS"] = "0"
@@ -191,19 +191,21 @@ def test_model_builds_and_fits_under_keras_3(tmp_path, head):
         assert keras.__version__.startswith("3"), keras.__version__
         from conductivity_tf import config, model
         cfg = config.load_config(overrides=["model.widths=[4,8]", "model.head_units=8", "model.norm=group",
-                                            "model.groups=4", "data.size=16", "model.head=" + sys.argv[1]])
+                                            "model.groups=4", "data.size=16", "model.head=" + sys.argv[1],
+                                            "model.inputs=" + sys.argv[2]])
         m = model.build_model(cfg.model, 16, 3, keras=keras)
-        x = (np.random.default_rng(0).random((16, 16, 16, 16, 1)) < 0.4).astype("float32")
+        volumes = (np.random.default_rng(0).random((16, 16, 16, 16)) < 0.4).astype("uint8")
+        x = model.network_input(volumes, sys.argv[2])
         y = np.random.default_rng(1).random((16, 3)).astype("float32") * 0.2
         m.compile(optimizer="adam", loss="mse")
         history = m.fit(x, y, epochs=2, batch_size=8, verbose=0)
         p = m.predict(x, verbose=0)
-        eps = x.reshape(16, -1).mean(1)
+        eps = volumes.reshape(16, -1).mean(1)
         assert np.all(p >= 0) and np.all(p <= eps[:, None] + 1e-6)
         assert np.isfinite(history.history["loss"]).all()
         print("keras", keras.__version__, "ok")
     ''')
-    proc = subprocess.run([sys.executable, "-c", code, head], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, head, inputs], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok" in proc.stdout
@@ -337,3 +339,25 @@ def test_a_deterministic_run_ends_without_tensorflow_native_log_lines(data16, tm
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "NodeDef" not in proc.stderr, proc.stderr[-2000:]
     assert not [line for line in proc.stderr.splitlines() if line[:1] in "EWF" and line[1:5].isdigit()]
+
+
+def test_a_network_that_sees_the_spanning_clusters_predicts_through_the_predictor_as_in_keras(tmp_path):
+    from conductivity_tf import config, microstructure, serving
+    from conductivity_tf.model import build_model, network_input
+    from conductivity_tf.predict import Predictor
+
+    cfg = config.load_config(overrides=TINY + ["model.inputs=spanning"])
+    base = build_model(cfg.model, 16, 3)
+    serving.export(base, str(tmp_path), cfg.model)
+    config.save_config(cfg, tmp_path / "config.yaml")
+    volumes = np.stack([microstructure.blobs(16, porosity=p, correlation_length=2.0, seed=i)
+                        for i, p in enumerate((0.25, 0.35, 0.5))])
+    channels = network_input(volumes, "spanning")
+    assert channels.shape == (3, 16, 16, 16, 4) and (channels[..., 1:] < channels[..., :1]).any()  # dead ends
+    expected = base.predict(channels, verbose=0)
+    unlabelled = base.predict(np.repeat(channels[..., :1], 4, axis=-1), verbose=0)
+    assert np.abs(unlabelled - expected).max() > 1e-5      # the clusters' channels count
+    predictor = Predictor(str(tmp_path), precision="fp32")
+    assert predictor.inputs == "spanning"
+    np.testing.assert_allclose(predictor(volumes), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(predictor(volumes.astype(np.float32)), expected, rtol=1e-4, atol=1e-6)

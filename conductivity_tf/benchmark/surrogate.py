@@ -12,7 +12,7 @@ from conductivity_tf import config as config_lib
 from conductivity_tf import microstructure, physics, plots, real_structures
 from conductivity_tf.benchmark.common import markdown_table, say, windows_throughput, write_csv
 from conductivity_tf.errors import UserError
-from conductivity_tf.model import build_model, inference_copy
+from conductivity_tf.model import build_model, inference_copy, network_input
 from conductivity_tf.predict import Predictor, resolve_precision
 
 
@@ -59,7 +59,7 @@ def run_surrogate_suite(args):
 
         cfg = config_lib.load_config()
         model = build_model(cfg.model, size, 3)
-        data = tf.constant(batch[..., None].astype("float32"))
+        data = tf.constant(network_input(batch, cfg.model.inputs))
 
         def predicting(served):
             serve = tf.function(lambda x: served(x, training=False))

@@ -72,7 +72,7 @@ def run_input_suite(args):
     # the pipeline as training runs it: decoded volumes cached after the first pass, then shuffling and the
     # random cube symmetries on every batch; the first pass (decoding) is the warm-up
     ds = dataset_lib.make_dataset(cfg.data.path, "train", batch, axes=cfg.data.axes, augment=True, shuffle=True,
-                                  seed=0, repeat=True, cache=True)
+                                  seed=0, repeat=True, cache=True, inputs=cfg.model.inputs)
     iterator = iter(ds)
     first_pass = dataset_lib.load_manifest(cfg.data.path)["counts"]["train"] // batch + 1
     median, low, high = windows_throughput(lambda: next(iterator), batch, warmup=first_pass)

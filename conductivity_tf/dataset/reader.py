@@ -8,6 +8,7 @@ import numpy as np
 from conductivity_tf.dataset.manifest import check_shards, load_manifest, shard_paths
 from conductivity_tf.dataset.records import deserialize, read_records
 from conductivity_tf.errors import UserError
+from conductivity_tf.physics import spanning_channels
 
 
 def verify(path):
@@ -82,8 +83,10 @@ def allowed_permutations(axes):
 
 def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle=False, seed=0,
                  repeat=False, input_context=None, checksums=None, cache=False, start_epoch=0, epoch_batches=None,
-                 epochs=None):
-    """A ``tf.data.Dataset`` of (volume float32 (S, S, S, 1), sigma float32 (len(axes),)) batches.
+                 epochs=None, inputs="volume"):
+    """A ``tf.data.Dataset`` of (volume float32 (S, S, S, 1), sigma float32 (len(axes),)) batches; with
+    ``inputs`` "spanning" (``model.inputs``) the volumes are (S, S, S, 4), ``physics.spanning_channels`` of each
+    sample after its symmetry.
 
     Static shapes and ``drop_remainder=True`` (IPUs need both). Shards are split between input
     pipelines at file level when ``input_context`` (from ``distribute_datasets_from_function``) says
@@ -148,7 +151,11 @@ def make_dataset(path, split, batch_size, axes=(0, 1, 2), augment=False, shuffle
         return volume, sigma
 
     def finish(volume, sigma):
-        volume = tf.ensure_shape(tf.cast(volume, tf.float32)[..., None], [size, size, size, 1])
+        if inputs == "spanning":
+            channels = tf.numpy_function(spanning_channels, [tf.cast(volume, tf.uint8)], tf.uint8)
+            volume = tf.ensure_shape(tf.cast(channels, tf.float32), [size, size, size, 4])
+        else:
+            volume = tf.ensure_shape(tf.cast(volume, tf.float32)[..., None], [size, size, size, 1])
         return volume, tf.ensure_shape(tf.gather(sigma, axes), [len(axes)])
 
     def one_epoch(epoch, samples, tail=False):
