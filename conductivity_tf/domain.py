@@ -109,14 +109,25 @@ def training_domain(descriptions, coverage=0.99):
                    float(np.percentile([d[name] for d in descriptions], 100.0 - tail))] for name in DESCRIPTORS}
 
 
+class Reason(str):
+    """Why a volume lies outside the training domain: the sentence, with the descriptor, its label, the volume's
+    value and the training range as attributes."""
+
+    def __new__(cls, descriptor, value, low, high):
+        label = DESCRIPTORS[descriptor]
+        reason = str.__new__(cls, "{} {:.3g} outside the training range {:.3g}-{:.3g}".format(label, value, low, high))
+        reason.descriptor, reason.label, reason.value, reason.low, reason.high = descriptor, label, value, low, high
+        return reason
+
+
 def outside(description, domain):
-    """The reasons (strings) a described volume lies outside ``domain``; empty when it lies inside."""
+    """The ``Reason``s (strings) a described volume lies outside ``domain``; empty when it lies inside."""
     reasons = []
-    for name, label in DESCRIPTORS.items():
+    for name in DESCRIPTORS:
         low, high = domain[name]
         value = description[name]
         if value < low or value > high:
-            reasons.append("{} {:.3g} outside the training range {:.3g}-{:.3g}".format(label, value, low, high))
+            reasons.append(Reason(name, value, low, high))
     return reasons
 
 

@@ -327,10 +327,13 @@ def replicated_labeller(model_dir, devices):
         served, scale = serving.keras_model(config_path, weights)
     inputs = config_lib.load_config(config_path).model.inputs
 
+    trained_on = domain_lib.load(model_dir)
+
     def labeller(chunk):
         raw = served.predict(network_input(chunk, inputs), batch_size=len(chunk), verbose=0)
         mean, spread = members_summary(np, raw)
-        return mean, None if spread is None else spread * scale, np.zeros(mean.shape, bool)
+        flags = [domain_lib.outside(domain_lib.describe(v), trained_on) for v in chunk] if trained_on else None
+        return mean, None if spread is None else spread * scale, np.zeros(mean.shape, bool), flags
 
     labeller.description = hardware.description
     return labeller
@@ -386,7 +389,8 @@ def predict_whole(args, predictor, size, path, source, several=False):
     if args.json:
         print(json.dumps({"file": path, "relative_conductivity": result.values, "uncertainty": result.uncertainty,
                           "interval_90": result.interval(Z90), "source": [source_name] * 3,
-                          "outside_training_domain": [], "porosity": result.porosity, "seconds": seconds,
+                          "outside_training_domain": result.outside_domain, "porosity": result.porosity,
+                          "seconds": seconds,
                           "shape": list(source.shape), "cells": list(result.plan.cells),
                           "windows": result.plan.windows, "solved_fraction": result.solved_fraction,
                           "windows_without_path": result.without_path, "cautions": result.cautions,
@@ -401,6 +405,8 @@ def predict_whole(args, predictor, size, path, source, several=False):
         "solver" if args.exact_windows else "model", seconds), flush=True)
     for note in result.cautions:
         print("  caution, " + note, flush=True)
+    for reason in result.outside_domain:
+        print("  outside the training domain: {}".format(reason), flush=True)
     if maps:
         print("  local conductivity: {} and {}".format(*maps), flush=True)
 

@@ -120,7 +120,9 @@ class WholeVolume:
     """What ``predict_volume`` returns: sigma_eff/sigma_0 of the whole volume along each axis, its uncertainty
     (one standard deviation; None when the windows state none), the cell field (cells, 3) and its uncertainty,
     the layout, the fraction of windows the solver labelled, the porosity, the fraction of windows without a
-    conducting path along each axis, and the cautions about the method on this volume."""
+    conducting path along each axis, the cautions about the method on this volume, and the reasons windows lie
+    outside the model's training domain (one line per reason: how many windows, the range of their values; empty
+    when none does or nothing was checked)."""
     values: List[float]
     uncertainty: Optional[List[float]]
     field: np.ndarray
@@ -130,6 +132,7 @@ class WholeVolume:
     porosity: float
     without_path: List[float]
     cautions: List[str]
+    outside_domain: List[str]
 
     def interval(self, z):
         if self.uncertainty is None:
@@ -139,13 +142,17 @@ class WholeVolume:
 
 def label(source, plan, labeller, batch=64, progress=None):
     """The cell field (cells + (3,)) from the windows' labels, its uncertainty (or None), the fraction of windows
-    the solver labelled and the porosity."""
-    field = np.zeros(plan.cells + (3,))
+    the solver labelled, the porosity and the reasons windows lie outside the training domain (``outside``)."""
+    cells = np.zeros(plan.cells + (3,))
     spread = None
     solved, counted = 0, [0]
+    flagged = {}      # descriptor -> the values of the windows outside the domain by it
     for index, chunk in windows(source, plan, batch, counted):
-        values, uncertainty, from_solver = labeller(chunk)
-        field[index[:, 0], index[:, 1], index[:, 2]] = values
+        values, uncertainty, from_solver, flags = labeller(chunk)
+        for reasons in flags or []:
+            for reason in reasons:
+                flagged.setdefault(reason.descriptor, []).append(reason)
+        cells[index[:, 0], index[:, 1], index[:, 2]] = values
         if uncertainty is not None:
             if spread is None:
                 spread = np.zeros(plan.cells + (3,))
@@ -153,7 +160,18 @@ def label(source, plan, labeller, batch=64, progress=None):
         solved += int(np.count_nonzero(np.all(from_solver, axis=1)))
         if progress is not None:
             progress(len(chunk))
-    return field, spread, solved / plan.windows, counted[0] / float(np.prod(source.shape))
+    return (cells, spread, solved / plan.windows, counted[0] / float(np.prod(source.shape)),
+            outside(flagged, plan.windows))
+
+
+def outside(flagged, count):
+    """One line per descriptor by which windows lie outside the training domain: how many, their values' range."""
+    lines = []
+    for reasons in flagged.values():
+        values = [r.value for r in reasons]
+        lines.append("{} of {} windows: {} {:.3g}-{:.3g} outside the training range {:.3g}-{:.3g}".format(
+            len(reasons), count, reasons[0].label, min(values), max(values), reasons[0].low, reasons[0].high))
+    return lines
 
 
 def combine(field, spread, plan, axes=(0, 1, 2)):
@@ -169,10 +187,10 @@ def combine(field, spread, plan, axes=(0, 1, 2)):
 def predict_volume(source, labeller, window, cell=None, batch=64, progress=None):
     """The whole volume's ``WholeVolume`` from windows labelled by ``labeller``."""
     plan = layout(source.shape, window, cell)
-    field, spread, solved, porosity = label(source, plan, labeller, batch, progress)
-    values, uncertainty = combine(field, spread, plan)
-    without_path, notes = cautions(field, values, window)
-    return WholeVolume(values, uncertainty, field, spread, plan, solved, porosity, without_path, notes)
+    cells, spread, solved, porosity, flagged = label(source, plan, labeller, batch, progress)
+    values, uncertainty = combine(cells, spread, plan)
+    without_path, notes = cautions(cells, values, window)
+    return WholeVolume(values, uncertainty, cells, spread, plan, solved, porosity, without_path, notes, flagged)
 
 
 def cautions(field, values, window):
@@ -190,7 +208,8 @@ def cautions(field, values, window):
 
 
 # ---------------------------------------------------------------------------------------------
-# labellers: windows (b, S, S, S) uint8 -> (values (b, 3), uncertainty (b, 3) or None, from the solver (b, 3))
+# labellers: windows (b, S, S, S) uint8 -> (values (b, 3), uncertainty (b, 3) or None, from the solver (b, 3),
+# per window the ``domain.Reason``s it lies outside the model's training domain, or None when not checked)
 
 
 def model_labeller(predictor, max_error=None, zero_without_path=False):
@@ -202,7 +221,7 @@ def model_labeller(predictor, max_error=None, zero_without_path=False):
     def labeller(chunk):
         result = predictor.predict(chunk, batch_size=len(chunk), max_error=max_error,
                                    zero_without_path=zero_without_path)
-        return result.values, result.uncertainty, result.source == "solver"
+        return result.values, result.uncertainty, result.source == "solver", result.flags
 
     return labeller
 
@@ -226,7 +245,7 @@ def exact_labeller(workers=None):
 
     def labeller(chunk):
         values = np.array(list(pool.map(_solve_window, list(chunk)) if pool else map(_solve_window, chunk)))
-        return values, None, np.ones(values.shape, bool)
+        return values, None, np.ones(values.shape, bool), None
 
     labeller.close = pool.shutdown if pool else (lambda: None)
     return labeller

@@ -53,6 +53,26 @@ def test_windows_without_a_path_where_the_whole_conducts_are_a_caution():
     assert cut.values[0] == 0.0 and cut.without_path[0] > 0 and not any(n.startswith("axis 0") for n in cut.cautions)
 
 
+def test_windows_outside_the_training_domain_are_counted_with_the_range_of_their_values():
+    from conductivity_tf import domain
+
+    v = np.concatenate([microstructure.blobs(32, 0.6, 2, seed=3)[:16], microstructure.blobs(32, 0.3, 2, seed=4)[:16]])
+    trained_on = {name: [-np.inf, np.inf] for name in domain.DESCRIPTORS}
+    trained_on["porosity"] = [0.45, 1.0]          # the lower layer's windows lie below it
+    exact = W.exact_labeller(1)
+
+    def labeller(chunk):
+        values, uncertainty, from_solver, _ = exact(chunk)
+        return values, uncertainty, from_solver, [domain.outside(domain.describe(w), trained_on) for w in chunk]
+
+    result = W.predict_volume(volumes.VolumeSource.of(v), labeller, window=16)
+    lower = [domain.describe(v[16:, j:j + 16, k:k + 16])["porosity"] for j in (0, 16) for k in (0, 16)]
+    assert result.plan.windows == 8 and max(lower) < 0.45
+    assert result.outside_domain == ["4 of 8 windows: porosity {:.3g}-{:.3g} outside the training range 0.45-1".format(
+        min(lower), max(lower))]
+    assert W.predict_volume(volumes.VolumeSource.of(v), exact, window=16).outside_domain == []
+
+
 def test_windows_cover_a_volume_whose_sides_are_not_multiples_of_the_window():
     plan = W.layout((100, 64, 70), window=32)
     assert plan.cells == (4, 2, 3)
