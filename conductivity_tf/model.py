@@ -15,6 +15,7 @@ it under Keras 3).
 """
 
 from conductivity_tf.errors import UserError
+from conductivity_tf.physics import spanning_channels
 
 BFLOAT16_SIGNATURE = "serving_bfloat16"   # the SavedModel signature computing in bfloat16 (serving.export)
 
@@ -71,8 +72,6 @@ def network_input(volumes, inputs="volume"):
 
     volumes = np.asarray(volumes)
     if inputs == "spanning":
-        from conductivity_tf.physics import spanning_channels
-
         return spanning_channels(volumes).astype(np.float32)
     return volumes[..., None].astype(np.float32)
 
