@@ -82,16 +82,29 @@ def say(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
-def peak_resident_mb():
-    """This process's peak resident memory (MB) since it started: the kernel's VmHWM of its address space. The
-    rusage maximum is not used: on Linux it carries the parent's peak into a child started by fork and exec."""
+def _kernel_mb(path, key):
+    """The value (kB in the file) of line ``key`` of a /proc file, in MB; None where there is no such file or line."""
     try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def available_memory_mb():
+    """Memory the kernel says a new process can take without swapping (MemAvailable, MB); None if unknown."""
+    return _kernel_mb("/proc/meminfo", "MemAvailable")
+
+
+def peak_resident_mb():
+    """This process's peak resident memory (MB) since it started: the kernel's VmHWM of its address space. The
+    rusage maximum is not used: on Linux it carries the parent's peak into a child started by fork and exec."""
+    peak = _kernel_mb("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -15,6 +15,7 @@ import numpy as np
 
 from conductivity_tf import microstructure, physics, real_structures
 from conductivity_tf.benchmark.common import (
+    available_memory_mb,
     best_time,
     child_row,
     markdown_table,
@@ -80,18 +81,6 @@ MEMORY_COLUMNS = ["volume", "voxels", "layout", "peak_mb", "bytes_per_voxel", "s
 
 # the general layout's peak per voxel, measured (143 B at 500^3, more below), to tell beforehand whether it fits
 GENERAL_BYTES_PER_VOXEL = 150
-
-
-def available_memory_mb():
-    """Memory the kernel says a new process can take without swapping (MemAvailable, MB); None if unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
 
 
 def _memory_one(job):
