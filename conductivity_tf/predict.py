@@ -266,8 +266,12 @@ def main(argv=None):
     if args.devices and (args.exact_windows or args.max_error is not None):
         raise UserError("--devices spreads the model's windows over devices; it goes without --exact-windows and "
                         "--max-error")
-    predictor = None if args.exact_windows or args.devices else Predictor(args.model, args.precision)
-    size = predictor.size if predictor else model_size(args.model)
+    needs_predictor = not (args.exact_windows or args.devices)
+    predictor = None
+    size = known
+    if size is None:  # no run configuration says the model's cube: the SavedModel does
+        predictor = Predictor(args.model, args.precision) if needs_predictor else None
+        size = predictor.size if predictor else model_size(args.model)
     whole = [(path, source) for path, source in sources if source.shape != (size,) * 3]
     for path, source in whole:  # checked before any work: the first slab binary, every side at least the cube
         whole_volume.check_binary(source.read(0, min(source.shape[0], size)), path)
@@ -278,6 +282,8 @@ def main(argv=None):
     if (args.map or args.cell or args.devices or args.exact_windows) and not whole:
         raise UserError("--map, --cell, --devices and --exact-windows are for volumes larger than the model's {}^3 "
                         "cube".format(size))
+    if predictor is None and needs_predictor:  # every input checked: now the model (TensorFlow) is loaded
+        predictor = Predictor(args.model, args.precision)
     if predictor is not None and predictor.note:
         print("conductivity_tf: note: " + predictor.note, file=sys.stderr, flush=True)
     volumes = [cubes[path] for path, source in sources if source.shape == (size,) * 3]
