@@ -9,8 +9,8 @@ applies them once with Graphcore's reductions (``strategies.reduce_accumulated``
 import numpy as np
 
 from conductivity_tf import dataset as dataset_lib
-from conductivity_tf import physics
 from conductivity_tf.errors import UserError
+from conductivity_tf.model import network_input
 from conductivity_tf.strategies import reduce_accumulated
 
 
@@ -91,9 +91,8 @@ def check_pipeline_on_cpu(cfg, plan, model):
         source = "a batch of {}".format(cfg.data.path)
     except UserError:
         rng = np.random.default_rng(cfg.train.seed)
-        x = (rng.random((steps.global_batch,) + (cfg.data.size,) * 3) < 0.5).astype("uint8")
-        x = tf.constant((physics.spanning_channels(x) if cfg.model.inputs == "spanning" else x[..., None]).astype(
-            "float32"))
+        x = tf.constant(network_input(rng.random((steps.global_batch,) + (cfg.data.size,) * 3) < 0.5,
+                                      cfg.model.inputs))
         y = tf.constant(rng.random((steps.global_batch, len(cfg.data.axes))).astype("float32") * 0.3)
         source = "random volumes (no dataset of this size at data.path)"
     loss = keras.losses.MeanSquaredError()

@@ -100,7 +100,7 @@ def _memory_one(job):
 
 def run_memory_suite(args):
     """Peak resident memory and time of the two layouts on the same volumes, side by side. The general layout is
-    skipped, saying so, where it would not fit the memory available now (an 800^3 volume needs ~73 GB of it)."""
+    skipped, saying so, where it would not fit the memory available now (an 800^3 volume needs ~70 GB of it)."""
     sizes = [128, 192] if args.quick else [128, 256, 500]
     axes = physics.parse_axes(args.axis.split(",") if "," in args.axis else args.axis)
     rows, skipped = [], []
