@@ -182,24 +182,14 @@ def layout(hardware_cfg):
     return Layout(stages, ipus_per_replica, ipus, replicas, violations)
 
 
-def make_plan(cfg, model=None, train_samples=None):
-    """The pipeline plan for a resolved configuration (``hardware.kind=ipu``) and its built model (training
-    passes the one it trains; without one, for planning alone, the configured model is built here).
-
-    ``train_samples``: training-split size, to check that an epoch is a whole number of executions.
-    Violations of IPU rules are collected in ``plan.violations`` (one line each, with the fix).
-    """
-    if model is None:
-        model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
+def _steps(cfg, devices, train_samples=None):
+    """The plan's ``StepPlan`` for the ``Layout`` ``devices``, and the violated rules of the batch split and the
+    epoch (a batch that does not split is planned as the nearest one that does)."""
     h, t = cfg.hardware, cfg.train
-    costs = layer_costs(model)
-    devices = layout(h)
-    stages, ipus_per_replica, ipus, replicas = devices.stages, devices.ipus_per_replica, devices.ipus, devices.replicas
-    violations, notes = list(devices.violations), []
-    accumulation = h.gradient_accumulation
+    replicas, accumulation, violations = devices.replicas, h.gradient_accumulation, []
     try:
         steps = step_plan(t.batch_size, replicas, accumulation, h.steps_per_execution, on_ipu=True)
-    except UserError as err:  # the batch does not split: plan the nearest one that does, and say so
+    except UserError as err:
         violations.append(str(err))
         steps = step_plan(nearest_global_batch(t.batch_size, replicas, accumulation), replicas, accumulation,
                           accumulation, on_ipu=True)
@@ -209,6 +199,33 @@ def make_plan(cfg, model=None, train_samples=None):
                               train_samples=train_samples)
         except UserError as err:
             violations.append(str(err))
+    return steps, violations
+
+
+def model_free_violations(cfg, train_samples=None):
+    """The violated IPU rules that need no model (devices, the batch split, the epoch), first in ``make_plan``'s
+    order: checked before a model is built, so that such a plan fails before TensorFlow loads."""
+    devices = layout(cfg.hardware)
+    return devices.violations + _steps(cfg, devices, train_samples)[1]
+
+
+def make_plan(cfg, model=None, train_samples=None):
+    """The pipeline plan for a resolved configuration (``hardware.kind=ipu``) and its built model (training
+    passes the one it trains; without one, for planning alone, the configured model is built here).
+
+    ``train_samples``: training-split size, to check that an epoch is a whole number of executions.
+    Violations of IPU rules are collected in ``plan.violations`` (one line each, with the fix).
+    """
+    devices = layout(cfg.hardware)
+    steps, violations = _steps(cfg, devices, train_samples)
+    violations = devices.violations + violations
+    if model is None:
+        model = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
+    h, t = cfg.hardware, cfg.train
+    costs = layer_costs(model)
+    stages, ipus_per_replica, ipus = devices.stages, devices.ipus_per_replica, devices.ipus
+    notes = []
+    accumulation = h.gradient_accumulation
     micro_batch = steps.micro_batch
     if stages > 1:
         # SDK 3.4 (tensorflow/compiler/plugin/poplar/driver/visitors/pipeline_visitor.cc,

@@ -236,9 +236,6 @@ def setup(cfg, train_samples, validation_samples=0):
 
 def train(cfg):
     """Run the whole recipe for a resolved configuration; returns the metrics dict."""
-    from conductivity_tf import keras_compat
-    from conductivity_tf.keras_compat import keras, tf
-
     out = cfg.train.out_dir
     manifest = dataset_lib.load_manifest(cfg.data.path)  # the data first: a run that cannot start leaves no directory
     if manifest["sample_size"] != cfg.data.size:
@@ -250,6 +247,10 @@ def train(cfg):
             split_bytes = sum(s["bytes"] for s in manifest["shards"] if s["split"] == split)
             dataset_lib.check_shards(manifest, split, checksums=split_bytes < 1e9)
     check_writable_dir(out, "run directory")
+    # TensorFlow loads only once the inputs are known to be good: bad ones fail in a fraction of a second
+    from conductivity_tf import keras_compat
+    from conductivity_tf.keras_compat import keras, tf
+
     config_lib.save_config(cfg, os.path.join(out, "config.yaml"))
     counts = manifest["counts"]
     session = setup(cfg, counts["train"], counts["validation"])
@@ -388,6 +389,9 @@ def print_plan(cfg, check_on_cpu=False, train_samples=None):
             pass  # planning needs no dataset; the epoch is then not sized
     elif train_samples < 1:
         raise UserError("--train-samples {} must be a positive number of samples".format(train_samples))
+    early = pipeline_plan.model_free_violations(cfg, train_samples)
+    if early:
+        raise UserError(early[0])
     if check_on_cpu:
         from conductivity_tf.keras_compat import tf
 
