@@ -329,33 +329,83 @@ def spheroids(size, porosity=0.5, radius=2.0, aspect=4.0, axis=0, spread=90.0, p
 ELECTRODE_PHASES = {"pores": 0, "active": 1, "binder": 2}
 
 
+def _separated_centres(rng, shape, radii, separation, tries=48):
+    """Centres (periodic) for particles of ``radii``, placed largest first by random sequential addition, each at
+    least ``separation`` x (r_i + r_j) from every centre placed before it; a particle that finds no such place among
+    ``tries`` candidates looks again 5 % closer (so a dense packing overlaps a little). Returns the centres and
+    the radii in placement order."""
+    box = np.asarray(shape, float)
+    placed = np.sort(radii)[::-1]
+    centres = np.empty((len(placed), 3))
+    for n, r in enumerate(placed):
+        reach = separation * (r + placed[:n])
+        while True:
+            candidates = rng.uniform(0, 1, (tries, 3)) * box
+            gaps = candidates[:, None, :] - centres[None, :n]
+            gaps -= box * np.round(gaps / box)
+            fits = np.all(np.einsum("ijk,ijk->ij", gaps, gaps) >= reach * reach, axis=1)
+            if fits.any():
+                centres[n] = candidates[np.argmax(fits)]
+                break
+            reach = reach * 0.95
+    return centres, placed
+
+
+def _separated_particles(shape, rng, fraction, radius, polydispersity, separation, roughness):
+    """Particles at a volume ``fraction``: centres kept apart (``_separated_centres``), then every particle grown
+    by the same factor until the fraction is reached (the union thresholded on the normalised distance to the
+    nearest centre), their surfaces made lumpy by a smooth random field of amplitude ``roughness``."""
+    mean_volume = 4.0 / 3.0 * math.pi * radius ** 3 * (1.0 + polydispersity ** 2) ** 3
+    count = max(2, int(round(fraction * np.prod(shape) / mean_volume)))
+    centres, radii = _separated_centres(rng, shape, _radii(rng, count, radius, polydispersity), separation)
+    semi = np.stack([radii, radii], axis=1)
+    directions = np.tile([1.0, 0.0, 0.0], (count, 1))
+    distance = np.sqrt(_spheroid_field(np.array(shape, np.int64), centres, semi, directions, 2.0))
+    if roughness:
+        lumps = scipy.ndimage.gaussian_filter(rng.standard_normal(shape), max(1.0, radius / 1.5), mode="wrap")
+        distance += roughness * lumps / (lumps.std() or 1.0)
+    return _threshold(distance, fraction).astype(bool)
+
+
 def electrode(size, porosity=0.35, binder=0.1, radius=5.0, polydispersity=0.4, neck_preference=2.0,
-              conducting="pores", seed=0, return_phases=False):
-    """A three-phase battery electrode: polydisperse active particles (overlapping, as after calendering), a
-    carbon-binder domain that gathers at the contacts and necks between particles and coats their surfaces,
-    and pores.
+              separation=0.0, roughness=0.0, speckle=0.0, conducting="pores", seed=0, return_phases=False):
+    """A three-phase battery electrode: polydisperse active particles, a carbon-binder domain that gathers at the
+    contacts and necks between particles and coats their surfaces, and pores.
 
     porosity and binder: the pore and carbon-binder volume fractions (the particles take the rest); documented
     ranges 0.2-0.5 and 0.03-0.25. neck_preference: how strongly the binder prefers concave places (necks,
-    contacts) over open surfaces (0: a uniform coating). conducting: which phase the binary volume conducts
-    through: 'pores' (ionic), 'active', 'binder' (the carbon-binder network alone) or 'solid' (active + binder:
-    electronic); its conducting fraction is that phase's. With ``return_phases`` the uint8 phase map (0 pores,
-    1 active, 2 binder) is returned instead.
+    contacts) over open surfaces (0: a uniform coating). separation: 0 places the particles freely, overlapping
+    as after calendering (the Boolean model); 0.6-1 keeps their centres at least that fraction of the sum of
+    their radii apart and then grows them to the particle fraction, so that at 1 neighbours touch only at small
+    contacts, as in as-cast electrodes (the particle network then conducts through narrow necks, or not at all).
+    roughness: lumpy particle surfaces (0-0.3; the separated placement is used when it is > 0). speckle: the grain
+    of the carbon-binder domain, from smooth coatings (0) to a fragmented, voxel-scale nanoporous phase (1).
+    conducting: which phase the binary volume conducts through: 'pores' (ionic), 'active', 'binder' (the
+    carbon-binder network alone) or 'solid' (active + binder: electronic); its conducting fraction is that
+    phase's. With ``return_phases`` the uint8 phase map (0 pores, 1 active, 2 binder) is returned instead.
     """
     _check_porosity(porosity, 0.05, 0.9, family="electrode")
     if not 0 < binder < 1 - porosity - 0.05:
         raise UserError("binder={} is out of range; it must leave at least 5 % for the particles".format(binder))
     if conducting not in ("pores", "active", "binder", "solid"):
         raise UserError("conducting={!r} is invalid; use 'pores', 'active', 'binder' or 'solid'".format(conducting))
+    if not (0 <= separation <= 1.2 and 0 <= roughness <= 1 and 0 <= speckle <= 1):
+        raise UserError("electrode needs separation in [0, 1.2], roughness in [0, 1] and speckle in [0, 1]; got {}, "
+                        "{}, {}".format(separation, roughness, speckle))
     shape = _shape(size)
     rng = np.random.default_rng(seed)
-    active = overlapping_spheres(shape, porosity=1.0 - porosity - binder, radius=radius,
-                                 polydispersity=polydispersity, conducting="spheres", seed=seed).astype(bool)
-    # binder goes first where the particles surround a pore voxel most (necks, contacts), then along surfaces
+    if separation == 0 and roughness == 0:
+        active = overlapping_spheres(shape, porosity=1.0 - porosity - binder, radius=radius,
+                                     polydispersity=polydispersity, conducting="spheres", seed=seed).astype(bool)
+    else:
+        active = _separated_particles(shape, rng, 1.0 - porosity - binder, radius, polydispersity, separation,
+                                      roughness)
+    # binder goes first where the particles surround a pore voxel most (necks, contacts), then along surfaces;
+    # a finer and stronger texture (speckle) breaks it into grains
     surround = scipy.ndimage.gaussian_filter(active.astype(float), sigma=max(1.0, radius / 3.0), mode="wrap")
     clearance = scipy.ndimage.distance_transform_edt(~active)
-    texture = scipy.ndimage.gaussian_filter(rng.standard_normal(shape), 1.0, mode="wrap")
-    score = neck_preference * surround - 0.5 * clearance + 0.3 * texture / (texture.std() or 1.0)
+    texture = scipy.ndimage.gaussian_filter(rng.standard_normal(shape), 1.0 - 0.5 * speckle, mode="wrap")
+    score = neck_preference * surround - 0.5 * clearance + (0.3 + 3.0 * speckle) * texture / (texture.std() or 1.0)
     score[active] = -np.inf
     phases = np.zeros(shape, np.uint8)
     phases[active] = 1

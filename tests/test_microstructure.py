@@ -21,6 +21,8 @@ CASES = [
     ("electrode", dict(porosity=0.3, binder=0.08, conducting="binder")),
     ("electrode", dict(porosity=0.4, binder=0.15, conducting="solid")),
     ("electrode", dict(porosity=0.4, binder=0.15, conducting="active", polydispersity=0.2)),
+    ("electrode", dict(porosity=0.45, binder=0.15, separation=1.0, roughness=0.15, speckle=0.5, conducting="active")),
+    ("electrode", dict(porosity=0.3, binder=0.1, separation=0.8, speckle=1.0, conducting="binder")),
     ("granular", dict(porosity=0.12, radius=4)),
     ("foam", dict(porosity=0.88, cell_size=14)),
     ("foam", dict(porosity=0.12, struts=False, conducting="solid")),
@@ -113,6 +115,20 @@ def test_electrode_binder_gathers_at_the_particles_and_each_phase_has_its_fracti
     # the binary volumes are the phases of the same map
     np.testing.assert_array_equal(ms.electrode(48, porosity=0.35, binder=0.12, radius=5, seed=5,
                                                conducting="binder"), (phases == 2).astype(np.uint8))
+
+
+def test_separated_electrode_particles_touch_at_small_contacts_and_a_speckled_binder_conducts_less():
+    def sigma(conducting, **params):  # median over seeds and axes, relative to the phase's fraction
+        values = []
+        for seed in range(3):
+            v = ms.electrode(48, porosity=0.45, binder=0.15, radius=5, conducting=conducting, seed=seed, **params)
+            values += [r.relative_conductivity / v.mean() for r in physics.solve(v)]
+        return np.median(values)
+
+    # the same particle fraction conducts through narrow contacts when the particles stand apart
+    assert sigma("active", separation=1.0) < 0.5 * sigma("active")
+    # a carbon-binder domain broken into grains conducts less than a smooth coating of the same fraction
+    assert sigma("binder", separation=1.0, speckle=1.0) < 0.5 * sigma("binder", separation=1.0)
 
 
 def test_consolidation_narrows_the_pore_throats():
