@@ -34,14 +34,14 @@ def _fast_convolution_gradients():
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory):
     """A small ensemble trained on the default families (no spheroids), by the real commands. On TensorFlow 2.6
-    two epochs: every path (export with the uncertainty, calibration, domain, --max-error) runs alike, and the
+    one epoch: every path (export with the uncertainty, calibration, domain, --max-error) runs alike, and the
     held-out family, which needs a trained ensemble, is checked on current TensorFlow."""
     base = tmp_path_factory.mktemp("trust")
     (base / "spec.yaml").write_text(SPEC)
     proc = run_module("conductivity_tf.dataset", "build", "--config", base / "spec.yaml", "--out", base / "data",
                       "--quiet")
     assert proc.returncode == 0, proc.stderr
-    epochs = [] if _fast_convolution_gradients() else ["train.epochs=2"]
+    epochs = [] if _fast_convolution_gradients() else ["train.epochs=1"]
     proc = run_module("conductivity_tf.train", "data.path={}".format(base / "data"), *ENSEMBLE, *epochs,
                       "--out", base / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,7 +57,7 @@ def test_the_ensemble_is_more_uncertain_on_a_family_it_never_saw(ensemble_run):
     from conductivity_tf.predict import Predictor
 
     if not _fast_convolution_gradients():
-        pytest.skip("the ensemble trains two epochs on TensorFlow 2.6 (its CPU convolution gradients are ~8x "
+        pytest.skip("the ensemble trains one epoch on TensorFlow 2.6 (its CPU convolution gradients are ~8x "
                     "slower); the held-out family is checked on current TensorFlow")
 
     predictor = Predictor(ensemble_run, precision="fp32")
