@@ -10,7 +10,8 @@ defaults: {size: 16, micro_batch: 4, model: {widths: [4, 8], head_units: 8}}
 windows: 5
 steps_per_window: 2
 warmup_steps: 1
-reference: {size: 16, micro_batch: 4, accumulation: 2, windows: 2, steps_per_window: 3}
+reference: {size: 16, micro_batch: 4, accumulation: 2, windows: 2, steps_per_window: 3,
+            model: {widths: [4, 8], head_units: 8}}
 runs:
   - {name: tiny-b4, quick: true}
   - {name: tiny-b4-ga2, gradient_accumulation: 2, quick: true}

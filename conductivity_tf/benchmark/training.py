@@ -131,6 +131,7 @@ class Reference:
     accumulation: int = 4
     windows: int = 7
     steps_per_window: int = 20
+    model: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -361,16 +362,18 @@ def measure_reference(settings):
     size, micro, k, windows = ref["size"], ref["micro_batch"], ref["accumulation"], ref["windows"]
     per_window = ref["steps_per_window"]
     global_batch = global_batch_of(micro, k, 1)
+    # the default network, or the reference's model keys over it
+    network = ["model.{}={}".format(key, json.dumps(value)) for key, value in ref["model"].items()]
 
     def ours(accumulation):
         cfg = config_lib.load_config(None, ["data.size={}".format(size), "hardware.kind=cpu",
                                             "train.batch_size={}".format(global_batch),
                                             "hardware.gradient_accumulation={}".format(accumulation),
-                                            "train.tensorboard=false"])
+                                            "train.tensorboard=false"] + network)
         return train_lib.setup(cfg, 10 ** 7).model
 
     def bare(norm_view=True):
-        cfg = config_lib.load_config(None, ["data.size={}".format(size)])
+        cfg = config_lib.load_config(None, ["data.size={}".format(size)] + network)
         model = build_model(cfg.model, size, len(cfg.data.axes), norm_view=norm_view)
         model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), loss="mse")
         return model
