@@ -18,9 +18,10 @@ WORKDIR /opt/conductivity_tf
 COPY setup.cfg pyproject.toml README.md ./
 COPY conductivity_tf ./conductivity_tf
 COPY data ./data
-# [ipu] adds nothing: TensorFlow and Keras come from the SDK in the base image and must not be replaced
+# [ipu] adds nothing: TensorFlow and Keras come from the SDK in the base image and must not be replaced.
+# The solver's numba kernels are compiled into the image, not in every container (and every worker) it starts.
 RUN python3 -m pip install --no-cache-dir ".[ipu]" \
- && python3 -c "import conductivity_tf, conductivity_tf.physics"
+ && python3 -c "from conductivity_tf import physics; physics.compile_kernels()"
 
 ENTRYPOINT ["python3", "-m", "conductivity_tf.train"]
 CMD ["hardware.kind=ipu"]
