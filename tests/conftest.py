@@ -80,3 +80,19 @@ def _group_norm_available():
 needs_group_norm = pytest.mark.skipif(
     not _group_norm_available(),
     reason="model.norm=group needs keras.layers.GroupNormalization (TensorFlow >= 2.11) or ipu_tensorflow_addons")
+
+
+# the fault tests' dataset and uninterrupted run (tests.fault_runs), made once per test module that asks
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    return build_dataset(tmp_path_factory.mktemp("faults") / "d16", samples=144, size=16, seed=5)
+
+
+@pytest.fixture(scope="module")
+def reference_run(data16, tmp_path_factory):
+    from tests.fault_runs import ARGS
+
+    out = str(tmp_path_factory.mktemp("faults") / "uninterrupted")
+    proc = run_module("conductivity_tf.train", "data.path=" + data16, *ARGS, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
