@@ -21,7 +21,7 @@ COPY data ./data
 # [ipu] adds nothing: TensorFlow and Keras come from the SDK in the base image and must not be replaced.
 # The solver's numba kernels are compiled into the image, not in every container (and every worker) it starts.
 RUN python3 -m pip install --no-cache-dir ".[ipu]" \
- && python3 -c "from conductivity_tf import physics; physics.compile_kernels()"
+ && python3 -c "from conductivity_tf import kernels; kernels.compile_kernels()"
 
 ENTRYPOINT ["python3", "-m", "conductivity_tf.train"]
 CMD ["hardware.kind=ipu"]

@@ -503,33 +503,6 @@ def bruggeman(porosity, exponent=1.5):
 # command line
 
 
-KERNEL_PATHS = ("general", "binary")
-
-
-def compile_kernels(paths=KERNEL_PATHS):
-    """Compile the solver's numba kernels and cache them on disk (next to the sources, or in ``NUMBA_CACHE_DIR``)
-    by solving small volumes on each path: "general" (volumes below ``BINARY_LEVEL_VOXELS``, phase
-    conductivities, potentials, cell grids, spanning channels) and "binary" (large binary volumes). A fresh
-    install compiles on first use, about a minute per path on one core; later processes load the cache. Run it
-    once after installing (a container image's build, before processes that solve in parallel) so that
-    parallel workers do not each compile the same kernels."""
-    rng = np.random.default_rng(0)
-    for path in paths:
-        if path == "general":
-            phases = scipy.ndimage.uniform_filter(rng.random((20, 24, 28)), 3)
-            phases = np.digitize(phases, np.quantile(phases, [0.3, 0.6])).astype(np.uint8)
-            solve(phases > 0)
-            solve(phases, sigma={0: 0.0, 1: 1.0, 2: 0.1})
-            solve(phases > 0, axes=[0], rtol=1e-6, return_potential=True)
-            solve_cells(rng.random((4, 5, 6, 3)) + 0.1)
-            spanning_channels(phases[None] > 0)
-        elif path == "binary":
-            edge = int(math.ceil(BINARY_LEVEL_VOXELS ** (1.0 / 3.0)))
-            solve(scipy.ndimage.uniform_filter(rng.random((edge,) * 3), 3) > 0.45, return_potential=True)
-        else:
-            raise ValueError("unknown kernel path {!r}; use {}".format(path, ", ".join(KERNEL_PATHS)))
-
-
 def _parse_sigma(items):
     if not items:
         return None

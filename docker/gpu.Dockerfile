@@ -14,7 +14,7 @@ COPY data ./data
 # and the solver's numba kernels compiled into the image, not in every container it starts
 RUN grep -v -i -E "^tensorflow(_cpu|-cpu)?==" constraints.txt > /tmp/constraints-gpu.txt \
  && python3 -m pip install --no-cache-dir -c /tmp/constraints-gpu.txt ".[gpu]" \
- && python3 -c "from conductivity_tf import physics; physics.compile_kernels()"
+ && python3 -c "from conductivity_tf import kernels; kernels.compile_kernels()"
 
 ENTRYPOINT ["python3", "-m", "conductivity_tf.train"]
 CMD []

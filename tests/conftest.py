@@ -19,7 +19,7 @@ def pytest_configure(config):
     if hasattr(config, "workerinput"):
         return
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = "import sys; from conductivity_tf import physics; physics.compile_kernels([sys.argv[1]])"
+    code = "import sys; from conductivity_tf import kernels; kernels.compile_kernels([sys.argv[1]])"
     procs = [subprocess.Popen([sys.executable, "-c", code, path], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for path in ("general", "binary")]
     for proc in procs:
