@@ -12,15 +12,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
+def _env():
+    """This environment with the checkout first on PYTHONPATH: what a process a test starts runs under."""
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 def pytest_configure(config):
     """Before any test worker starts (in the controller, or the only process): the solver's numba kernels compiled
     and cached, one process per kernel path side by side. Otherwise on a fresh checkout every worker, and every
     process a test starts, compiles the same kernels at once (about a minute each on one core)."""
     if hasattr(config, "workerinput"):
         return
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = "import sys; from conductivity_tf import kernels; kernels.compile_kernels([sys.argv[1]])"
-    procs = [subprocess.Popen([sys.executable, "-c", code, path], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen([sys.executable, "-c", code, path], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for path in ("general", "binary")]
     for proc in procs:
         _, err = proc.communicate()
@@ -30,8 +34,7 @@ def pytest_configure(config):
 
 def run_module(module, *args, cwd=None, timeout=600, env=None):
     """Run ``python -m module args`` in a fresh process; return the CompletedProcess (text)."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env = _env()
     if env:
         full_env.update(env)
     return subprocess.run([sys.executable, "-m", module] + [str(a) for a in args], cwd=cwd or ROOT,
