@@ -9,6 +9,9 @@ A volume is described by a few numbers that say what kind of structure it is (``
 - ``spanning``: the smallest, over the three axes, fraction of conducting voxels in clusters that join the two
   faces normal to the axis (low near the percolation threshold, where a few necks carry the current).
 
+``describe`` also gives the chords and spanning fractions per axis (``axis_chords``, ``axis_spanning``), which the
+error model of ``uncertainty`` uses.
+
 ``training_domain`` takes the central 99 % of each over the training split; ``outside`` names every number of a
 volume that falls out of it, as a reason a person can read. A run directory keeps its domain in ``domain.json``.
 """
@@ -94,12 +97,16 @@ def describe(volume):
     """The descriptors of a binary volume (1 = conducting), as a dict."""
     conducting = np.ascontiguousarray(np.asarray(volume) > 0)
     voxels, starts = _run_starts(conducting)
-    finite = [c for c in _mean_chords(voxels[1], starts[1]) if np.isfinite(c)] or [float(conducting.shape[0])]
+    chords = _mean_chords(voxels[1], starts[1])
+    finite = [c for c in chords if np.isfinite(c)] or [float(conducting.shape[0])]
     insulating = [c for c in _mean_chords(voxels[0], starts[0]) if np.isfinite(c)] or [float(conducting.shape[0])]
-    spanning = min(physics.spanning_fraction(conducting).values())
+    spanning = physics.spanning_fraction(conducting)
     return {"porosity": float(voxels[1] / conducting.size), "conducting_chord": float(np.mean(finite)),
             "insulating_chord": float(np.mean(insulating)), "anisotropy": float(max(finite) / min(finite)),
-            "spanning": float(spanning)}
+            "spanning": float(min(spanning.values())),
+            # per axis, for the error model (uncertainty.py)
+            "axis_chords": [float(c) if np.isfinite(c) else 0.0 for c in chords],
+            "axis_spanning": [float(spanning[a]) for a in range(3)]}
 
 
 def training_domain(descriptions, coverage=0.99):

@@ -1,11 +1,12 @@
 """Evaluate a trained model on a dataset split:
-``python -m conductivity_tf.evaluate --model RUN_DIR [--data DIR] [--split test] [--json]``."""
+``python -m conductivity_tf.evaluate --model RUN_DIR [--data DIR] [--split test] [--json]``; with ``--calibrate``
+first fits the run's training domain and error model from DIR (the dataset it was trained on) into RUN_DIR."""
 
 import argparse
 import json
 
 from conductivity_tf.errors import run_cli
-from conductivity_tf.predict import PRECISION_HELP, PRECISIONS, ZERO_WITHOUT_PATH_HELP, evaluate
+from conductivity_tf.predict import PRECISION_HELP, PRECISIONS, ZERO_WITHOUT_PATH_HELP, calibrate, evaluate
 
 
 def build_parser():
@@ -18,12 +19,18 @@ def build_parser():
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--zero-without-path", action="store_true", help=ZERO_WITHOUT_PATH_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="first fit the model's training domain (train split of --data) and the error model of "
+                             "its uncertainty (validation split) into its run directory, as training does: for "
+                             "runs made before either existed; --data must be the dataset it was trained on")
     return parser
 
 
 def main(argv=None):
 
     args = build_parser().parse_args(argv)
+    if args.calibrate:
+        calibrate(args.model, args.data, args.precision)
     metrics = evaluate(args.model, args.data, args.split, args.zero_without_path, args.precision)
     if args.json:
         print(json.dumps(metrics))

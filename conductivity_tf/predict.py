@@ -21,6 +21,7 @@ from conductivity_tf import config as config_lib
 from conductivity_tf import dataset as dataset_lib
 from conductivity_tf import domain as domain_lib
 from conductivity_tf import physics, plots, serving, strategies, whole_volume
+from conductivity_tf import uncertainty as uncertainty_lib
 from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.metrics import Z90, calibration_metrics, per_family, regression_metrics
 from conductivity_tf.model import BFLOAT16_SIGNATURE, members_summary, network_input
@@ -83,8 +84,11 @@ class Predictor(object):
                 run_config = yaml.safe_load(handle)
             self.axes = list(run_config["data"]["axes"])
             self.inputs = run_config["model"].get("inputs", "volume")
-        self.has_uncertainty = "uncertainty" in self.serve.structured_outputs
+        self.served_uncertainty = "uncertainty" in self.serve.structured_outputs   # an ensemble's spread
         self.domain = domain_lib.load(os.path.dirname(saved))
+        self.run_dir = os.path.dirname(saved)
+        self.error_model = uncertainty_lib.load(self.run_dir)
+        self.has_uncertainty = self.served_uncertainty or self.error_model is not None
         self.tf = tf
         serve = self.serve
 
@@ -130,6 +134,15 @@ class Predictor(object):
                 uncertainty.append(predicted["uncertainty"].numpy())
         return np.concatenate(values, axis=0), np.concatenate(uncertainty, axis=0) if uncertainty else None
 
+    def stated_uncertainty(self, volumes, values, served, descriptions=None):
+        """The (N, len(axes)) uncertainty stated with ``values``: the run's error model (``uncertainty.py``) where
+        it has one, else the ensemble's calibrated spread ``served`` (None for a single network without one)."""
+        if self.error_model is None:
+            return served
+        if descriptions is None:
+            descriptions = [domain_lib.describe(v) for v in volumes]
+        return uncertainty_lib.evaluate(self.error_model, descriptions, values, self.axes, served)
+
     def __call__(self, volumes, batch_size=16, zero_without_path=False):
         """(N, len(axes)) predictions. With ``zero_without_path`` an axis along which a volume has no
         conducting path between its two faces is given exactly 0 (the network alone predicts a small
@@ -153,9 +166,11 @@ class Predictor(object):
         lies outside the training domain, ``physics.solve`` answers instead; axes without a conducting path are
         exact zeros (from the solver's cluster labels)."""
         volumes = np.asarray(volumes)
-        values, uncertainty = self._run(volumes, batch_size)
+        values, served = self._run(volumes, batch_size)
         values = values.astype(np.float64)  # the solver's values go in as they are
-        flags = [domain_lib.outside(domain_lib.describe(v), self.domain) if self.domain else [] for v in volumes]
+        descriptions = [domain_lib.describe(v) for v in volumes] if self.domain or self.error_model else None
+        flags = [domain_lib.outside(d, self.domain) for d in descriptions] if self.domain else [[] for _ in volumes]
+        uncertainty = self.stated_uncertainty(volumes, values, served, descriptions)
         source = np.full(values.shape, "model", dtype=object)
         if max_error is not None or zero_without_path:
             uncertainty = None if uncertainty is None else uncertainty.copy()
@@ -193,16 +208,42 @@ class Prediction(object):
         return [[max(0.0, float(v - h)), float(v + h)] for v, h in zip(self.values[i], half)]
 
 
-def evaluate(model_dir, data_path, split="test", zero_without_path=False, precision="auto"):
-    """Metrics (R2, MAE, RMSE, MAPE) of a model on a dataset split."""
-
+def _predictor_for(model_dir, data_path, precision):
     manifest = dataset_lib.load_manifest(data_path)  # the cheap check first
     predictor = Predictor(model_dir, precision)
     if manifest["sample_size"] != predictor.size:
         raise UserError("the dataset {} holds {}^3 samples but the model takes {}^3; evaluate on a dataset of that "
                         "size".format(manifest["path"], manifest["sample_size"], predictor.size))
+    return manifest, predictor
+
+
+def calibrate(model_dir, data_path, precision="auto"):
+    """Fit what a trained model states about trust from the dataset it was trained on, as training does, and keep
+    it in its run directory: the training domain (train split, ``domain.json``) and the error model of its
+    uncertainty (validation split, ``uncertainty.json``). For runs made before either existed."""
+    manifest, predictor = _predictor_for(model_dir, data_path, precision)
+    if not manifest["counts"].get("validation"):
+        raise UserError("the error model is fitted on the validation split, which {} does not have; use the "
+                        "dataset the model was trained on".format(manifest["path"]))
+    volumes = dataset_lib.load_arrays(data_path, "train")[0]
+    domain_lib.save(predictor.run_dir, domain_lib.training_domain([domain_lib.describe(v) for v in volumes]))
+    volumes, sigma, _, _ = dataset_lib.load_arrays(data_path, "validation")
+    predicted, served = predictor._run(volumes)
+    error_model = uncertainty_lib.fit([domain_lib.describe(v) for v in volumes], sigma[:, predictor.axes],
+                                      predicted, predictor.axes, served)
+    if error_model is None:
+        raise UserError("the validation split of {} has too few conducting values to fit an error model".format(
+            manifest["path"]))
+    uncertainty_lib.save(predictor.run_dir, error_model)
+
+
+def evaluate(model_dir, data_path, split="test", zero_without_path=False, precision="auto"):
+    """Metrics (R2, MAE, RMSE, MAPE) of a model on a dataset split."""
+
+    manifest, predictor = _predictor_for(model_dir, data_path, precision)
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
-    predicted, uncertainty = predictor._run(volumes)
+    predicted, served = predictor._run(volumes)
+    uncertainty = predictor.stated_uncertainty(volumes, predicted, served)
     if zero_without_path:
         predicted = predictor.zero_without_path(volumes, predicted)
     truth = sigma[:, predictor.axes]

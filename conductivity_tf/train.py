@@ -33,6 +33,7 @@ from conductivity_tf import config as config_lib
 from conductivity_tf import cpu_pipeline, ipu, pipeline_plan, plots, serving, strategies
 from conductivity_tf import dataset as dataset_lib
 from conductivity_tf import domain as domain_lib
+from conductivity_tf import uncertainty as uncertainty_lib
 from conductivity_tf.checkpoints import checkpoint_callback, load_weights_checked, resume_epoch, trim_log
 from conductivity_tf.dataset import load_manifest
 from conductivity_tf.errors import UserError, run_cli
@@ -336,9 +337,9 @@ def finish_run(cfg, base, manifest, out, train_seconds):
             raw = np.concatenate([base.predict(network_input(volumes[i:i + 256], cfg.model.inputs), batch_size=64,
                                                verbose=0) for i in range(0, len(volumes), 256)])
         mean, spread = members_summary(np, raw)
-        return sigma[:, axes], mean, spread, porosity, families
+        return sigma[:, axes], mean, spread, porosity, families, volumes
 
-    truth, predicted, spread, porosity, families = predict_split("test")
+    truth, predicted, spread, porosity, families, test_volumes = predict_split("test")
     train_volumes, train_sigma, train_porosity, _ = dataset_lib.load_arrays(manifest["path"], "train")
     domain_lib.save(out, domain_lib.training_domain([domain_lib.describe(v) for v in train_volumes]))
     exponent = bruggeman_fit(train_porosity, train_sigma[:, axes])
@@ -351,13 +352,25 @@ def finish_run(cfg, base, manifest, out, train_seconds):
     }
     metrics["rmse_ratio_bruggeman_over_cnn"] = metrics["bruggeman"]["rmse"] / max(metrics["test"]["rmse"], 1e-12)
     scale = None
-    if spread is not None:  # an ensemble: its spread scaled to cover 90 % of the validation values
-        if not manifest["counts"].get("validation"):
-            raise UserError("an ensemble (model.ensemble > 1) calibrates its uncertainty on the validation split, "
-                            "which {} does not have; rebuild the dataset with validation_fraction > 0".format(
-                                manifest["path"]))
-        scale = uncertainty_scale(*predict_split("validation")[:3])
-        metrics["calibration"] = dict(calibration_metrics(truth, predicted, spread * scale), scale=scale)
+    if spread is not None and not manifest["counts"].get("validation"):
+        raise UserError("an ensemble (model.ensemble > 1) calibrates its uncertainty on the validation split, "
+                        "which {} does not have; rebuild the dataset with validation_fraction > 0".format(
+                            manifest["path"]))
+    if manifest["counts"].get("validation"):
+        valid_truth, valid_predicted, valid_spread, _, _, valid_volumes = predict_split("validation")
+        if spread is not None:  # an ensemble: its spread scaled to cover 90 % of the validation values
+            scale = uncertainty_scale(valid_truth, valid_predicted, valid_spread)
+            metrics["calibration"] = dict(calibration_metrics(truth, predicted, spread * scale), scale=scale)
+        # the uncertainty stated with each prediction: the error model of uncertainty.py, fitted on the
+        # validation split (with the ensemble's calibrated spread among its features), measured on the test split
+        error_model = uncertainty_lib.fit([domain_lib.describe(v) for v in valid_volumes], valid_truth,
+                                          valid_predicted, axes, None if scale is None else valid_spread * scale)
+        if error_model is not None:
+            uncertainty_lib.save(out, error_model)
+            stated = uncertainty_lib.evaluate(error_model, [domain_lib.describe(v) for v in test_volumes], predicted,
+                                              axes, None if scale is None else spread * scale)
+            metrics["uncertainty"] = dict(calibration_metrics(truth, predicted, stated),
+                                          fitted_values=error_model["fitted_values"])
     write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
     plots.parity_plot(os.path.join(out, "parity.png"), truth, predicted, porosity,
                       title="Test split: R² {:.4f}, RMSE {:.4f} (Bruggeman ε^{:.2f}: RMSE {:.4f})".format(
@@ -369,6 +382,11 @@ def finish_run(cfg, base, manifest, out, train_seconds):
               metrics["test"]["r2"], metrics["test"]["mae"], metrics["test"]["rmse"],
               metrics["test"]["mape_percolating"] or 0.0, exponent, metrics["bruggeman"]["r2"],
               metrics["bruggeman"]["rmse"], metrics["rmse_ratio_bruggeman_over_cnn"]))
+    if "uncertainty" in metrics:
+        print("uncertainty (error model fitted on the validation split): the ~90 % interval holds {:.1f} % of the "
+              "test values; Spearman (|error|, uncertainty) {:.2f}".format(
+                  100.0 * metrics["uncertainty"]["coverage_90"],
+                  metrics["uncertainty"]["spearman_error_uncertainty"] or 0.0))
     print("run directory: {}".format(out), flush=True)
     return metrics
 

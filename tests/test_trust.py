@@ -77,12 +77,16 @@ def test_the_run_states_its_calibration_and_its_training_domain(ensemble_run):
         calibration = json.load(handle)["calibration"]
     # fitted on the validation split to hold 90 % there; on the test split (same families) about as much
     assert 0.75 <= calibration["coverage_90"] <= 1.0 and calibration["scale"] > 0
-    # the exported uncertainty is the one metrics.json describes: the same coverage from the SavedModel
+    # the exported spread is the one metrics.json's calibration describes, and the uncertainty predict states (the
+    # error model) the one its "uncertainty" describes: the same coverage from the SavedModel
     volumes, sigma = dataset.load_arrays(ensemble_run.replace("/run", "/data"), "test")[:2]
-    exported = Predictor(ensemble_run, precision="fp32").predict(volumes)
-    recomputed = metrics.calibration_metrics(sigma, exported.values, exported.uncertainty)
-    assert recomputed["coverage_90"] == pytest.approx(calibration["coverage_90"], abs=2.0 / sigma.size)
-    assert recomputed["mean_uncertainty"] == pytest.approx(calibration["mean_uncertainty"], rel=1e-4)
+    predictor = Predictor(ensemble_run, precision="fp32")
+    values, served = predictor._run(volumes)
+    for stated, described in ((served, calibration), (predictor.predict(volumes).uncertainty, json.load(open(
+            ensemble_run + "/metrics.json"))["uncertainty"])):
+        recomputed = metrics.calibration_metrics(sigma, values, stated)
+        assert recomputed["coverage_90"] == pytest.approx(described["coverage_90"], abs=2.0 / sigma.size)
+        assert recomputed["mean_uncertainty"] == pytest.approx(described["mean_uncertainty"], rel=1e-3)
 
     trained_on = domain.load(ensemble_run)
     porosity = dataset.load_arrays(ensemble_run.replace("/run", "/data"), "train")[2]
@@ -141,6 +145,65 @@ def test_uncertainty_scale_turns_a_spread_into_a_calibrated_standard_deviation()
         "spearman_error_uncertainty"] is None
 
 
+def _described(rng, count):
+    """Descriptions (as ``domain.describe`` gives them) of ``count`` made-up volumes."""
+    return [{"porosity": rng.uniform(0.2, 0.8), "insulating_chord": rng.uniform(2, 8), "anisotropy": rng.uniform(1, 3),
+             "axis_chords": list(rng.uniform(2, 10, 3)), "axis_spanning": list(rng.uniform(0.05, 1.0, 3))}
+            for _ in range(count)]
+
+
+def test_the_error_model_learns_where_errors_are_large_and_states_a_calibrated_deviation():
+    from conductivity_tf import uncertainty
+
+    rng = np.random.default_rng(1)
+
+    def draw(count):
+        described = _described(rng, count)
+        values = rng.uniform(0.05, 0.5, (count, 3))
+        # relative errors 0.02 on phases that all join the faces, growing as spanning**-1 where few paths do
+        spanning = np.array([d["axis_spanning"] for d in described])
+        truth = values * (1.0 + rng.normal(0.0, 1.0, values.shape) * 0.02 / spanning)
+        return described, values, truth
+
+    described, values, truth = draw(4000)
+    model = uncertainty.fit(described, truth, values, [0, 1, 2])
+    spanning_weight = model["weights"][uncertainty.FEATURES.index(
+        "log fraction of the conducting phase joining the faces normal to the axis")]
+    assert spanning_weight == pytest.approx(-1.0, abs=0.1)   # the floor of 1e-3 flattens it a little
+    described, values, truth = draw(4000)          # fresh volumes
+    stated = uncertainty.evaluate(model, described, values, [0, 1, 2])
+    calibrated = metrics.calibration_metrics(truth, values, stated)
+    assert calibrated["coverage_90"] == pytest.approx(0.9, abs=0.02)
+    assert calibrated["spearman_error_uncertainty"] > 0.4
+    # the stated deviation is the error's: on the few-path values about 0.02 / spanning of the value
+    few = np.array([[d["axis_spanning"][a] < 0.1 for a in range(3)] for d in described])
+    open_ = np.array([[d["axis_spanning"][a] > 0.9 for a in range(3)] for d in described])
+    ratio = np.median((stated / values)[few]) / np.median((stated / values)[open_])
+    assert 5.0 < ratio < 20.0
+    assert uncertainty.fit(described[:5], truth[:5], values[:5], [0, 1, 2]) is None   # too few to fit
+
+
+def test_calibrate_refits_a_runs_trust_files_from_its_dataset(ensemble_run, tmp_path):
+    import shutil
+
+    from conductivity_tf import uncertainty
+
+    run = str(tmp_path / "run")
+    shutil.copytree(ensemble_run, run)
+    for name in (domain.DOMAIN_FILE, uncertainty.UNCERTAINTY_FILE):
+        (tmp_path / "run" / name).unlink()
+    proc = run_module("conductivity_tf.evaluate", "--model", run, "--data", ensemble_run.replace("/run", "/data"),
+                      "--precision", "fp32", "--calibrate")
+    assert proc.returncode == 0, proc.stderr
+    assert "the stated ~90 % interval holds" in proc.stdout
+    # the same fit as training's (its Keras model there, the exported one here: equal to rounding)
+    assert domain.load(run) == domain.load(ensemble_run)
+    refit, trained = uncertainty.load(run), uncertainty.load(ensemble_run)
+    assert refit["features"] == trained["features"]
+    np.testing.assert_allclose(refit["weights"] + [refit["scale"]], trained["weights"] + [trained["scale"]],
+                               rtol=1e-3, atol=1e-3)
+
+
 def test_domain_descriptors_of_known_structures():
     channels = np.zeros((24, 24, 24), np.uint8)
     channels[:, ::4, ::4] = 1                     # straight channels along axis 0
@@ -149,6 +212,7 @@ def test_domain_descriptors_of_known_structures():
     assert described["conducting_chord"] == pytest.approx((24 + 1 + 1) / 3)  # 24 along axis 0, 1 across
     assert described["anisotropy"] == pytest.approx(24.0)
     assert described["spanning"] == 0.0         # no path along axes 1 and 2
+    assert described["axis_chords"] == [24.0, 1.0, 1.0] and described["axis_spanning"] == [1.0, 0.0, 0.0]
     blobs = domain.describe(microstructure.blobs(32, porosity=0.5, correlation_length=2, seed=1))
     box = {name: [0.5 * blobs[name], 2.0 * blobs[name] + 1e-9] for name in domain.DESCRIPTORS}
     assert domain.outside(blobs, box) == []
@@ -231,6 +295,6 @@ def test_the_keras_weights_rebuild_of_an_ensemble_states_the_same_uncertainty(en
     rebuilt = keras_signatures(os.path.join(ensemble_run, "config.yaml"),
                                os.path.join(ensemble_run, "model.weights.h5")).signatures["serving_default"](
         volume=tf.constant(volumes[..., None].astype(np.float32)))
-    exported = Predictor(ensemble_run, precision="fp32").predict(volumes)
-    np.testing.assert_allclose(rebuilt["relative_conductivity"].numpy(), exported.values, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(rebuilt["uncertainty"].numpy(), exported.uncertainty, rtol=1e-4, atol=1e-7)
+    values, served = Predictor(ensemble_run, precision="fp32")._run(volumes)   # the SavedModel's own outputs
+    np.testing.assert_allclose(rebuilt["relative_conductivity"].numpy(), values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(rebuilt["uncertainty"].numpy(), served, rtol=1e-4, atol=1e-7)

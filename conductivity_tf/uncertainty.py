@@ -1,0 +1,91 @@
+"""The uncertainty of a prediction from what kind of structure the volume is: plain numpy, no TensorFlow.
+
+A model's error is not the same everywhere: it is small on open, well-connected phases and large where few thin
+paths carry the current (low porosity, a conducting phase of few, large features, little of it joining the two
+faces). An ensemble's spread sees little of this (its members agree on a volume whose value none of them can
+know), so the stated uncertainty is an error model fitted to the model's own errors on the validation split: the
+logarithm of the relative error, linear in the logarithms of the volume's descriptors along each axis
+(``domain.describe``), of the predicted fraction of the porosity that conducts and, for an ensemble, of its
+members' relative spread (``FEATURES``). Its scale is then fitted so that the prediction +- Z90 of it holds 90 %
+of the validation values: one calibrated standard deviation, like the ensemble's. It costs the descriptors only
+(a few ms per 64^3 volume, computed anyway for the training-domain check). A run directory keeps it in
+``uncertainty.json``.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from conductivity_tf.fileio import write_text
+from conductivity_tf.metrics import Z90
+
+UNCERTAINTY_FILE = "uncertainty.json"
+FEATURES = ["constant", "log porosity", "log mean chord of the conducting phase along the axis",
+            "log mean chord of the insulating phase", "log anisotropy",
+            "log fraction of the conducting phase joining the faces normal to the axis",
+            "log predicted fraction of the porosity that conducts"]
+SPREAD_FEATURE = "log relative spread of the ensemble's members"
+FLOOR = 1e-3   # relative errors and fractions below this are taken as this (their logarithms stay finite)
+
+
+def features(descriptions, values, axes, spread=None):
+    """(N * len(axes), F) features of N described volumes (``domain.describe``) and their (N, len(axes)) predicted
+    values (and the ensemble's spread), one row per value."""
+    values = np.asarray(values, float)
+    rows = []
+    for i, description in enumerate(descriptions):
+        porosity = max(description["porosity"], FLOOR)
+        for j, axis in enumerate(axes):
+            row = [1.0, np.log(porosity), np.log(max(description["axis_chords"][axis], FLOOR)),
+                   np.log(max(description["insulating_chord"], FLOOR)), np.log(max(description["anisotropy"], 1.0)),
+                   np.log(max(description["axis_spanning"][axis], FLOOR)),
+                   np.log(min(max(values[i, j] / porosity, FLOOR), 1.0))]
+            if spread is not None:
+                row.append(np.log(max(float(spread[i, j]), 0.0) / max(values[i, j], FLOOR) + FLOOR))
+            rows.append(row)
+    return np.array(rows, float).reshape(len(rows), -1)
+
+
+def fit(descriptions, truth, values, axes, spread=None):
+    """The error model of a model's (N, len(axes)) predicted ``values`` against the solver's ``truth`` (the
+    validation split): least squares of the log relative error over the conducting values, then the scale that
+    makes +-Z90 of it hold 90 % of them. A dict, as ``uncertainty.json`` keeps it; None with fewer than four
+    conducting values per feature."""
+    truth, values = np.asarray(truth, float), np.asarray(values, float)
+    x = features(descriptions, values, axes, spread)
+    live = truth.ravel() > 1e-6
+    if live.sum() < 4 * x.shape[1]:  # too few to fit one
+        return None
+    predicted = np.maximum(values.ravel(), FLOOR * FLOOR)
+    relative = np.abs(values.ravel() - truth.ravel()) / predicted
+    weights = np.linalg.lstsq(x[live], np.log(relative[live] + FLOOR), rcond=None)[0]
+    typical = predicted * np.exp(x @ weights)
+    scale = float(np.quantile(np.abs(values.ravel() - truth.ravel())[live] / typical[live], 0.9) / Z90)
+    return {"features": FEATURES + ([SPREAD_FEATURE] if spread is not None else []),
+            "weights": [float(w) for w in weights], "scale": scale, "fitted_values": int(live.sum())}
+
+
+def evaluate(model, descriptions, values, axes, spread=None):
+    """(N, len(axes)) uncertainty (one calibrated standard deviation) of the predicted ``values`` by the error
+    model ``model`` (a dict from ``fit``)."""
+    values = np.asarray(values, float)
+    uses_spread = SPREAD_FEATURE in model["features"]
+    if uses_spread and spread is None:
+        raise ValueError("this error model was fitted with an ensemble's spread, which these predictions lack")
+    x = features(descriptions, values, axes, spread if uses_spread else None)
+    typical = np.maximum(values.ravel(), FLOOR * FLOOR) * np.exp(x @ np.asarray(model["weights"], float))
+    return (model["scale"] * typical).reshape(values.shape)
+
+
+def save(directory, model):
+    write_text(os.path.join(directory, UNCERTAINTY_FILE), json.dumps(model, indent=1) + "\n")
+
+
+def load(directory):
+    """The error model a run directory keeps, or None (a run from before error models)."""
+    path = os.path.join(directory, UNCERTAINTY_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
