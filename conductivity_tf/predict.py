@@ -130,7 +130,7 @@ class Predictor(object):
             else:
                 predicted = self.serve(volume=self.tf.constant(network_input(chunk, self.inputs)))
             values.append(predicted["relative_conductivity"].numpy())
-            if self.has_uncertainty:
+            if self.served_uncertainty:
                 uncertainty.append(predicted["uncertainty"].numpy())
         return np.concatenate(values, axis=0), np.concatenate(uncertainty, axis=0) if uncertainty else None
 
