@@ -32,6 +32,21 @@ def pytest_configure(config):
             raise pytest.UsageError("compiling the solver's kernels failed:\n" + err[-2000:])
 
 
+# The test files that take longest (chains of TensorFlow processes, trained runs shared by a file's tests), longest
+# first: the workers take files in collection order, so these start first and the last files to finish are short.
+SLOW_FILES = ["test_trust.py", "test_train.py", "test_faults.py", "test_benchmark.py", "test_pipeline_plan.py",
+              "test_notebooks.py", "test_dataset.py", "test_bad_input.py", "test_damaged_runs.py", "test_strategies.py",
+              "test_ipu.py", "test_whole_volume.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return SLOW_FILES.index(name) if name in SLOW_FILES else len(SLOW_FILES)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
+
+
 def run_module(module, *args, cwd=None, timeout=600, env=None):
     """Run ``python -m module args`` in a fresh process; return the CompletedProcess (text)."""
     full_env = _env()
