@@ -16,14 +16,13 @@ error model of ``uncertainty`` uses.
 volume that falls out of it, as a reason a person can read. A run directory keeps its domain in ``domain.json``.
 """
 
-import json
 import os
 
 import numpy as np
 from numba import njit
 
 from conductivity_tf import physics
-from conductivity_tf.fileio import write_text
+from conductivity_tf.fileio import read_json, write_json
 
 DESCRIPTORS = {
     "porosity": "porosity",
@@ -139,13 +138,9 @@ def outside(description, domain):
 
 
 def save(directory, domain):
-    write_text(os.path.join(directory, DOMAIN_FILE), json.dumps(domain, indent=1) + "\n")
+    write_json(os.path.join(directory, DOMAIN_FILE), domain)
 
 
 def load(directory):
     """The domain a run directory keeps, or None when it has none (a model from before domain checks)."""
-    path = os.path.join(directory, DOMAIN_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
+    return read_json(os.path.join(directory, DOMAIN_FILE))

@@ -4,6 +4,7 @@ A crash, a SIGKILL or a bad input part-way never leaves a half-written file unde
 """
 
 import contextlib
+import json
 import os
 import tempfile
 
@@ -42,6 +43,19 @@ def write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as handle:
             handle.write(text)
+
+
+def write_json(path, value):
+    """Write ``value`` as indented JSON to ``path`` atomically."""
+    write_text(path, json.dumps(value, indent=1) + "\n")
+
+
+def read_json(path):
+    """The JSON value in ``path``, or None when there is no such file."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
 
 
 def check_writable_dir(path, what="output directory"):

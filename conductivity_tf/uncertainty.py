@@ -12,12 +12,11 @@ of the validation values: one calibrated standard deviation, like the ensemble's
 ``uncertainty.json``.
 """
 
-import json
 import os
 
 import numpy as np
 
-from conductivity_tf.fileio import write_text
+from conductivity_tf.fileio import read_json, write_json
 from conductivity_tf.metrics import Z90
 
 UNCERTAINTY_FILE = "uncertainty.json"
@@ -79,13 +78,9 @@ def evaluate(model, descriptions, values, axes, spread=None):
 
 
 def save(directory, model):
-    write_text(os.path.join(directory, UNCERTAINTY_FILE), json.dumps(model, indent=1) + "\n")
+    write_json(os.path.join(directory, UNCERTAINTY_FILE), model)
 
 
 def load(directory):
     """The error model a run directory keeps, or None (a run from before error models)."""
-    path = os.path.join(directory, UNCERTAINTY_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
+    return read_json(os.path.join(directory, UNCERTAINTY_FILE))
