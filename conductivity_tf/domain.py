@@ -19,9 +19,8 @@ volume that falls out of it, as a reason a person can read. A run directory keep
 import os
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from conductivity_tf import physics
 from conductivity_tf.fileio import read_json, write_json
 
 DESCRIPTORS = {
@@ -34,56 +33,125 @@ DESCRIPTORS = {
 DOMAIN_FILE = "domain.json"
 
 
-@njit(cache=True)
-def _run_starts(phase):
-    """(voxels of each phase (2,), run starts of each phase along each axis (2, 3)) of a bool volume in one pass.
-    A run of the conducting phase starts where a voxel conducts and the one before it along the axis does not
-    (or at the face); along every line runs alternate, so the insulating phase's runs are the transitions plus
-    the lines, less the conducting runs. The inner loops are branch-free, so they vectorise."""
-    n0, n1, n2 = phase.shape
-    x = phase.view(np.uint8)
+@njit(inline="always")
+def _root(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@njit(inline="always")
+def _join(parent, rs, re, a0, a1, b0, b1):
+    """Join the runs a0..a1 of one row with the overlapping runs b0..b1 of the row before it (along axis 0 or 1);
+    the number of voxel pairs they share (conducting on both sides of the face between the rows)."""
+    shared = 0
+    p, q = a0, b0
+    while p < a1 and q < b1:
+        low = max(rs[p], rs[q])
+        high = min(re[p], re[q])
+        if high > low:
+            shared += high - low
+            x, y = _root(parent, p), _root(parent, q)
+            if x != y:
+                parent[max(x, y)] = min(x, y)
+        if re[p] < re[q]:
+            p += 1
+        else:
+            q += 1
+    return shared
+
+
+@njit(cache=True, nogil=True)
+def _structure(x):
+    """Chord counts and spanning clusters of a 0/1 uint8 volume in one pass over its runs along the last axis:
+    (conducting voxels, run starts of each phase along each axis (2, 3), conducting voxels in 6-connected clusters
+    touching both faces normal to each axis (3,)).
+
+    The runs of conducting voxels along the last axis are the nodes of a union-find; a run joins the runs it
+    overlaps in the rows before it along axes 0 and 1, which is 6-connectivity. Along a line the runs of the two
+    phases alternate, so the insulating runs follow from the transitions: along the last axis from the runs' ends,
+    along axes 0 and 1 from the voxels two neighbouring rows share."""
+    n0, n1, n2 = x.shape
+    rows = n0 * n1
+    rs = np.empty(rows * ((n2 + 1) // 2), np.int32)   # run start and end (exclusive) along the last axis
+    re = np.empty_like(rs)
+    first = np.empty(rows + 1, np.int64)              # runs of row i * n1 + j: first[row] .. first[row + 1]
+    count = 0
     ones = 0
-    up = np.zeros(3, np.int64)        # conducting runs per axis
-    changes = np.zeros(3, np.int64)   # transitions per axis
+    ends = 0                                          # transitions along the last axis
+    face = np.zeros((2, 2), np.int64)                 # conducting voxels on the faces normal to axes 0 and 1
     for i in range(n0):
         for j in range(n1):
+            first[i * n1 + j] = count
             row = x[i, j]
-            s = 0
-            u0 = 0
-            u1 = 0
-            c0 = 0
-            c1 = 0
-            u2 = np.int64(row[0])
-            c2 = 0
-            for k in range(n2):
-                a = np.int64(row[k])
-                s += a
-                b0 = np.int64(x[i - 1, j, k]) if i > 0 else 0
-                b1 = np.int64(x[i, j - 1, k]) if j > 0 else 0
-                u0 += a * (1 - b0)
-                u1 += a * (1 - b1)
-                c0 += a ^ b0
-                c1 += a ^ b1
-            for k in range(1, n2):
-                a = np.int64(row[k])
-                b = np.int64(row[k - 1])
-                u2 += a * (1 - b)
-                c2 += a ^ b
-            ones += s
-            up[0] += u0
-            up[1] += u1
-            up[2] += u2
-            # the first layer's comparison with "nothing before" counted conducting voxels as changes
-            changes[0] += c0 if i > 0 else 0
-            changes[1] += c1 if j > 0 else 0
-            changes[2] += c2
-    voxels = np.array([n0 * n1 * n2 - ones, ones], np.int64)
-    starts = np.zeros((2, 3), np.int64)
+            here = 0
+            k = 0
+            while k < n2:
+                if row[k]:
+                    start = k
+                    k += 1
+                    while k < n2 and row[k]:
+                        k += 1
+                    rs[count] = start
+                    re[count] = k
+                    count += 1
+                    here += k - start
+                    ends += (start > 0) + (k < n2)
+                else:
+                    k += 1
+            ones += here
+            face[0, 0] += here if i == 0 else 0
+            face[0, 1] += here if i == n0 - 1 else 0
+            face[1, 0] += here if j == 0 else 0
+            face[1, 1] += here if j == n1 - 1 else 0
+    first[rows] = count
+    parent = np.arange(count, dtype=np.int32)
+    shared = np.zeros(2, np.int64)
+    for i in range(n0):
+        for j in range(n1):
+            r = i * n1 + j
+            if j > 0:
+                shared[1] += _join(parent, rs, re, first[r], first[r + 1], first[r - 1], first[r])
+            if i > 0:
+                shared[0] += _join(parent, rs, re, first[r], first[r + 1], first[r - n1], first[r - n1 + 1])
+    size = np.zeros(count, np.int64)
+    touches = np.zeros(count, np.int32)               # bit 2a: the low face normal to axis a, bit 2a + 1: high
+    for i in range(n0):
+        for j in range(n1):
+            r = i * n1 + j
+            bits = (1 if i == 0 else 0) | (2 if i == n0 - 1 else 0) | (4 if j == 0 else 0) | (8 if j == n1 - 1 else 0)
+            for t in range(first[r], first[r + 1]):
+                root = _root(parent, t)
+                size[root] += re[t] - rs[t]
+                touches[root] |= bits | (16 if rs[t] == 0 else 0) | (32 if re[t] == n2 else 0)
+    spanning = np.zeros(3, np.int64)
+    for t in range(count):
+        if parent[t] == t:
+            for a in range(3):
+                if (touches[t] >> (2 * a)) & 3 == 3:
+                    spanning[a] += size[t]
+    up = np.array([ones - shared[0], ones - shared[1], count], np.int64)
+    changes = np.array([2 * ones - face[0, 0] - face[0, 1] - 2 * shared[0],
+                        2 * ones - face[1, 0] - face[1, 1] - 2 * shared[1], ends], np.int64)
     lines = np.array([n1 * n2, n0 * n2, n0 * n1], np.int64)
+    starts = np.zeros((2, 3), np.int64)
     for a in range(3):
         starts[1, a] = up[a]
         starts[0, a] = changes[a] + lines[a] - up[a]
-    return voxels, starts
+    return ones, starts, spanning
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _structures(x):
+    """``_structure`` of each volume of a (N, n0, n1, n2) 0/1 uint8 batch, spread over the cores."""
+    n = x.shape[0]
+    ones = np.zeros(n, np.int64)
+    starts = np.zeros((n, 2, 3), np.int64)
+    spanning = np.zeros((n, 3), np.int64)
+    for v in prange(n):
+        ones[v], starts[v], spanning[v] = _structure(x[v])
+    return ones, starts, spanning
 
 
 def _mean_chords(voxels, starts):
@@ -92,20 +160,38 @@ def _mean_chords(voxels, starts):
     return [voxels / s if s else float("inf") for s in starts]
 
 
+def _description(shape, ones, starts, spanning):
+    size = int(np.prod(shape))
+    chords = _mean_chords(ones, starts[1])
+    finite = [c for c in chords if np.isfinite(c)] or [float(shape[0])]
+    insulating = [c for c in _mean_chords(size - ones, starts[0]) if np.isfinite(c)] or [float(shape[0])]
+    fractions = [float(s) / ones if ones else 0.0 for s in spanning]
+    return {"porosity": float(ones / size), "conducting_chord": float(np.mean(finite)),
+            "insulating_chord": float(np.mean(insulating)), "anisotropy": float(max(finite) / min(finite)),
+            "spanning": float(min(fractions)),
+            # per axis, for the error model (uncertainty.py)
+            "axis_chords": [float(c) if np.isfinite(c) else 0.0 for c in chords],
+            "axis_spanning": fractions}
+
+
 def describe(volume):
     """The descriptors of a binary volume (1 = conducting), as a dict."""
     conducting = np.ascontiguousarray(np.asarray(volume) > 0)
-    voxels, starts = _run_starts(conducting)
-    chords = _mean_chords(voxels[1], starts[1])
-    finite = [c for c in chords if np.isfinite(c)] or [float(conducting.shape[0])]
-    insulating = [c for c in _mean_chords(voxels[0], starts[0]) if np.isfinite(c)] or [float(conducting.shape[0])]
-    spanning = physics.spanning_fraction(conducting)
-    return {"porosity": float(voxels[1] / conducting.size), "conducting_chord": float(np.mean(finite)),
-            "insulating_chord": float(np.mean(insulating)), "anisotropy": float(max(finite) / min(finite)),
-            "spanning": float(min(spanning.values())),
-            # per axis, for the error model (uncertainty.py)
-            "axis_chords": [float(c) if np.isfinite(c) else 0.0 for c in chords],
-            "axis_spanning": [float(spanning[a]) for a in range(3)]}
+    return _description(conducting.shape, *_structure(conducting.view(np.uint8)))
+
+
+def describe_many(volumes, chunk=256):
+    """``describe`` of each volume of an (N, n0, n1, n2) batch, the volumes spread over the cores (``chunk`` at a
+    time, so that a dataset's split is not copied whole)."""
+    volumes = np.asarray(volumes)
+    if volumes.ndim != 4:
+        raise ValueError("describe_many takes a batch (N, n0, n1, n2) of volumes, not shape {}".format(volumes.shape))
+    out = []
+    for begin in range(0, len(volumes), chunk):
+        conducting = np.ascontiguousarray(volumes[begin:begin + chunk] > 0)
+        ones, starts, spanning = _structures(conducting.view(np.uint8))
+        out += [_description(volumes.shape[1:], int(ones[v]), starts[v], spanning[v]) for v in range(len(ones))]
+    return out
 
 
 def training_domain(descriptions, coverage=0.99):

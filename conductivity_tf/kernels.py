@@ -7,7 +7,7 @@ import math
 import numpy as np
 import scipy.ndimage
 
-from conductivity_tf import physics
+from conductivity_tf import domain, physics
 
 KERNEL_PATHS = ("general", "binary")
 
@@ -15,7 +15,7 @@ KERNEL_PATHS = ("general", "binary")
 def compile_kernels(paths=KERNEL_PATHS):
     """Compile the solver's numba kernels and cache them on disk (next to the sources, or in ``NUMBA_CACHE_DIR``)
     by solving small volumes on each path: "general" (volumes below ``physics.BINARY_LEVEL_VOXELS``, phase
-    conductivities, potentials, cell grids, spanning channels) and "binary" (large binary volumes). A fresh
+    conductivities, potentials, cell grids, spanning channels, the descriptors of ``domain``) and "binary" (large binary volumes). A fresh
     install compiles on first use, about a minute per path on one core; later processes load the cache. Run it
     once after installing (a container image's build, before processes that solve in parallel) so that
     parallel workers do not each compile the same kernels."""
@@ -29,6 +29,7 @@ def compile_kernels(paths=KERNEL_PATHS):
             physics.solve(phases > 0, axes=[0], rtol=1e-6, return_potential=True)
             physics.solve_cells(rng.random((4, 5, 6, 3)) + 0.1)
             physics.spanning_channels(phases[None] > 0)
+            domain.describe_many(phases[None])
         elif path == "binary":
             edge = int(math.ceil(physics.BINARY_LEVEL_VOXELS ** (1.0 / 3.0)))
             physics.solve(scipy.ndimage.uniform_filter(rng.random((edge,) * 3), 3) > 0.45, return_potential=True)

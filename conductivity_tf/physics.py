@@ -211,23 +211,6 @@ def percolating_axes(mask, axes=(0, 1, 2)):
     return {axis: bool(both.size) for axis, both in _spanning_clusters(mask, axes)[2].items()}
 
 
-@njit(parallel=False, cache=True)
-def _cluster_sizes(labels, count):
-    """Voxels per label 0..count (np.bincount without its cast of the labels to 64 bits)."""
-    sizes = np.zeros(count + 1, np.int64)
-    for v in labels.ravel():
-        sizes[v] += 1
-    return sizes
-
-
-def spanning_fraction(mask, axes=(0, 1, 2)):
-    """{axis: the fraction of ``mask``'s voxels in 6-connected clusters touching both faces normal to it}."""
-    labels, count, spanning = _spanning_clusters(mask, axes)
-    sizes = _cluster_sizes(np.ascontiguousarray(labels), int(count))
-    total = sizes[1:].sum()
-    return {axis: float(sizes[both].sum() / total) if total else 0.0 for axis, both in spanning.items()}
-
-
 def connected_to_both_faces(mask, axes=(0, 1, 2)):
     """For each axis, the voxels of ``mask`` in a 6-connected cluster touching both faces normal to it."""
     labels, count, spanning = _spanning_clusters(mask, axes)

@@ -140,7 +140,7 @@ class Predictor(object):
         if self.error_model is None:
             return served
         if descriptions is None:
-            descriptions = [domain_lib.describe(v) for v in volumes]
+            descriptions = domain_lib.describe_many(volumes)
         return uncertainty_lib.evaluate(self.error_model, descriptions, values, self.axes, served)
 
     def __call__(self, volumes, batch_size=16, zero_without_path=False):
@@ -150,11 +150,13 @@ class Predictor(object):
         predicted, _ = self._run(volumes, batch_size)
         return self.zero_without_path(volumes, predicted) if zero_without_path else predicted
 
-    def zero_without_path(self, volumes, predicted):
-        """``predicted`` with exact zeros along the axes where a volume has no conducting path."""
-        for i, volume in enumerate(volumes):
-            spans = physics.percolating_axes(np.asarray(volume) > 0.5, self.axes)
-            predicted[i, [not spans[a] for a in self.axes]] = 0.0
+    def zero_without_path(self, volumes, predicted, descriptions=None):
+        """``predicted`` with exact zeros along the axes where a volume has no conducting path (none of its
+        conducting voxels is in a cluster joining the two faces; ``descriptions`` from ``domain.describe_many``)."""
+        if descriptions is None:
+            descriptions = domain_lib.describe_many(volumes)
+        for i, described in enumerate(descriptions):
+            predicted[i, [described["axis_spanning"][a] == 0.0 for a in self.axes]] = 0.0
         return predicted
 
     def predict(self, volumes, batch_size=16, max_error=None, zero_without_path=False):
@@ -168,17 +170,17 @@ class Predictor(object):
         volumes = np.asarray(volumes)
         values, served = self._run(volumes, batch_size)
         values = values.astype(np.float64)  # the solver's values go in as they are
-        descriptions = [domain_lib.describe(v) for v in volumes] if self.domain or self.error_model else None
+        checked = max_error is not None or zero_without_path
+        descriptions = domain_lib.describe_many(volumes) if self.domain or self.error_model or checked else None
         flags = [domain_lib.outside(d, self.domain) for d in descriptions] if self.domain else [[] for _ in volumes]
         uncertainty = self.stated_uncertainty(volumes, values, served, descriptions)
         source = np.full(values.shape, "model", dtype=object)
-        if max_error is not None or zero_without_path:
+        if checked:
             uncertainty = None if uncertainty is None else uncertainty.copy()
             for i, volume in enumerate(volumes):
-                spans = physics.percolating_axes(volume > 0.5, self.axes)
                 solve = []
                 for j, axis in enumerate(self.axes):
-                    if not spans[axis]:
+                    if descriptions[i]["axis_spanning"][axis] == 0.0:
                         values[i, j], source[i, j] = 0.0, "solver"
                         if uncertainty is not None:
                             uncertainty[i, j] = 0.0
@@ -226,10 +228,10 @@ def calibrate(model_dir, data_path, precision="auto"):
         raise UserError("the error model is fitted on the validation split, which {} does not have; use the "
                         "dataset the model was trained on".format(manifest["path"]))
     volumes = dataset_lib.load_arrays(data_path, "train")[0]
-    domain_lib.save(predictor.run_dir, domain_lib.training_domain([domain_lib.describe(v) for v in volumes]))
+    domain_lib.save(predictor.run_dir, domain_lib.training_domain(domain_lib.describe_many(volumes)))
     volumes, sigma, _, _ = dataset_lib.load_arrays(data_path, "validation")
     predicted, served = predictor._run(volumes)
-    error_model = uncertainty_lib.fit([domain_lib.describe(v) for v in volumes], sigma[:, predictor.axes],
+    error_model = uncertainty_lib.fit(domain_lib.describe_many(volumes), sigma[:, predictor.axes],
                                       predicted, predictor.axes, served)
     if error_model is None:
         raise UserError("the validation split of {} has too few conducting values to fit an error model".format(
@@ -243,9 +245,10 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
     manifest, predictor = _predictor_for(model_dir, data_path, precision)
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
     predicted, served = predictor._run(volumes)
-    uncertainty = predictor.stated_uncertainty(volumes, predicted, served)
+    descriptions = domain_lib.describe_many(volumes) if predictor.error_model or zero_without_path else None
+    uncertainty = predictor.stated_uncertainty(volumes, predicted, served, descriptions)
     if zero_without_path:
-        predicted = predictor.zero_without_path(volumes, predicted)
+        predicted = predictor.zero_without_path(volumes, predicted, descriptions)
     truth = sigma[:, predictor.axes]
     metrics = {"split": split, "dataset": manifest["path"], "axes": predictor.axes, "precision": predictor.precision,
                "all": regression_metrics(truth, predicted),
@@ -379,7 +382,7 @@ def replicated_labeller(model_dir, devices):
     def labeller(chunk):
         raw = served.predict(network_input(chunk, inputs), batch_size=len(chunk), verbose=0)
         mean, spread = members_summary(np, raw)
-        flags = [domain_lib.outside(domain_lib.describe(v), trained_on) for v in chunk] if trained_on else None
+        flags = [domain_lib.outside(d, trained_on) for d in domain_lib.describe_many(chunk)] if trained_on else None
         return mean, None if spread is None else spread * scale, np.zeros(mean.shape, bool), flags
 
     labeller.description = hardware.description

@@ -341,7 +341,7 @@ def finish_run(cfg, base, manifest, out, train_seconds):
 
     truth, predicted, spread, porosity, families, test_volumes = predict_split("test")
     train_volumes, train_sigma, train_porosity, _ = dataset_lib.load_arrays(manifest["path"], "train")
-    domain_lib.save(out, domain_lib.training_domain([domain_lib.describe(v) for v in train_volumes]))
+    domain_lib.save(out, domain_lib.training_domain(domain_lib.describe_many(train_volumes)))
     exponent = bruggeman_fit(train_porosity, train_sigma[:, axes])
     baseline = np.repeat(porosity[:, None], len(axes), axis=1) ** exponent
     metrics = {
@@ -363,11 +363,11 @@ def finish_run(cfg, base, manifest, out, train_seconds):
             metrics["calibration"] = dict(calibration_metrics(truth, predicted, spread * scale), scale=scale)
         # the uncertainty stated with each prediction: the error model of uncertainty.py, fitted on the
         # validation split (with the ensemble's calibrated spread among its features), measured on the test split
-        error_model = uncertainty_lib.fit([domain_lib.describe(v) for v in valid_volumes], valid_truth,
+        error_model = uncertainty_lib.fit(domain_lib.describe_many(valid_volumes), valid_truth,
                                           valid_predicted, axes, None if scale is None else valid_spread * scale)
         if error_model is not None:
             uncertainty_lib.save(out, error_model)
-            stated = uncertainty_lib.evaluate(error_model, [domain_lib.describe(v) for v in test_volumes], predicted,
+            stated = uncertainty_lib.evaluate(error_model, domain_lib.describe_many(test_volumes), predicted,
                                               axes, None if scale is None else spread * scale)
             metrics["uncertainty"] = dict(calibration_metrics(truth, predicted, stated),
                                           fitted_values=error_model["fitted_values"])

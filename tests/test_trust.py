@@ -220,6 +220,45 @@ def test_domain_descriptors_of_known_structures():
     assert any(r.startswith("porosity") for r in reasons) and any(r.startswith("anisotropy") for r in reasons)
 
 
+def _reference_description(volume):
+    """Chords from numpy's run counting and spanning fractions from scipy's cluster labels, for comparison."""
+    import scipy.ndimage
+
+    phase = np.asarray(volume) > 0
+    labels, count = scipy.ndimage.label(phase)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    chords, spanning = [], []
+    for axis in range(3):
+        padded = np.moveaxis(np.pad(np.moveaxis(phase, axis, 0), ((1, 0), (0, 0), (0, 0))), 0, axis)
+        starts = np.count_nonzero(np.diff(padded.astype(np.int8), axis=axis) == 1)
+        chords.append(phase.sum() / starts if starts else 0.0)
+        both = np.intersect1d(np.take(labels, 0, axis=axis), np.take(labels, -1, axis=axis))
+        both = both[both > 0]
+        spanning.append(sizes[both].sum() / phase.sum() if phase.any() else 0.0)
+    return chords, spanning
+
+
+def test_descriptors_equal_scipy_cluster_labels_and_numpy_run_counts_in_batches():
+    rng = np.random.default_rng(3)
+    shapes = [(1, 1, 1), (1, 5, 7), (9, 1, 4), (7, 6, 1), (13, 17, 11)]
+    volumes = [(rng.random(shape) < p).astype(np.uint8) for shape in shapes for p in (0.0, 0.2, 0.35, 0.6, 1.0)]
+    volumes.append(microstructure.blobs(24, porosity=0.3, correlation_length=2, seed=4))
+    for volume in volumes:
+        described = domain.describe(volume)
+        chords, spanning = _reference_description(volume)
+        np.testing.assert_allclose(described["axis_chords"], chords, rtol=1e-12)
+        np.testing.assert_allclose(described["axis_spanning"], spanning, rtol=1e-12)
+        # the insulating phase's chords are the conducting chords of the complement
+        complement = _reference_description(1 - volume)[0]
+        insulating = [c for c in complement if c] or [float(volume.shape[0])]
+        assert described["insulating_chord"] == pytest.approx(np.mean(insulating), rel=1e-12)
+        assert described["porosity"] == pytest.approx(volume.mean(), rel=1e-12)
+    batch = np.stack([microstructure.blobs(16, porosity=p, correlation_length=2, seed=9) for p in (0.15, 0.3, 0.6)])
+    assert domain.describe_many(batch, chunk=2) == [domain.describe(v) for v in batch]
+    assert [d["axis_spanning"][0] > 0 for d in domain.describe_many(batch)] == [
+        physics.percolating_axes(v > 0)[0] for v in batch]
+
+
 def test_an_ensemble_model_predicts_its_members_and_folds_like_one_network():
     from conductivity_tf import config
     from conductivity_tf.keras_compat import keras, set_random_seed, tf
