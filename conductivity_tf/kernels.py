@@ -15,8 +15,9 @@ KERNEL_PATHS = ("general", "binary")
 def compile_kernels(paths=KERNEL_PATHS):
     """Compile the solver's numba kernels and cache them on disk (next to the sources, or in ``NUMBA_CACHE_DIR``)
     by solving small volumes on each path: "general" (volumes below ``physics.BINARY_LEVEL_VOXELS``, phase
-    conductivities, potentials, cell grids, spanning channels, the descriptors of ``domain``) and "binary" (large binary volumes). A fresh
-    install compiles on first use, about a minute per path on one core; later processes load the cache. Run it
+    conductivities, potentials, cell grids, spanning channels, the descriptors of ``domain``) and "binary" (large
+    binary volumes). A fresh install compiles on first use, about a minute per path on one core; later processes
+    load the cache. Run it
     once after installing (a container image's build, before processes that solve in parallel) so that
     parallel workers do not each compile the same kernels."""
     rng = np.random.default_rng(0)
