@@ -377,13 +377,18 @@ def replicated_labeller(model_dir, devices):
         served, scale = serving.keras_model(config_path, weights)
     inputs = config_lib.load_config(config_path).model.inputs
 
-    trained_on = domain_lib.load(model_dir)
+    trained_on, error_model = domain_lib.load(model_dir), uncertainty_lib.load(model_dir)
 
     def labeller(chunk):
         raw = served.predict(network_input(chunk, inputs), batch_size=len(chunk), verbose=0)
         mean, spread = members_summary(np, raw)
-        flags = [domain_lib.outside(d, trained_on) for d in domain_lib.describe_many(chunk)] if trained_on else None
-        return mean, None if spread is None else spread * scale, np.zeros(mean.shape, bool), flags
+        spread = None if spread is None else spread * scale
+        descriptions = domain_lib.describe_many(chunk) if trained_on or error_model else None
+        flags = [domain_lib.outside(d, trained_on) for d in descriptions] if trained_on else None
+        # as Predictor states it: the run's error model where it has one, else the ensemble's calibrated spread
+        uncertainty = spread if error_model is None else uncertainty_lib.evaluate(
+            error_model, descriptions, mean, [0, 1, 2], spread)
+        return mean, uncertainty, np.zeros(mean.shape, bool), flags
 
     labeller.description = hardware.description
     return labeller

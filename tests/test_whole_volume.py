@@ -119,6 +119,9 @@ def test_windows_spread_over_two_logical_cpus_give_the_one_device_answer(tmp_pat
     assert one["cells"] == mirrored["cells"] == [3, 1, 2] and one["windows"] == 6
     assert mirrored["relative_conductivity"] == pytest.approx(one["relative_conductivity"], rel=1e-4)
     assert min(one["relative_conductivity"]) > 0.05
+    # the replicas state the run's error model too, as one device does
+    assert min(one["uncertainty"]) > 0
+    assert mirrored["uncertainty"] == pytest.approx(one["uncertainty"], rel=1e-3)
 
 
 def test_the_whole_volume_benchmark_counts_the_axes_whose_interval_holds_the_full_solve():
