@@ -240,7 +240,8 @@ def _reference_description(volume):
 
 def test_descriptors_equal_scipy_cluster_labels_and_numpy_run_counts_in_batches():
     rng = np.random.default_rng(3)
-    shapes = [(1, 1, 1), (1, 5, 7), (9, 1, 4), (7, 6, 1), (13, 17, 11)]
+    # rows of 8-64 voxels (a multiple of 8) take the bit-packed path, the others the byte loop
+    shapes = [(1, 1, 1), (1, 5, 7), (9, 1, 4), (7, 6, 1), (13, 17, 11), (1, 1, 8), (6, 7, 16), (5, 4, 64), (4, 3, 72)]
     volumes = [(rng.random(shape) < p).astype(np.uint8) for shape in shapes for p in (0.0, 0.2, 0.35, 0.6, 1.0)]
     volumes.append(microstructure.blobs(24, porosity=0.3, correlation_length=2, seed=4))
     for volume in volumes:
