@@ -383,12 +383,17 @@ def replicated_labeller(model_dir, devices):
         raw = served.predict(network_input(chunk, inputs), batch_size=len(chunk), verbose=0)
         mean, spread = members_summary(np, raw)
         spread = None if spread is None else spread * scale
-        descriptions = domain_lib.describe_many(chunk) if trained_on or error_model else None
+        descriptions = domain_lib.describe_many(chunk)
         flags = [domain_lib.outside(d, trained_on) for d in descriptions] if trained_on else None
         # as Predictor states it: the run's error model where it has one, else the ensemble's calibrated spread
         uncertainty = spread if error_model is None else uncertainty_lib.evaluate(
             error_model, descriptions, mean, [0, 1, 2], spread)
-        return mean, uncertainty, np.zeros(mean.shape, bool), flags
+        # and as the one-device labeller: exact zeros along the axes a window has no conducting path
+        without_path = np.array([[s == 0.0 for s in d["axis_spanning"]] for d in descriptions])
+        mean = np.where(without_path, 0.0, mean)
+        if uncertainty is not None:
+            uncertainty = np.where(without_path, 0.0, uncertainty)
+        return mean, uncertainty, without_path, flags
 
     labeller.description = hardware.description
     return labeller
@@ -424,7 +429,7 @@ def predict_whole(args, predictor, size, path, source, several=False):
     elif args.devices:
         labeller = replicated_labeller(args.model, [d.strip() for d in args.devices.split(",") if d.strip()])
     else:
-        labeller = whole_volume.model_labeller(predictor, args.max_error, args.zero_without_path)
+        labeller = whole_volume.model_labeller(predictor, args.max_error)
     plan = whole_volume.layout(source.shape, size, args.cell)
     with tqdm(total=plan.windows, desc="windows of {}".format(os.path.basename(path)), unit="window",
               disable=args.json or not sys.stderr.isatty(), file=sys.stderr) as bar:

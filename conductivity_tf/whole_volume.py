@@ -215,15 +215,16 @@ def cautions(field, values, window):
 # per window the ``domain.Reason``s it lies outside the model's training domain, or None when not checked)
 
 
-def model_labeller(predictor, max_error=None, zero_without_path=False):
-    """The model's labels (``predict.Predictor``, all three axes), with ``--max-error``'s fallback per window."""
+def model_labeller(predictor, max_error=None):
+    """The model's labels (``predict.Predictor``, all three axes), with ``--max-error``'s fallback per window.
+    A window without a conducting path along an axis is an exact zero there, as the exact labeller's is (its
+    descriptors, computed for the uncertainty anyway, say so), so that ``cautions`` sees it."""
     if list(predictor.axes) != [0, 1, 2]:
         raise UserError("the whole-volume prediction needs a model of all three axes (data.axes=[0,1,2]); this "
                         "one predicts {}".format(predictor.axes))
 
     def labeller(chunk):
-        result = predictor.predict(chunk, batch_size=len(chunk), max_error=max_error,
-                                   zero_without_path=zero_without_path)
+        result = predictor.predict(chunk, batch_size=len(chunk), max_error=max_error, zero_without_path=True)
         return result.values, result.uncertainty, result.source == "solver", result.flags
 
     return labeller

@@ -53,6 +53,22 @@ def test_windows_without_a_path_where_the_whole_conducts_are_a_caution():
     assert cut.values[0] == 0.0 and cut.without_path[0] > 0 and not any(n.startswith("axis 0") for n in cut.cautions)
 
 
+def test_the_models_windows_without_a_path_are_exact_zeros_and_cautioned_like_exact_ones():
+    from conductivity_tf.predict import Predictor
+
+    open_half = microstructure.blobs(64, 0.5, 3, seed=8)
+    cut_half = open_half.copy()
+    cut_half[30:33] = 0                                  # an insulating layer: no path along 0 in this window
+    v = np.concatenate([open_half, cut_half], axis=1)    # (64, 128, 64): windows (0, 0, 0) and (0, 1, 0)
+    predictor = Predictor(None, "fp32")
+    assert predictor(cut_half[None])[0, 0] > 0           # the network alone gives the cut window a conductivity
+    result = W.predict_volume(volumes.VolumeSource.of(v), W.model_labeller(predictor), window=64)
+    assert result.field[0, 1, 0, 0] == 0.0 and result.field_uncertainty[0, 1, 0, 0] == 0.0
+    assert min(result.field[0, 1, 0, 1:]) > 0.1 and min(result.field[0, 0, 0]) > 0.1
+    assert result.without_path == [0.5, 0.0, 0.0] and result.values[0] > 0
+    assert [note.split(":")[0] for note in result.cautions] == ["axis 0"]
+
+
 def test_windows_outside_the_training_domain_are_counted_with_the_range_of_their_values():
     from conductivity_tf import domain
 
