@@ -1,11 +1,12 @@
 """Evaluate a trained model on a dataset split:
 ``python -m conductivity_tf.evaluate --model RUN_DIR [--data DIR] [--split test] [--json]``; with ``--calibrate``
-first fits the run's training domain and error model from DIR (the dataset it was trained on) into RUN_DIR."""
+first fits the run's training domain and error model from DIR (the dataset it was trained on) into RUN_DIR, the
+error model also from ``--calibration-data DIR ...`` (more datasets' validation splits)."""
 
 import argparse
 import json
 
-from conductivity_tf.errors import run_cli
+from conductivity_tf.errors import UserError, run_cli
 from conductivity_tf.predict import PRECISION_HELP, PRECISIONS, ZERO_WITHOUT_PATH_HELP, calibrate, evaluate
 
 
@@ -23,14 +24,20 @@ def build_parser():
                         help="first fit the model's training domain (train split of --data) and the error model of "
                              "its uncertainty (validation split) into its run directory, as training does: for "
                              "runs made before either existed; --data must be the dataset it was trained on")
+    parser.add_argument("--calibration-data", nargs="+", default=[], metavar="DIR",
+                        help="with --calibrate: fit the error model on these datasets' validation splits too "
+                             "(structures unlike the training families teach it where the model is unsure; the "
+                             "training domain stays that of --data)")
     return parser
 
 
 def main(argv=None):
 
     args = build_parser().parse_args(argv)
+    if args.calibration_data and not args.calibrate:
+        raise UserError("--calibration-data is used by --calibrate; add --calibrate")
     if args.calibrate:
-        calibrate(args.model, args.data, args.precision)
+        calibrate(args.model, args.data, args.precision, args.calibration_data)
     metrics = evaluate(args.model, args.data, args.split, args.zero_without_path, args.precision)
     if args.json:
         print(json.dumps(metrics))

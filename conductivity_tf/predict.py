@@ -219,23 +219,41 @@ def _predictor_for(model_dir, data_path, precision):
     return manifest, predictor
 
 
-def calibrate(model_dir, data_path, precision="auto"):
+def calibrate(model_dir, data_path, precision="auto", calibration_data=()):
     """Fit what a trained model states about trust from the dataset it was trained on, as training does, and keep
     it in its run directory: the training domain (train split, ``domain.json``) and the error model of its
-    uncertainty (validation split, ``uncertainty.json``). For runs made before either existed."""
+    uncertainty (validation split, ``uncertainty.json``). For runs made before either existed. The error model is
+    also fitted on the validation splits of the ``calibration_data`` datasets: structures unlike the training
+    families, where the model errs more, make its uncertainty grow on such structures."""
     manifest, predictor = _predictor_for(model_dir, data_path, precision)
     if not manifest["counts"].get("validation"):
         raise UserError("the error model is fitted on the validation split, which {} does not have; use the "
                         "dataset the model was trained on".format(manifest["path"]))
+    extra = []
+    for path in calibration_data:
+        more = _predictor_for(model_dir, path, precision)[0]    # each dataset's checks before any work
+        if not more["counts"].get("validation"):
+            raise UserError("--calibration-data {} has no validation split to fit the error model on".format(path))
+        extra.append(more)
     volumes = dataset_lib.load_arrays(data_path, "train")[0]
     domain_lib.save(predictor.run_dir, domain_lib.training_domain(domain_lib.describe_many(volumes)))
-    volumes, sigma, _, _ = dataset_lib.load_arrays(data_path, "validation")
-    predicted, served = predictor._run(volumes)
-    error_model = uncertainty_lib.fit(domain_lib.describe_many(volumes), sigma[:, predictor.axes],
-                                      predicted, predictor.axes, served)
+    descriptions, truth, predicted, served = [], [], [], []
+    for fitted_on in [manifest] + extra:
+        volumes, sigma, _, _ = dataset_lib.load_arrays(fitted_on["path"], "validation")
+        values, spread = predictor._run(volumes)
+        descriptions += domain_lib.describe_many(volumes)
+        truth.append(sigma[:, predictor.axes])
+        predicted.append(values)
+        served.append(spread)
+    served = None if served[0] is None else np.concatenate(served)
+    error_model = uncertainty_lib.fit(descriptions, np.concatenate(truth), np.concatenate(predicted), predictor.axes,
+                                      served)
     if error_model is None:
         raise UserError("the validation split of {} has too few conducting values to fit an error model".format(
             manifest["path"]))
+    if extra:
+        error_model["validation_splits_of"] = [os.path.basename(os.path.normpath(m["path"]))
+                                               for m in [manifest] + extra]
     uncertainty_lib.save(predictor.run_dir, error_model)
 
 

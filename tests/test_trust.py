@@ -19,6 +19,19 @@ families:
   blobs: {weight: 1.0, porosity: [0.3, 0.8], params: {correlation_length: [1.0, 2.5]}}
   overlapping_spheres: {weight: 1.0, porosity: [0.3, 0.8], params: {radius: [1.5, 3.0], conducting: [pores, spheres]}}
 """
+UNSEEN_SPEC = """
+samples: 96
+size: 16
+seed: 11
+shard_size: 96
+families:
+  blobs: {weight: 0.0}
+  overlapping_spheres: {weight: 0.0}
+  packed_spheres: {weight: 0.0}
+  fibres: {weight: 0.0}
+  graded: {weight: 0.0}
+  spheroids: {weight: 1.0, porosity: [0.35, 0.75], params: {radius: [1.0, 1.5], aspect: [0.2, 5.0], spread: [5.0]}}
+"""
 ENSEMBLE = ["data.size=16", "model.widths=[8,16]", "model.head_units=16", "model.ensemble=4", "model.branch_level=1",
             "train.epochs=8", "train.batch_size=16", "train.tensorboard=false", "train.deterministic=true"]
 
@@ -202,6 +215,41 @@ def test_calibrate_refits_a_runs_trust_files_from_its_dataset(ensemble_run, tmp_
     assert refit["features"] == trained["features"]
     np.testing.assert_allclose(refit["weights"] + [refit["scale"]], trained["weights"] + [trained["scale"]],
                                rtol=1e-3, atol=1e-3)
+
+
+def test_calibration_data_adds_validation_splits_to_the_error_model_not_to_the_domain(ensemble_run, tmp_path):
+    import shutil
+
+    from conductivity_tf import dataset, uncertainty
+    from conductivity_tf.predict import Predictor
+
+    (tmp_path / "spec.yaml").write_text(UNSEEN_SPEC)
+    other = tmp_path / "spheroids"
+    proc = run_module("conductivity_tf.dataset", "build", "--config", tmp_path / "spec.yaml", "--out", other,
+                      "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    run, data = str(tmp_path / "run"), ensemble_run.replace("/run", "/data")
+    shutil.copytree(ensemble_run, run)
+    proc = run_module("conductivity_tf.evaluate", "--model", run, "--data", data, "--precision", "fp32",
+                      "--calibrate", "--calibration-data", other)
+    assert proc.returncode == 0, proc.stderr
+    assert domain.load(run) == domain.load(ensemble_run)      # the training domain stays the training data's
+    refit = uncertainty.load(run)
+    assert refit["validation_splits_of"] == ["data", "spheroids"]
+    # the least squares over both validation splits together, as fitted here from the same predictions
+    predictor = Predictor(run, "fp32")
+    parts = [dataset.load_arrays(path, "validation") for path in (data, other)]
+    runs = [predictor._run(volumes) for volumes, _, _, _ in parts]
+    expected = uncertainty.fit(domain.describe_many(np.concatenate([p[0] for p in parts])),
+                               np.concatenate([p[1] for p in parts]), np.concatenate([r[0] for r in runs]),
+                               [0, 1, 2], np.concatenate([r[1] for r in runs]))
+    np.testing.assert_allclose(refit["weights"] + [refit["scale"]], expected["weights"] + [expected["scale"]],
+                               rtol=1e-9)
+    alone = uncertainty.load(ensemble_run)
+    assert refit["fitted_values"] > alone["fitted_values"]
+    assert not np.allclose(refit["weights"], alone["weights"], rtol=0.05)
+    proc = run_module("conductivity_tf.evaluate", "--model", run, "--data", data, "--calibration-data", other)
+    assert proc.returncode == 2 and "add --calibrate" in proc.stderr
 
 
 def test_domain_descriptors_of_known_structures():
