@@ -37,7 +37,7 @@ from conductivity_tf.volumes import (
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 ZERO_WITHOUT_PATH_HELP = ("predict exactly 0 along axes with no conducting path between the two faces (labels the "
-                          "connected clusters: a few ms more per 64^3 volume)")
+                          "connected clusters: about 0.5 ms more per 64^3 volume on two cores)")
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_HELP = ("auto (default): bf16 on CPUs with native bfloat16 (AVX512-BF16 or AMX) when no GPU is visible, "
                   "else fp32; fp32; bf16 (1.65x faster on such CPUs, within about 1e-3 of fp32)")
@@ -146,7 +146,7 @@ class Predictor(object):
     def __call__(self, volumes, batch_size=16, zero_without_path=False):
         """(N, len(axes)) predictions. With ``zero_without_path`` an axis along which a volume has no
         conducting path between its two faces is given exactly 0 (the network alone predicts a small
-        positive value there); that labels the clusters of each volume, a few ms per 64^3 volume."""
+        positive value there); that labels the clusters of each volume (``domain.describe_many``)."""
         predicted, _ = self._run(volumes, batch_size)
         return self.zero_without_path(volumes, predicted) if zero_without_path else predicted
 
