@@ -44,6 +44,15 @@ _CTZ[[((1 << i) * 0x03F79D71B4CB0A89 % (1 << 64)) >> 58 for i in range(64)]] = n
 
 
 @njit(inline="always")
+def _keep_run(rs, re, count, start, end, n2):
+    """Keep the run start..end (exclusive) of a row of n2 voxels as run ``count``: (the next count, the run's
+    voxels, its transitions to the insulating phase within the row)."""
+    rs[count] = start
+    re[count] = end
+    return count + 1, end - start, (start > 0) + (end < n2)
+
+
+@njit(inline="always")
 def _root(parent, a):
     while parent[a] != a:
         parent[a] = parent[parent[a]]
@@ -109,11 +118,9 @@ def _structure(x):
                     start = _CTZ[(low * _DEBRUIJN) >> np.uint64(58)]
                     end = _CTZ[(after * _DEBRUIJN) >> np.uint64(58)] if after != _NONE else 64
                     bits &= carried
-                    rs[count] = start
-                    re[count] = end
-                    count += 1
-                    here += end - start
-                    ends += (start > 0) + (end < n2)
+                    count, voxels, turns = _keep_run(rs, re, count, start, end, n2)
+                    here += voxels
+                    ends += turns
             else:
                 k = 0
                 while k < n2:
@@ -122,11 +129,9 @@ def _structure(x):
                         k += 1
                         while k < n2 and row[k]:
                             k += 1
-                        rs[count] = start
-                        re[count] = k
-                        count += 1
-                        here += k - start
-                        ends += (start > 0) + (k < n2)
+                        count, voxels, turns = _keep_run(rs, re, count, start, k, n2)
+                        here += voxels
+                        ends += turns
                     else:
                         k += 1
             ones += here
