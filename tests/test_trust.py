@@ -248,8 +248,11 @@ def test_calibration_data_adds_validation_splits_to_the_error_model_not_to_the_d
     alone = uncertainty.load(ensemble_run)
     assert refit["fitted_values"] > alone["fitted_values"]
     assert not np.allclose(refit["weights"], alone["weights"], rtol=0.05)
-    proc = run_module("conductivity_tf.evaluate", "--model", run, "--data", data, "--calibration-data", other)
-    assert proc.returncode == 2 and "add --calibrate" in proc.stderr
+    from conductivity_tf import evaluate
+    from conductivity_tf.errors import UserError
+
+    with pytest.raises(UserError, match="add --calibrate"):   # the CLI's one line and exit 2 (errors.run_cli)
+        evaluate.main(["--model", run, "--data", data, "--calibration-data", str(other)])
 
 
 def test_domain_descriptors_of_known_structures():
