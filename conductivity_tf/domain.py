@@ -231,6 +231,11 @@ def describe_many(volumes, chunk=256):
     return out
 
 
+def without_path(descriptions, axes=(0, 1, 2)):
+    """(N, len(axes)) bool: where a described volume has no conducting path between the faces normal to the axis."""
+    return np.array([[d["axis_spanning"][a] == 0.0 for a in axes] for d in descriptions], bool).reshape(-1, len(axes))
+
+
 def training_domain(descriptions, coverage=0.99):
     """{descriptor: [low, high]}: the central ``coverage`` of each descriptor over the training volumes."""
     tail = (1.0 - coverage) / 2.0 * 100.0

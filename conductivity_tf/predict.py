@@ -155,8 +155,7 @@ class Predictor(object):
         conducting voxels is in a cluster joining the two faces; ``descriptions`` from ``domain.describe_many``)."""
         if descriptions is None:
             descriptions = domain_lib.describe_many(volumes)
-        for i, described in enumerate(descriptions):
-            predicted[i, [described["axis_spanning"][a] == 0.0 for a in self.axes]] = 0.0
+        predicted[domain_lib.without_path(descriptions, self.axes)] = 0.0
         return predicted
 
     def predict(self, volumes, batch_size=16, max_error=None, zero_without_path=False):
@@ -177,10 +176,11 @@ class Predictor(object):
         source = np.full(values.shape, "model", dtype=object)
         if checked:
             uncertainty = None if uncertainty is None else uncertainty.copy()
+            no_path = domain_lib.without_path(descriptions, self.axes)
             for i, volume in enumerate(volumes):
                 solve = []
-                for j, axis in enumerate(self.axes):
-                    if descriptions[i]["axis_spanning"][axis] == 0.0:
+                for j in range(len(self.axes)):
+                    if no_path[i, j]:
                         values[i, j], source[i, j] = 0.0, "solver"
                         if uncertainty is not None:
                             uncertainty[i, j] = 0.0
@@ -407,7 +407,7 @@ def replicated_labeller(model_dir, devices):
         uncertainty = spread if error_model is None else uncertainty_lib.evaluate(
             error_model, descriptions, mean, [0, 1, 2], spread)
         # and as the one-device labeller: exact zeros along the axes a window has no conducting path
-        without_path = np.array([[s == 0.0 for s in d["axis_spanning"]] for d in descriptions])
+        without_path = domain_lib.without_path(descriptions)
         mean = np.where(without_path, 0.0, mean)
         if uncertainty is not None:
             uncertainty = np.where(without_path, 0.0, uncertainty)
