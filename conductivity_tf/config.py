@@ -63,7 +63,9 @@ class ModelConfig:
     head_units: int = _f(64, "units of the dense layer before the output (0 = none)")
     head: str = _f("global", "global: one average over the whole volume, then dense layers | slices: per axis, "
                    "the features averaged over each slice across it, a resistance per slice, the slices in "
-                   "series (needs data.axes [0,1,2])")
+                   "series (needs data.axes [0,1,2]) | cells: per cell of the last level a "
+                   "conductivity along each axis, the cells' conduction problem solved exactly in the model (needs "
+                   "data.axes [0,1,2])")
     inputs: str = _f("volume", "what the network sees: volume (the binary volume, one channel) | spanning (also, per "
                      "axis, the voxels in clusters joining the two faces normal to it: four channels, labelled "
                      "per volume before the network)")
@@ -129,7 +131,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "har
 CHOICES = {
     "model.norm": ("batch", "group", "none"),
     "model.activation": ("relu", "gelu", "swish", "elu"),
-    "model.head": ("global", "slices"),
+    "model.head": ("global", "slices", "cells"),
     "model.inputs": ("volume", "spanning"),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("cosine", "constant"),
@@ -341,8 +343,9 @@ def validate(config):
     if not d.axes or len(d.axes) not in (1, 3) or len(set(d.axes)) != len(d.axes) or any(
             a not in (0, 1, 2) for a in d.axes):
         raise UserError("data.axes={} is invalid; predict one axis ([0]) or all three ([0,1,2])".format(d.axes))
-    if m.head == "slices" and sorted(d.axes) != [0, 1, 2]:
-        raise UserError("model.head=slices predicts the three axes; set data.axes=[0,1,2] or model.head=global")
+    if m.head in ("slices", "cells") and sorted(d.axes) != [0, 1, 2]:
+        raise UserError("model.head={} predicts the three axes; set data.axes=[0,1,2] or model.head=global".format(
+            m.head))
     if not m.widths or any(w < 1 for w in m.widths):
         raise UserError("model.widths={} is invalid; give positive filter counts, e.g. [16,32,64]".format(m.widths))
     if not 0.0 <= m.dropout < 1.0:

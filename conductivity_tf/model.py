@@ -76,6 +76,81 @@ def network_input(volumes, inputs="volume"):
     return volumes[..., None].astype(np.float32)
 
 
+_CELL_LAYERS = {}
+CELL_FLOOR = 1e-4   # the least conductivity of a cell of model.head=cells, as a fraction of the porosity
+
+
+def cell_links(n):
+    """The links of a cubic grid of n^3 cells (flat index i * n * n + j * n + k): (first, second, axis) arrays,
+    one row per pair of neighbours along an axis."""
+    import numpy as np
+
+    index = np.arange(n ** 3).reshape(n, n, n)
+    first, second, axis = [], [], []
+    for a in range(3):
+        first.append(np.take(index, range(n - 1), axis=a).ravel())
+        second.append(np.take(index, range(1, n), axis=a).ravel())
+        axis.append(np.full(first[-1].size, a))
+    return np.concatenate(first), np.concatenate(second), np.concatenate(axis)
+
+
+def cell_network_layer(keras):
+    """The Keras layer solving the conduction problem of a grid of cells (``model.head=cells``), for ``keras``.
+
+    Input: (N, n, n, n, 3) cell conductivities along the three axes (> 0); output (N, 3): sigma_eff of the grid
+    along each axis in the same unit, with ``physics.solve``'s boundary conditions (unit potential drop between the
+    faces normal to the axis, insulating sides) on unit cells: neighbours along axis b are joined by the harmonic
+    mean of their conductivities along b, the face cells to their face by twice their own. The grid's Laplacian is
+    the links' conductances times a constant matrix (one matmul), the three axes' systems differ only in their
+    boundary terms and are solved by Cholesky factorisation (n^3 unknowns: 64 for the 4^3 grid of a 64^3 cube), so
+    the layer is exact and differentiable. ``tests/test_train.py`` checks it against ``physics.solve_cells``."""
+    if id(keras) in _CELL_LAYERS:
+        return _CELL_LAYERS[id(keras)]
+
+    class CellNetwork(keras.layers.Layer):
+        def build(self, input_shape):
+            import numpy as np
+
+            n = int(input_shape[1])
+            cells = n ** 3
+            first, second, axis = cell_links(n)
+            stencil = np.zeros((first.size, cells, cells), np.float32)   # link l adds g_l (e_i - e_j)(e_i - e_j)^T
+            rows = np.arange(first.size)
+            stencil[rows, first, first] = stencil[rows, second, second] = 1.0
+            stencil[rows, first, second] = stencil[rows, second, first] = -1.0
+            self._n, self._first, self._second, self._axis = n, first, second, axis
+            self._stencil = stencil.reshape(first.size, cells * cells)
+            index = np.arange(cells).reshape(n, n, n)
+            inlet = np.zeros((3, cells), np.float32)
+            outlet = np.zeros((3, cells), np.float32)
+            for a in range(3):
+                inlet[a, np.take(index, 0, axis=a).ravel()] = 1.0
+                outlet[a, np.take(index, n - 1, axis=a).ravel()] = 1.0
+            self._inlet, self._outlet = inlet, outlet
+            super().build(input_shape)
+
+        def call(self, conductivity):
+            import tensorflow as tf
+
+            cells = self._n ** 3
+            k = tf.reshape(tf.cast(conductivity, tf.float32), (-1, cells * 3))    # cell c along axis a at 3c + a
+            ki = tf.gather(k, self._first * 3 + self._axis, axis=1)                # (N, links)
+            kj = tf.gather(k, self._second * 3 + self._axis, axis=1)
+            laplacian = tf.reshape(tf.matmul(2.0 * ki * kj / (ki + kj), self._stencil), (-1, 1, cells, cells))
+            k = tf.transpose(tf.reshape(k, (-1, cells, 3)), (0, 2, 1))           # (N, 3 axes, cells)
+            inflow = 2.0 * k * self._inlet                                        # face cells to the face at 1
+            boundary = inflow + 2.0 * k * self._outlet                            # ... and to the face at 0
+            factor = tf.linalg.cholesky(laplacian + tf.linalg.diag(boundary))     # (N, 3, cells, cells)
+            potential = tf.linalg.cholesky_solve(factor, inflow[..., None])[..., 0]
+            return tf.reduce_sum(inflow * (1.0 - potential), axis=-1) / float(self._n)   # current x n / n^2
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], 3)
+
+    _CELL_LAYERS[id(keras)] = CellNetwork
+    return CellNetwork
+
+
 def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_cnn", norm_view=True):
     """The CNN for cubes of edge ``input_size`` predicting ``outputs`` (1 or 3) values.
 
@@ -139,11 +214,22 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
                                               dtype="float32")(y))
         return layers.Concatenate(name=prefix + "fraction", dtype="float32")(fractions)
 
+    def cells_head(x, prefix=""):
+        # per cell of the last level, a conductivity along each axis (a fraction of the porosity, at least
+        # CELL_FLOOR so that the grid's system stays positive definite), then the cells' conduction problem
+        if model_cfg.dropout:
+            x = layers.Dropout(model_cfg.dropout, name=prefix + "dropout")(x)
+        if model_cfg.head_units:
+            x = layers.Conv3D(model_cfg.head_units, 1, activation=model_cfg.activation, name=prefix + "head")(x)
+        x = layers.Conv3D(3, 1, activation="sigmoid", dtype="float32", name=prefix + "cell_conductivity")(x)
+        x = layers.Rescaling(1.0 - CELL_FLOOR, CELL_FLOOR, name=prefix + "cell_floor", dtype="float32")(x)
+        return cell_network_layer(keras)(name=prefix + "fraction", dtype="float32")(x)
+
     def head(x, prefix=""):
-        if model_cfg.head == "slices":
+        if model_cfg.head in ("slices", "cells"):
             if outputs != 3:
-                raise ValueError("the slices head predicts three axes, not {}".format(outputs))
-            return slices_head(x, prefix)
+                raise ValueError("the {} head predicts three axes, not {}".format(model_cfg.head, outputs))
+            return slices_head(x, prefix) if model_cfg.head == "slices" else cells_head(x, prefix)
         x = layers.GlobalAveragePooling3D(name=prefix + "pool")(x)
         if model_cfg.dropout:
             x = layers.Dropout(model_cfg.dropout, name=prefix + "dropout")(x)

@@ -182,30 +182,31 @@ def _keras_3_installed():
 
 
 @pytest.mark.skipif(not _keras_3_installed(), reason="Keras 3 is not installed here (TensorFlow 2.6 has Keras 2.6)")
-@pytest.mark.parametrize("head,inputs", [("global", "volume"), ("slices", "spanning")])
-def test_model_builds_and_fits_under_keras_3(tmp_path, head, inputs):
+@pytest.mark.parametrize("heads,inputs", [("global", "volume"), ("slices,cells", "spanning")])
+def test_model_builds_and_fits_under_keras_3(tmp_path, heads, inputs):
     code = textwrap.dedent('''
         import os, sys
         os.environ["TF_USE_LEGACY_KERAS"] = "0"
         import numpy as np, keras
         assert keras.__version__.startswith("3"), keras.__version__
         from conductivity_tf import config, model
-        cfg = config.load_config(overrides=["model.widths=[4,8]", "model.head_units=8", "model.norm=group",
-                                            "model.groups=4", "data.size=16", "model.head=" + sys.argv[1],
-                                            "model.inputs=" + sys.argv[2]])
-        m = model.build_model(cfg.model, 16, 3, keras=keras)
-        volumes = (np.random.default_rng(0).random((16, 16, 16, 16)) < 0.4).astype("uint8")
-        x = model.network_input(volumes, sys.argv[2])
-        y = np.random.default_rng(1).random((16, 3)).astype("float32") * 0.2
-        m.compile(optimizer="adam", loss="mse")
-        history = m.fit(x, y, epochs=2, batch_size=8, verbose=0)
-        p = m.predict(x, verbose=0)
-        eps = volumes.reshape(16, -1).mean(1)
-        assert np.all(p >= 0) and np.all(p <= eps[:, None] + 1e-6)
-        assert np.isfinite(history.history["loss"]).all()
+        for head in sys.argv[1].split(","):
+            cfg = config.load_config(overrides=["model.widths=[4,8]", "model.head_units=8", "model.norm=group",
+                                                "model.groups=4", "data.size=16", "model.head=" + head,
+                                                "model.inputs=" + sys.argv[2]])
+            m = model.build_model(cfg.model, 16, 3, keras=keras)
+            volumes = (np.random.default_rng(0).random((16, 16, 16, 16)) < 0.4).astype("uint8")
+            x = model.network_input(volumes, sys.argv[2])
+            y = np.random.default_rng(1).random((16, 3)).astype("float32") * 0.2
+            m.compile(optimizer="adam", loss="mse")
+            history = m.fit(x, y, epochs=2, batch_size=8, verbose=0)
+            p = m.predict(x, verbose=0)
+            eps = volumes.reshape(16, -1).mean(1)
+            assert np.all(p >= 0) and np.all(p <= eps[:, None] + 1e-6), head
+            assert np.isfinite(history.history["loss"]).all(), head
         print("keras", keras.__version__, "ok")
     ''')
-    proc = subprocess.run([sys.executable, "-c", code, head, inputs], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, heads, inputs], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok" in proc.stdout
@@ -284,6 +285,53 @@ def test_the_slices_head_drops_out_the_slice_features_when_asked():
     inference = model(volumes, training=False).numpy()
     np.testing.assert_array_equal(model(volumes, training=False).numpy(), inference)
     assert not np.allclose(model(volumes, training=True).numpy(), inference)
+
+
+def test_the_cells_head_solves_its_grid_of_cells_like_the_solver():
+    """model.head=cells: sigma = porosity x the solver's sigma_eff of the last level's grid of cell conductivities."""
+    from conductivity_tf import config as C
+    from conductivity_tf import physics
+    from conductivity_tf.keras_compat import keras, set_random_seed
+    from conductivity_tf.model import CELL_FLOOR, build_model
+
+    cfg = C.load_config(overrides=["model.widths=[4,8]", "model.head_units=8", "model.head=cells", "data.size=16"])
+    set_random_seed(0)
+    model = build_model(cfg.model, 16, 3)
+    layer = model.get_layer("cell_conductivity")                      # cell conductivities spread over decades
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.random.default_rng(1).normal(0, 20, kernel.shape).astype("float32"), bias - 2.0])
+    volumes = (np.random.default_rng(0).random((4, 16, 16, 16, 1)) < 0.5).astype("float32")
+    probe = keras.Model(model.input, [model.get_layer("cell_floor").output, model.output])
+    cells, sigma = (t.numpy() for t in probe(volumes, training=False))
+    assert cells.shape == (4, 4, 4, 4, 3) and cells.min() >= CELL_FLOOR and np.log10(cells.max() / cells.min()) > 2
+    porosity = volumes.reshape(4, -1).mean(1)
+    expected = [physics.solve_cells(c.astype(np.float64), tol=1e-10) for c in cells]
+    np.testing.assert_allclose(sigma, porosity[:, None] * np.array(expected), rtol=2e-4)
+    assert np.ptp(sigma / porosity[:, None]) > 0.05
+
+
+def test_the_cell_network_layer_puts_layers_in_series_and_columns_in_parallel_with_the_solvers_gradient():
+    from conductivity_tf import physics
+    from conductivity_tf.keras_compat import keras, tf
+    from conductivity_tf.model import cell_network_layer
+
+    layers = np.array([0.5, 0.01, 0.2])[:, None, None] * np.ones((3, 3, 3))   # varies along axis 0
+    k = np.repeat(layers[..., None], 3, axis=-1)
+    sigma = cell_network_layer(keras)(dtype="float32")(k[None].astype("float32")).numpy()[0]
+    np.testing.assert_allclose(sigma, [3 / np.sum(1 / layers[:, 0, 0]), layers[:, 0, 0].mean(),
+                                       layers[:, 0, 0].mean()], rtol=5e-5)   # series / parallel
+    field = np.exp(np.random.default_rng(2).uniform(-4, 0, (3, 3, 3, 3)))
+    x = tf.constant(field[None], tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = cell_network_layer(keras)(dtype="float32")(x)[0, 1]
+    gradient = tape.gradient(out, x).numpy()[0]
+    for cell in [(0, 1, 2, 1), (1, 1, 1, 0), (2, 0, 1, 1)]:           # central differences of the solver's answer
+        step = np.zeros_like(field)
+        step[cell] = 1e-4 * field[cell]
+        diff = (physics.solve_cells(field + step, axes=[1], tol=1e-12)[0] -
+                physics.solve_cells(field - step, axes=[1], tol=1e-12)[0]) / (2 * step[cell])
+        np.testing.assert_allclose(gradient[cell], diff, rtol=2e-3, atol=1e-6)
 
 
 def test_the_slices_head_needs_all_three_axes():
