@@ -101,9 +101,9 @@ def cell_network_layer(keras):
     along each axis in the same unit, with ``physics.solve``'s boundary conditions (unit potential drop between the
     faces normal to the axis, insulating sides) on unit cells: neighbours along axis b are joined by the harmonic
     mean of their conductivities along b, the face cells to their face by twice their own. The grid's Laplacian is
-    the links' conductances times a constant matrix (one matmul), the three axes' systems differ only in their
-    boundary terms and are solved by Cholesky factorisation (n^3 unknowns: 64 for the 4^3 grid of a 64^3 cube), so
-    the layer is exact and differentiable. ``tests/test_train.py`` checks it against ``physics.solve_cells``."""
+    summed from the links' conductances (one segment sum), the three axes' systems differ only in their boundary
+    terms and are solved by Cholesky factorisation, so the layer is exact and differentiable. n^3 unknowns: 64 for
+    the 4^3 grid of a 64^3 cube (0.12 ms per volume on two cores), 512 for an 8^3 grid (6.6 ms). ``tests/test_train.py`` checks it against ``physics.solve_cells``."""
     if id(keras) in _CELL_LAYERS:
         return _CELL_LAYERS[id(keras)]
 
@@ -114,12 +114,10 @@ def cell_network_layer(keras):
             n = int(input_shape[1])
             cells = n ** 3
             first, second, axis = cell_links(n)
-            stencil = np.zeros((first.size, cells, cells), np.float32)   # link l adds g_l (e_i - e_j)(e_i - e_j)^T
-            rows = np.arange(first.size)
-            stencil[rows, first, first] = stencil[rows, second, second] = 1.0
-            stencil[rows, first, second] = stencil[rows, second, first] = -1.0
+            # link l adds g_l (e_i - e_j)(e_i - e_j)^T: +g_l at (i, i) and (j, j), -g_l at (i, j) and (j, i)
             self._n, self._first, self._second, self._axis = n, first, second, axis
-            self._stencil = stencil.reshape(first.size, cells * cells)
+            self._entries = np.concatenate([first * cells + first, second * cells + second,
+                                            first * cells + second, second * cells + first])
             index = np.arange(cells).reshape(n, n, n)
             inlet = np.zeros((3, cells), np.float32)
             outlet = np.zeros((3, cells), np.float32)
@@ -136,7 +134,10 @@ def cell_network_layer(keras):
             k = tf.reshape(tf.cast(conductivity, tf.float32), (-1, cells * 3))    # cell c along axis a at 3c + a
             ki = tf.gather(k, self._first * 3 + self._axis, axis=1)                # (N, links)
             kj = tf.gather(k, self._second * 3 + self._axis, axis=1)
-            laplacian = tf.reshape(tf.matmul(2.0 * ki * kj / (ki + kj), self._stencil), (-1, 1, cells, cells))
+            g = 2.0 * ki * kj / (ki + kj)                                         # the links' conductances
+            entries = tf.concat([g, g, -g, -g], axis=1)
+            laplacian = tf.math.unsorted_segment_sum(tf.transpose(entries), self._entries, cells * cells)
+            laplacian = tf.reshape(tf.transpose(laplacian), (-1, 1, cells, cells))
             k = tf.transpose(tf.reshape(k, (-1, cells, 3)), (0, 2, 1))           # (N, 3 axes, cells)
             inflow = 2.0 * k * self._inlet                                        # face cells to the face at 1
             boundary = inflow + 2.0 * k * self._outlet                            # ... and to the face at 0
