@@ -103,7 +103,8 @@ def cell_network_layer(keras):
     mean of their conductivities along b, the face cells to their face by twice their own. The grid's Laplacian is
     summed from the links' conductances (one segment sum), the three axes' systems differ only in their boundary
     terms and are solved by Cholesky factorisation, so the layer is exact and differentiable. n^3 unknowns: 64 for
-    the 4^3 grid of a 64^3 cube (0.12 ms per volume on two cores), 512 for an 8^3 grid (6.6 ms). ``tests/test_train.py`` checks it against ``physics.solve_cells``."""
+    the 4^3 grid of a 64^3 cube (0.12 ms per volume on two cores), 512 for an 8^3 grid (6.6 ms).
+    ``tests/test_train.py`` checks it against ``physics.solve_cells``."""
     if id(keras) in _CELL_LAYERS:
         return _CELL_LAYERS[id(keras)]
 
