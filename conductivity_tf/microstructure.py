@@ -440,19 +440,26 @@ def foam(size, porosity=0.85, cell_size=12.0, struts=True, conducting="pores", s
     """A Voronoi foam: cells around random seeds, the solid along the cell edges (``struts=True``: open-cell,
     like metal and carbon foams and sintered struts) or the cell walls (``struts=False``: closed-cell).
 
-    cell_size: mean distance between seeds (documented range 6-30 voxels). conducting: 'pores' or 'solid'
-    (the struts or walls conduct); porosity is the conducting fraction either way. Periodic.
+    cell_size: mean distance between seeds (documented range 6-30 voxels), a number or three (z, y, x) for
+    elongated cells: the foam of the mean size stretched along each axis (foams elongated along their rise
+    direction, stretched and ice-templated cellular materials); walls and struts keep a uniform thickness in the
+    stretched frame, so the faces across a long axis are the thicker. conducting: 'pores' or 'solid' (the struts
+    or walls conduct); porosity is the conducting fraction either way. Periodic.
     """
     _check_porosity(porosity, family="foam")
     if conducting not in ("pores", "solid"):
         raise UserError("conducting={!r} is invalid; use 'pores' or 'solid'".format(conducting))
+    lengths = np.broadcast_to(np.asarray(cell_size, dtype=float), (3,))
+    if np.any(lengths <= 0):
+        raise UserError("cell_size {} must be positive".format(cell_size))
     shape = _shape(size)
     rng = np.random.default_rng(seed)
-    count = max(2, int(round(np.prod(shape) / cell_size ** 3)))
+    count = max(2, int(round(np.prod(shape) / np.prod(lengths))))
     seeds = rng.uniform(0, 1, (count, 3)) * np.array(shape)
     images = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) * np.array(shape)
-    tree = scipy.spatial.cKDTree((seeds[None, :, :] + images[:, None, :]).reshape(-1, 3))
-    points = np.indices(shape).reshape(3, -1).T + 0.5
+    frame = lengths.max() / lengths  # distances in a frame where the cells are isotropic (a scale is immaterial)
+    tree = scipy.spatial.cKDTree((seeds[None, :, :] + images[:, None, :]).reshape(-1, 3) * frame)
+    points = (np.indices(shape).reshape(3, -1).T + 0.5) * frame
     distances, _ = tree.query(points, k=3)
     # a wall is where the two nearest seeds are nearly equidistant, an edge where three are
     gap = distances[:, 2 if struts else 1] - distances[:, 0]

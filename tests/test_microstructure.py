@@ -26,6 +26,7 @@ CASES = [
     ("granular", dict(porosity=0.12, radius=4)),
     ("foam", dict(porosity=0.88, cell_size=14)),
     ("foam", dict(porosity=0.12, struts=False, conducting="solid")),
+    ("foam", dict(porosity=0.3, cell_size=(8, 40, 20), struts=False, conducting="solid")),
 ]
 
 
@@ -141,3 +142,17 @@ def test_open_cell_foam_struts_conduct_as_one_network():
     struts = ms.foam(48, porosity=0.15, cell_size=12, conducting="solid", seed=7)
     sigma = [r.relative_conductivity for r in physics.solve(struts)]
     assert all(0.0 < s < 0.15 for s in sigma)
+
+
+def test_elongated_foam_cells_stretch_the_walls_and_their_conduction_along_the_long_axes():
+    from conductivity_tf import domain
+
+    walls = ms.foam(48, porosity=0.3, cell_size=(6, 36, 18), struts=False, conducting="solid", seed=3)
+    chords = domain.describe(walls)["axis_chords"]
+    assert chords[0] < 0.6 * chords[2] < 0.6 * chords[1]  # walls run along the cells' long axes
+    sigma = [r.relative_conductivity for r in physics.solve(walls)]
+    assert 0.0 < sigma[0] < 0.6 * sigma[2] and 0.0 < sigma[2] < sigma[1] < 0.3
+    # the same cells, not stretched: no such order
+    round_ = [r.relative_conductivity for r in physics.solve(ms.foam(48, porosity=0.3, cell_size=12, struts=False,
+                                                                     conducting="solid", seed=3))]
+    assert max(round_) < 1.3 * min(round_)

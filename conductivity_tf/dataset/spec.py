@@ -103,10 +103,10 @@ def make_sample(spec, index):
         params["porosity_end"] = float(rng.uniform(*fam.porosity))
     else:
         params["porosity"] = float(rng.uniform(*fam.porosity))
-    if "anisotropy" in params:  # per-axis correlation lengths: cl * anisotropy^u, u in [-1/2, 1/2]
+    if "anisotropy" in params:  # per-axis lengths (blobs' correlation, foam's cells): l * anisotropy^u, |u| <= 1/2
         a = params.pop("anisotropy")
-        params["correlation_length"] = [round(params["correlation_length"] * a ** u, 4)
-                                        for u in rng.uniform(-0.5, 0.5, 3)]
+        key = "correlation_length" if "correlation_length" in params else "cell_size"
+        params[key] = [round(params[key] * a ** u, 4) for u in rng.uniform(-0.5, 0.5, 3)]
     for key in ("axis", "layers"):
         if key in params:
             params[key] = int(params[key])
