@@ -20,8 +20,8 @@ conductivity one standard deviation lower and higher (errors taken as fully corr
 half the difference is the stated standard deviation. It does not include the method's own error: a window
 conducts less than the same material inside a larger volume (its insulating sides cut the paths that leave and
 come back), and most where the window is small against the structure. An axis along which some windows carry no
-current while the whole does is such a case (measured: 29 % of the windows along the weak axis of an
-elongated-particle volume, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 %
+current while the whole does is such a case (measured: 29 % of the windows along the weak axis of a
+volume of stretched cells, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 %
 low), and ``cautions`` says so.
 """
 
