@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from conductivity_tf import domain, physics
 from conductivity_tf import microstructure as ms
-from conductivity_tf import physics
 from conductivity_tf.errors import UserError
 
 CASES = [
@@ -145,8 +145,6 @@ def test_open_cell_foam_struts_conduct_as_one_network():
 
 
 def test_elongated_foam_cells_stretch_the_walls_and_their_conduction_along_the_long_axes():
-    from conductivity_tf import domain
-
     walls = ms.foam(48, porosity=0.3, cell_size=(6, 36, 18), struts=False, conducting="solid", seed=3)
     chords = domain.describe(walls)["axis_chords"]
     assert chords[0] < 0.6 * chords[2] < 0.6 * chords[1]  # walls run along the cells' long axes
