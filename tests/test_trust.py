@@ -375,6 +375,26 @@ def test_tiles_of_a_three_phase_volume_each_phase_conducting_measure_the_model(e
     assert curve[0]["solved_fraction"] < 1.0 and curve[0]["mape"] > 0.0
 
 
+def test_tile_errors_are_over_the_percolating_values_r2_included():
+    from conductivity_tf.real_structures import percolating_errors
+
+    truth = np.array([[0.3, 0.0, 0.1], [0.2, 0.25, 0.0]])
+    predicted = np.array([[0.33, 0.15, 0.1], [0.18, 0.25, 0.1]])
+    errors = percolating_errors(truth, predicted)
+    # percolating: 0.3, 0.1, 0.2, 0.25 (mean 0.2125) predicted 0.33, 0.1, 0.18, 0.25
+    assert errors["values"] == 4
+    assert errors["mape"] == pytest.approx((10.0 + 0.0 + 10.0 + 0.0) / 4)
+    assert errors["median_ape"] == pytest.approx(5.0)
+    squares = 0.03 ** 2 + 0.02 ** 2
+    spread = 0.0875 ** 2 + 0.1125 ** 2 + 0.0125 ** 2 + 0.0375 ** 2
+    assert errors["r2"] == pytest.approx(1.0 - squares / spread)
+    # over all six values (zeros and the errors on them included) it would be another number
+    everything = 1.0 - ((predicted - truth) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
+    assert everything < errors["r2"] - 0.3
+    assert percolating_errors(np.zeros((2, 3)), predicted) == {"values": 0, "mape": None, "median_ape": None,
+                                                               "r2": None}
+
+
 def test_the_keras_weights_rebuild_of_an_ensemble_states_the_same_uncertainty(ensemble_run):
     import os
 

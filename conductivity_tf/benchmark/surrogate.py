@@ -108,6 +108,8 @@ def run_surrogate_suite(args):
     return 0
 
 
+_OVER = ("MAPE, median APE and R² over the percolating values; coverage of the ~90 % interval and Spearman "
+         "correlation of |error| with the uncertainty over all values")
 _TABLE_COLUMNS = ["volume", "phase", "tiles", "values", "flagged", "mape", "median_ape", "r2", "coverage_90",
                   "spearman_error_uncertainty"]
 
@@ -120,7 +122,7 @@ def porespy_report(predictor, csv_path=None):
     table, _ = real_structures.measure(predictor, groups, max_errors=())
     columns = [c for c in _TABLE_COLUMNS if any(c in row for row in table)]
     print()
-    print("Pure prediction on PoreSpy's structures (percolating values; coverage of the ~90 % interval):")
+    print("Pure prediction on PoreSpy's structures ({}):".format(_OVER))
     print(markdown_table(table, columns))
     if csv_path:
         write_csv(os.path.splitext(csv_path)[0] + "_porespy.csv", table, columns)
@@ -137,7 +139,7 @@ def tile_report(predictor, paths, csv_path=None):
     table, curve = real_structures.measure(predictor, groups)
     columns = _TABLE_COLUMNS
     print()
-    print("Pure prediction on tiles of third-party volumes (percolating values; coverage of the ~90 % interval):")
+    print("Pure prediction on tiles of third-party volumes ({}):".format(_OVER))
     print(markdown_table(table, [c for c in columns if any(c in row for row in table)]))
     print()
     print("--max-error trade-off (the solver answers where the model is unsure or outside its domain):")
