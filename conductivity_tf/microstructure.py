@@ -436,15 +436,22 @@ def granular(size, porosity=0.2, radius=5.0, polydispersity=0.3, cement=1.0, see
     return _threshold(-(clearance - cement * radius * surround), porosity)
 
 
-def foam(size, porosity=0.85, cell_size=12.0, struts=True, conducting="pores", seed=0):
+def foam(size, porosity=0.85, cell_size=12.0, struts=True, conducting="pores", uniform_thickness=False, domain=None,
+         seed=0):
     """A Voronoi foam: cells around random seeds, the solid along the cell edges (``struts=True``: open-cell,
     like metal and carbon foams and sintered struts) or the cell walls (``struts=False``: closed-cell).
 
     cell_size: mean distance between seeds (documented range 6-30 voxels), a number or three (z, y, x) for
     elongated cells: the foam of the mean size stretched along each axis (foams elongated along their rise
     direction, stretched and ice-templated cellular materials); walls and struts keep a uniform thickness in the
-    stretched frame, so the faces across a long axis are the thicker. conducting: 'pores' or 'solid' (the struts
-    or walls conduct); porosity is the conducting fraction either way. Periodic.
+    stretched frame, so the faces across a long axis are the thicker. uniform_thickness: walls (or struts) of one
+    thickness in voxels whatever their size and orientation, as where the wall material sets it (closed-cell
+    polymer foams, the walls between packed grains): the solid is the voxels nearest the plane between their two
+    nearest seeds (for struts, the larger of the distances to the planes with the second and third), measured in
+    voxels, not the gap between the seeds' distances. conducting: 'pores' or 'solid' (the struts or walls
+    conduct); porosity is the conducting fraction either way. domain: the edge (a number or three) of the periodic
+    foam the seeds fill, of which the volume is the corner: a window of a larger sample, whose cells may be larger
+    than the volume (None: the volume itself, periodic).
     """
     _check_porosity(porosity, family="foam")
     if conducting not in ("pores", "solid"):
@@ -453,16 +460,36 @@ def foam(size, porosity=0.85, cell_size=12.0, struts=True, conducting="pores", s
     if np.any(lengths <= 0):
         raise UserError("cell_size {} must be positive".format(cell_size))
     shape = _shape(size)
+    extent = shape if domain is None else _shape(domain)
+    if any(e < s for e, s in zip(extent, shape)):
+        raise UserError("domain {} is smaller than the volume {}; give a domain at least its size".format(
+            domain, "x".join(str(s) for s in shape)))
     rng = np.random.default_rng(seed)
-    count = max(2, int(round(np.prod(shape) / np.prod(lengths))))
-    seeds = rng.uniform(0, 1, (count, 3)) * np.array(shape)
-    images = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) * np.array(shape)
+    count = max(2, int(round(np.prod(extent) / np.prod(lengths))))
+    seeds = rng.uniform(0, 1, (count, 3)) * np.array(extent)
+    images = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) * np.array(extent)
+    seeds = (seeds[None, :, :] + images[:, None, :]).reshape(-1, 3)
+    if domain is not None:  # only the seeds near the window: its voxels' three nearest are within a few cells
+        reach = 4.0 * lengths
+        seeds = seeds[np.all((seeds > -reach) & (seeds < np.array(shape) + reach), axis=1)]
     frame = lengths.max() / lengths  # distances in a frame where the cells are isotropic (a scale is immaterial)
-    tree = scipy.spatial.cKDTree((seeds[None, :, :] + images[:, None, :]).reshape(-1, 3) * frame)
+    tree = scipy.spatial.cKDTree(seeds * frame)
     points = (np.indices(shape).reshape(3, -1).T + 0.5) * frame
-    distances, _ = tree.query(points, k=3)
-    # a wall is where the two nearest seeds are nearly equidistant, an edge where three are
-    gap = distances[:, 2 if struts else 1] - distances[:, 0]
+    distances, nearest = tree.query(points, k=3)
+    if uniform_thickness:
+        # the distance, in voxels, from each voxel to the plane between its nearest seed and the second (third):
+        # in the stretched frame that plane is (q - m) . n = 0, so in voxels it is p . (frame n) = m . n
+        first = tree.data[nearest[:, 0]]
+        planes = []
+        for other in (1, 2) if struts else (1,):
+            second = tree.data[nearest[:, other]]
+            normal = second - first
+            middle = 0.5 * (first + second)
+            planes.append(np.abs(np.einsum("ij,ij->i", points - middle, normal))
+                          / np.linalg.norm(normal * frame, axis=1))
+        gap = np.max(planes, axis=0)
+    else:  # a wall is where the two nearest seeds are nearly equidistant, an edge where three are
+        gap = distances[:, 2 if struts else 1] - distances[:, 0]
     solid_fraction = 1.0 - porosity if conducting == "pores" else porosity
     solid = _threshold(gap.reshape(shape), solid_fraction)
     return solid if conducting == "solid" else (1 - solid).astype(np.uint8)

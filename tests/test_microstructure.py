@@ -27,6 +27,9 @@ CASES = [
     ("foam", dict(porosity=0.88, cell_size=14)),
     ("foam", dict(porosity=0.12, struts=False, conducting="solid")),
     ("foam", dict(porosity=0.3, cell_size=(8, 40, 20), struts=False, conducting="solid")),
+    ("foam", dict(porosity=0.3, cell_size=(20, 90, 50), struts=False, conducting="solid", uniform_thickness=True,
+                  domain=192)),
+    ("foam", dict(porosity=0.8, cell_size=10, uniform_thickness=True)),
 ]
 
 
@@ -154,3 +157,39 @@ def test_elongated_foam_cells_stretch_the_walls_and_their_conduction_along_the_l
     round_ = [r.relative_conductivity for r in physics.solve(ms.foam(48, porosity=0.3, cell_size=12, struts=False,
                                                                      conducting="solid", seed=3))]
     assert max(round_) < 1.3 * min(round_)
+
+
+def _whole_chords(volume, axis):
+    """Lengths of the runs of 1s along ``axis`` that start and end inside the volume."""
+    lines = np.moveaxis(volume, axis, -1).reshape(-1, volume.shape[axis]).astype(np.int8)
+    steps = np.diff(np.pad(lines, ((0, 0), (1, 1))), axis=1)
+    starts, ends = np.nonzero(steps == 1)[1], np.nonzero(steps == -1)[1]
+    whole = (starts > 0) & (ends < volume.shape[axis])
+    return (ends - starts)[whole]
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_uniform_walls_are_as_thick_across_the_long_axes_as_across_the_short_one(seed):
+    # flat cells (8 x 64 x 64 voxels): most walls are sheets across axis 0, crossed by axis-0 chords; the walls
+    # joining them stand across axes 1 and 2, and the shortest whole chords along those axes cross them
+    thickness = {}
+    for uniform in (False, True):
+        walls = ms.foam(48, porosity=0.4, cell_size=(8, 64, 64), struts=False, conducting="solid",
+                        uniform_thickness=uniform, domain=128, seed=seed)
+        sheets = np.median(_whole_chords(walls, 0))
+        joining = min(np.percentile(_whole_chords(walls, a), 10) for a in (1, 2))
+        thickness[uniform] = joining / sheets
+    assert thickness[True] <= 2.0       # one thickness in voxels (the chords are whole voxels)
+    assert thickness[False] >= 3.0      # one thickness in the frame where the cells are round: 8x apart in voxels
+
+
+def test_a_foam_window_is_the_corner_of_the_larger_foam_it_is_cut_from():
+    for uniform in (False, True):
+        whole = ms.foam(80, porosity=0.3, cell_size=(10, 40, 25), struts=False, conducting="solid",
+                        uniform_thickness=uniform, seed=3)
+        corner = whole[:48, :40, :64]
+        window = ms.foam((48, 40, 64), porosity=corner.mean(), cell_size=(10, 40, 25), struts=False,
+                         conducting="solid", uniform_thickness=uniform, domain=80, seed=3)
+        np.testing.assert_array_equal(window, corner)
+    with pytest.raises(UserError, match="domain"):
+        ms.foam(64, domain=48)
