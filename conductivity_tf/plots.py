@@ -157,9 +157,13 @@ def tradeoff_plot(path, curve):
     solved = [row["solved_fraction"] * 100.0 for row in curve]
     fig, left = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     left.plot(solved, [row["mape"] for row in curve], "o-", color="tab:red", label="realised MAPE")
+    labels = {}  # one label per point: settings that solve the same values share it
     for row, x in zip(curve, solved):
-        left.annotate("--max-error {:g}".format(row["max_error"]), (x, row["mape"]), textcoords="offset points",
-                      xytext=(4, 6), fontsize=8)
+        labels.setdefault((round(x, 6), round(row["mape"], 6)), []).append("{:g}".format(row["max_error"]))
+    for (x, mape), settings in labels.items():
+        left.annotate("--max-error " + ", ".join(settings), (x, mape), textcoords="offset points",
+                      xytext=(-4, 6), ha="right", fontsize=8)
+    left.margins(x=0.15, y=0.12)
     left.set_xlabel("values answered by the solver (%)")
     left.set_ylabel("MAPE over percolating values (%)", color="tab:red")
     right = left.twinx()
