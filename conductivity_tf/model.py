@@ -80,18 +80,17 @@ _CELL_LAYERS = {}
 CELL_FLOOR = 1e-4   # the least conductivity of a cell of model.head=cells, as a fraction of the porosity
 
 
-def cell_links(n):
-    """The links of a cubic grid of n^3 cells (flat index i * n * n + j * n + k): (first, second, axis) arrays,
-    one row per pair of neighbours along an axis."""
+def slice_links(n):
+    """The links inside one n x n slice of a cubic grid of cells (flat index i * n + j), first those along the
+    slice's first axis, then along its second: the (n*n)^2 flat entries of the slice Laplacian they add to, in the
+    order +g at (i, i), +g at (j, j), -g at (i, j), -g at (j, i)."""
     import numpy as np
 
-    index = np.arange(n ** 3).reshape(n, n, n)
-    first, second, axis = [], [], []
-    for a in range(3):
-        first.append(np.take(index, range(n - 1), axis=a).ravel())
-        second.append(np.take(index, range(1, n), axis=a).ravel())
-        axis.append(np.full(first[-1].size, a))
-    return np.concatenate(first), np.concatenate(second), np.concatenate(axis)
+    index = np.arange(n * n).reshape(n, n)
+    first = np.concatenate([index[:-1, :].ravel(), index[:, :-1].ravel()])
+    second = np.concatenate([index[1:, :].ravel(), index[:, 1:].ravel()])
+    m = n * n
+    return np.concatenate([first * m + first, second * m + second, first * m + second, second * m + first])
 
 
 def cell_network_layer(keras):
@@ -100,51 +99,58 @@ def cell_network_layer(keras):
     Input: (N, n, n, n, 3) cell conductivities along the three axes (> 0); output (N, 3): sigma_eff of the grid
     along each axis in the same unit, with ``physics.solve``'s boundary conditions (unit potential drop between the
     faces normal to the axis, insulating sides) on unit cells: neighbours along axis b are joined by the harmonic
-    mean of their conductivities along b, the face cells to their face by twice their own. The grid's Laplacian is
-    summed from the links' conductances (one segment sum), the three axes' systems differ only in their boundary
-    terms and are solved by Cholesky factorisation, so the layer is exact and differentiable. n^3 unknowns: 64 for
-    the 4^3 grid of a 64^3 cube (0.12 ms per volume on two cores), 512 for an 8^3 grid (6.6 ms).
-    ``tests/test_train.py`` checks it against ``physics.solve_cells``."""
+    mean of their conductivities along b, the face cells to their face by twice their own.
+
+    Ordered slice by slice along the transport axis, the system is block tridiagonal: an n^2 x n^2 block per slice
+    (its in-slice links, summed by one segment sum), diagonal blocks between neighbouring slices. The slices are
+    eliminated from the outlet to the inlet (each step one Cholesky factorisation and one triangular solve of an
+    n^2 block: the Schur complement S <- D - G S^-1 G), which leaves the inlet slice's potentials, all the current
+    needs. The three axes are one batch. Exact and differentiable; against factorising the whole n^3-unknown system
+    at once (measured side by side, batch 32, two cores): for the 8^3 grid of a 64^3 cube 5.8x faster forward and
+    7.6x with the gradient (40 against 234 ms, 178 against 1353 ms), for the 4^3 grid as fast forward and 2.1x with
+    the gradient. ``tests/test_train.py`` checks it against ``physics.solve_cells``."""
     if id(keras) in _CELL_LAYERS:
         return _CELL_LAYERS[id(keras)]
 
     class CellNetwork(keras.layers.Layer):
         def build(self, input_shape):
-            import numpy as np
-
-            n = int(input_shape[1])
-            cells = n ** 3
-            first, second, axis = cell_links(n)
-            # link l adds g_l (e_i - e_j)(e_i - e_j)^T: +g_l at (i, i) and (j, j), -g_l at (i, j) and (j, i)
-            self._n, self._first, self._second, self._axis = n, first, second, axis
-            self._entries = np.concatenate([first * cells + first, second * cells + second,
-                                            first * cells + second, second * cells + first])
-            index = np.arange(cells).reshape(n, n, n)
-            inlet = np.zeros((3, cells), np.float32)
-            outlet = np.zeros((3, cells), np.float32)
-            for a in range(3):
-                inlet[a, np.take(index, 0, axis=a).ravel()] = 1.0
-                outlet[a, np.take(index, n - 1, axis=a).ravel()] = 1.0
-            self._inlet, self._outlet = inlet, outlet
+            self._n = int(input_shape[1])
+            self._entries = slice_links(self._n)
             super().build(input_shape)
 
         def call(self, conductivity):
             import tensorflow as tf
 
-            cells = self._n ** 3
-            k = tf.reshape(tf.cast(conductivity, tf.float32), (-1, cells * 3))    # cell c along axis a at 3c + a
-            ki = tf.gather(k, self._first * 3 + self._axis, axis=1)                # (N, links)
-            kj = tf.gather(k, self._second * 3 + self._axis, axis=1)
-            g = 2.0 * ki * kj / (ki + kj)                                         # the links' conductances
-            entries = tf.concat([g, g, -g, -g], axis=1)
-            laplacian = tf.math.unsorted_segment_sum(tf.transpose(entries), self._entries, cells * cells)
-            laplacian = tf.reshape(tf.transpose(laplacian), (-1, 1, cells, cells))
-            k = tf.transpose(tf.reshape(k, (-1, cells, 3)), (0, 2, 1))           # (N, 3 axes, cells)
-            inflow = 2.0 * k * self._inlet                                        # face cells to the face at 1
-            boundary = inflow + 2.0 * k * self._outlet                            # ... and to the face at 0
-            factor = tf.linalg.cholesky(laplacian + tf.linalg.diag(boundary))     # (N, 3, cells, cells)
+            n, m = self._n, self._n ** 2
+            k = tf.cast(conductivity, tf.float32)
+            problems = []   # per transport axis a: the grid turned so that a is first, components (a, b, c)
+            for order in ((0, 1, 2), (1, 0, 2), (2, 0, 1)):
+                turned = tf.transpose(k, (0, 1 + order[0], 1 + order[1], 1 + order[2], 4))
+                problems.append(tf.gather(turned, list(order), axis=4))
+            k = tf.concat(problems, axis=0)                                       # (3N, n, n, n, 3)
+            batch = tf.shape(k)[0]
+
+            def harmonic(a, b):
+                return 2.0 * a * b / (a + b)
+
+            along = tf.reshape(harmonic(k[:, :-1, ..., 0], k[:, 1:, ..., 0]), (batch, n - 1, m))
+            inside = tf.concat([tf.reshape(harmonic(k[:, :, :-1, :, 1], k[:, :, 1:, :, 1]), (batch, n, -1)),
+                                tf.reshape(harmonic(k[:, :, :, :-1, 2], k[:, :, :, 1:, 2]), (batch, n, -1))], 2)
+            entries = tf.concat([inside, inside, -inside, -inside], axis=2)      # (3N, n slices, 4 x links)
+            entries = tf.reshape(tf.transpose(entries, (2, 0, 1)), (-1, batch * n))
+            blocks = tf.math.unsorted_segment_sum(entries, self._entries, m * m)
+            blocks = tf.reshape(tf.transpose(blocks), (batch, n, m, m))
+            none = tf.zeros_like(along[:, :1])
+            blocks += tf.linalg.diag(tf.concat([none, along], 1) + tf.concat([along, none], 1))
+            inflow = 2.0 * tf.reshape(k[:, 0, ..., 0], (batch, m))               # the inlet face at potential 1
+            schur = blocks[:, n - 1] + tf.linalg.diag(2.0 * tf.reshape(k[:, n - 1, ..., 0], (batch, m)))
+            for s in range(n - 2, -1, -1):
+                scaled = tf.linalg.triangular_solve(tf.linalg.cholesky(schur), tf.linalg.diag(along[:, s]))
+                schur = blocks[:, s] - tf.matmul(scaled, scaled, transpose_a=True)
+            factor = tf.linalg.cholesky(schur + tf.linalg.diag(inflow))
             potential = tf.linalg.cholesky_solve(factor, inflow[..., None])[..., 0]
-            return tf.reduce_sum(inflow * (1.0 - potential), axis=-1) / float(self._n)   # current x n / n^2
+            current = tf.reduce_sum(inflow * (1.0 - potential), axis=-1) / float(n)   # current x n / n^2
+            return tf.transpose(tf.reshape(current, (3, -1)))
 
         def compute_output_shape(self, input_shape):
             return (input_shape[0], 3)
