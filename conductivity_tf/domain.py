@@ -9,8 +9,10 @@ A volume is described by a few numbers that say what kind of structure it is (``
 - ``spanning``: the smallest, over the three axes, fraction of conducting voxels in clusters that join the two
   faces normal to the axis (low near the percolation threshold, where a few necks carry the current).
 
-``describe`` also gives the chords and spanning fractions per axis (``axis_chords``, ``axis_spanning``), which the
-error model of ``uncertainty`` uses.
+``describe`` also gives, per axis, the chords and spanning fractions (``axis_chords``, ``axis_spanning``), the series
+bound of the spanning clusters (``axis_series``: slices in series, each filled as far as those clusters fill it) and
+the geodesic tortuosity (``axis_tortuosity``: the shortest path from face to face over the straight one), which the
+error model of ``uncertainty`` and the correction of ``correction`` use.
 
 ``training_domain`` takes the central 99 % of each over the training split; ``outside`` names every number of a
 volume that falls out of it, as a reason a person can read. A run directory keeps its domain in ``domain.json``.
@@ -81,11 +83,71 @@ def _join(parent, rs, re, a0, a1, b0, b1):
     return shared
 
 
+@njit(inline="always")
+def _tortuosity(x):
+    """The geodesic tortuosity along each axis (3,) of a 0/1 uint8 volume, on the volume coarsened twofold (a coarse
+    voxel conducts where any of its eight does: a fifth of the cost; the finest necks it loses are in the spanning
+    voxels per slice): the mean, over the conducting coarse voxels of the far face that a path reaches, of the
+    length of the shortest 6-connected path to them from the near face, over the straight one; 0 without a path.
+    One breadth-first search from each near face, on a grid padded with an insulating layer (no bounds checks)."""
+    n0, n1, n2 = x.shape
+    m = ((n0 + 1) // 2, (n1 + 1) // 2, (n2 + 1) // 2)
+    s1, s0 = m[2] + 2, (m[1] + 2) * (m[2] + 2)
+    steps = (s0, s1, 1)
+    coarse = np.zeros((m[0] + 2) * s0, np.uint8)
+    for i in range(n0):
+        for j in range(n1):
+            base = (i // 2 + 1) * s0 + (j // 2 + 1) * s1 + 1
+            row = x[i, j]
+            for k in range(n2):
+                coarse[base + (k >> 1)] |= row[k]
+    out = np.zeros(3)
+    unvisited = np.where(coarse == 1, -1, -2).astype(np.int16)   # -2 insulating, -1 not reached, else the distance
+    distance = np.empty(coarse.size, np.int16)
+    queue = np.empty(coarse.size, np.int32)
+    for a in range(3):
+        n = m[a]
+        if n < 2:
+            continue
+        distance[:] = unvisited
+        b, c = (1, 2) if a == 0 else ((0, 2) if a == 1 else (0, 1))
+        tail = 0
+        for u in range(1, m[b] + 1):       # the near face's conducting cells start the search
+            for v in range(1, m[c] + 1):
+                p = steps[a] + u * steps[b] + v * steps[c]
+                if distance[p] == -1:
+                    distance[p] = 0
+                    queue[tail] = p
+                    tail += 1
+        far = n * steps[a]                 # the far face's cells lie at far <= p < far + steps[a] along axis 0,
+        head = 0                           # and are told apart by their coordinate along the others' strides
+        total = 0
+        reached = 0
+        while head < tail:
+            p = queue[head]
+            head += 1
+            d = distance[p] + 1
+            for o in (p - s0, p + s0, p - s1, p + s1, p - 1, p + 1):
+                if distance[o] == -1:
+                    distance[o] = d
+                    queue[tail] = o
+                    tail += 1
+        for u in range(1, m[b] + 1):
+            for v in range(1, m[c] + 1):
+                p = far + u * steps[b] + v * steps[c]
+                if distance[p] >= 0:
+                    total += distance[p]
+                    reached += 1
+        out[a] = total / reached / (n - 1) if reached else 0.0
+    return out
+
+
 @njit(cache=True, nogil=True)
 def _structure(x):
     """Chord counts and spanning clusters of a 0/1 uint8 volume in one pass over its runs along the last axis:
     (conducting voxels, run starts of each phase along each axis (2, 3), conducting voxels in 6-connected clusters
-    touching both faces normal to each axis (3,)).
+    touching both faces normal to each axis (3,), those voxels per slice normal to each axis (3, largest side),
+    the coarse geodesic tortuosity along each axis (3,), ``_tortuosity``).
 
     The runs of conducting voxels along the last axis are the nodes of a union-find; a run joins the runs it
     overlaps in the rows before it along axes 0 and 1, which is 6-connectivity. Along a line the runs of the two
@@ -165,6 +227,23 @@ def _structure(x):
             for a in range(3):
                 if (touches[t] >> (2 * a)) & 3 == 3:
                     spanning[a] += size[t]
+    # the voxels of the clusters joining the faces normal to each axis, per slice normal to that axis
+    slices = np.zeros((3, max(n0, n1, n2)), np.int64)
+    for i in range(n0):
+        for j in range(n1):
+            r = i * n1 + j
+            for t in range(first[r], first[r + 1]):
+                joins = touches[_root(parent, t)]
+                if joins & 3 == 3:
+                    slices[0, i] += re[t] - rs[t]
+                if (joins >> 2) & 3 == 3:
+                    slices[1, j] += re[t] - rs[t]
+                if (joins >> 4) & 3 == 3:   # +1 where the run starts, -1 after it ends: summed below
+                    slices[2, rs[t]] += 1
+                    if re[t] < n2:
+                        slices[2, re[t]] -= 1
+    for k in range(1, n2):
+        slices[2, k] += slices[2, k - 1]
     up = np.array([ones - shared[0], ones - shared[1], count], np.int64)
     changes = np.array([2 * ones - face[0, 0] - face[0, 1] - 2 * shared[0],
                         2 * ones - face[1, 0] - face[1, 1] - 2 * shared[1], ends], np.int64)
@@ -173,7 +252,7 @@ def _structure(x):
     for a in range(3):
         starts[1, a] = up[a]
         starts[0, a] = changes[a] + lines[a] - up[a]
-    return ones, starts, spanning
+    return ones, starts, spanning, slices, _tortuosity(x)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -183,9 +262,11 @@ def _structures(x):
     ones = np.zeros(n, np.int64)
     starts = np.zeros((n, 2, 3), np.int64)
     spanning = np.zeros((n, 3), np.int64)
+    slices = np.zeros((n, 3, max(x.shape[1], x.shape[2], x.shape[3])), np.int64)
+    tortuosity = np.zeros((n, 3))
     for v in prange(n):
-        ones[v], starts[v], spanning[v] = _structure(x[v])
-    return ones, starts, spanning
+        ones[v], starts[v], spanning[v], slices[v], tortuosity[v] = _structure(x[v])
+    return ones, starts, spanning, slices, tortuosity
 
 
 def _mean_chords(voxels, starts):
@@ -194,9 +275,22 @@ def _mean_chords(voxels, starts):
     return [voxels / s if s else float("inf") for s in starts]
 
 
-def _description(shape, ones, starts, spanning):
+def _series(slices, shape):
+    """Per axis, the series bound of the clusters joining the faces normal to it: the harmonic mean, over the slices
+    normal to the axis, of the fraction of the slice those clusters fill (slices in series, each slice's voxels in
+    parallel: an upper bound of sigma_eff/sigma_0 that sees the narrowest sections); 0 without such a cluster."""
+    size = int(np.prod(shape))
+    out = []
+    for a in range(3):
+        filled = slices[a, :shape[a]]
+        out.append(float(shape[a] / np.sum((size // shape[a]) / filled)) if filled.min() > 0 else 0.0)
+    return out
+
+
+def _description(shape, ones, starts, spanning, slices, tortuosity):
     """The descriptors' dict from ``_structure``'s counts (plain Python numbers: this runs once per volume)."""
     size = int(np.prod(shape))
+    series = _series(slices, shape)
     starts, spanning = starts.tolist(), spanning.tolist()
     chords = _mean_chords(ones, starts[1])
     finite = [c for c in chords if c != float("inf")] or [float(shape[0])]
@@ -207,14 +301,14 @@ def _description(shape, ones, starts, spanning):
             "spanning": min(fractions),
             # per axis, for the error model (uncertainty.py)
             "axis_chords": [c if c != float("inf") else 0.0 for c in chords],
-            "axis_spanning": fractions}
+            "axis_spanning": fractions, "axis_series": series, "axis_tortuosity": [float(t) for t in tortuosity]}
 
 
 def describe(volume):
     """The descriptors of a binary volume (1 = conducting), as a dict."""
     conducting = np.ascontiguousarray(np.asarray(volume) > 0)
-    ones, starts, spanning = _structure(conducting.view(np.uint8))
-    return _description(conducting.shape, int(ones), starts, spanning)
+    ones, starts, spanning, slices, tortuosity = _structure(conducting.view(np.uint8))
+    return _description(conducting.shape, int(ones), starts, spanning, slices, tortuosity)
 
 
 def describe_many(volumes, chunk=256):
@@ -226,8 +320,9 @@ def describe_many(volumes, chunk=256):
     out = []
     for begin in range(0, len(volumes), chunk):
         conducting = np.ascontiguousarray(volumes[begin:begin + chunk] > 0)
-        ones, starts, spanning = _structures(conducting.view(np.uint8))
-        out += [_description(volumes.shape[1:], int(ones[v]), starts[v], spanning[v]) for v in range(len(ones))]
+        ones, starts, spanning, slices, tortuosity = _structures(conducting.view(np.uint8))
+        out += [_description(volumes.shape[1:], int(ones[v]), starts[v], spanning[v], slices[v], tortuosity[v])
+                for v in range(len(ones))]
     return out
 
 

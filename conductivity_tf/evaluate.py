@@ -28,16 +28,22 @@ def build_parser():
                         help="with --calibrate: fit the error model on these datasets' validation splits too "
                              "(structures unlike the training families teach it where the model is unsure; the "
                              "training domain stays that of --data)")
+    parser.add_argument("--correction", action="store_true",
+                        help="with --calibrate: also fit the correction of the model's predictions from the volumes' "
+                             "paths (train splits of --data and --calibration-data; correction.json), which predict "
+                             "then applies; without it a run's correction is removed (the error model is then the "
+                             "uncorrected model's)")
     return parser
 
 
 def main(argv=None):
 
     args = build_parser().parse_args(argv)
-    if args.calibration_data and not args.calibrate:
-        raise UserError("--calibration-data is used by --calibrate; add --calibrate")
+    if (args.calibration_data or args.correction) and not args.calibrate:
+        raise UserError("--{} is used by --calibrate; add --calibrate".format(
+            "calibration-data" if args.calibration_data else "correction"))
     if args.calibrate:
-        calibrate(args.model, args.data, args.precision, args.calibration_data)
+        calibrate(args.model, args.data, args.precision, args.calibration_data, args.correction)
     metrics = evaluate(args.model, args.data, args.split, args.zero_without_path, args.precision)
     if args.json:
         print(json.dumps(metrics))

@@ -18,6 +18,7 @@ import yaml
 from tqdm import tqdm
 
 from conductivity_tf import config as config_lib
+from conductivity_tf import correction as correction_lib
 from conductivity_tf import dataset as dataset_lib
 from conductivity_tf import domain as domain_lib
 from conductivity_tf import physics, plots, serving, strategies, whole_volume
@@ -88,6 +89,7 @@ class Predictor(object):
         self.domain = domain_lib.load(os.path.dirname(saved))
         self.run_dir = os.path.dirname(saved)
         self.error_model = uncertainty_lib.load(self.run_dir)
+        self.correction = correction_lib.load(self.run_dir)
         self.has_uncertainty = self.served_uncertainty or self.error_model is not None
         self.tf = tf
         serve = self.serve
@@ -134,6 +136,16 @@ class Predictor(object):
                 uncertainty.append(predicted["uncertainty"].numpy())
         return np.concatenate(values, axis=0), np.concatenate(uncertainty, axis=0) if uncertainty else None
 
+    def corrected(self, volumes, values, served, descriptions=None):
+        """(values, served spread, descriptions) with the run's correction applied (``correction.py``; the
+        descriptions computed if not given); as they are for a run without one."""
+        if self.correction is None:
+            return values, served, descriptions
+        if descriptions is None:
+            descriptions = domain_lib.describe_many(volumes)
+        factor = correction_lib.factor(self.correction, descriptions, values, self.axes)
+        return values * factor, None if served is None else served * factor, descriptions
+
     def stated_uncertainty(self, volumes, values, served, descriptions=None):
         """The (N, len(axes)) uncertainty stated with ``values``: the run's error model (``uncertainty.py``) where
         it has one, else the ensemble's calibrated spread ``served`` (None for a single network without one)."""
@@ -148,7 +160,8 @@ class Predictor(object):
         conducting path between its two faces is given exactly 0 (the network alone predicts a small
         positive value there); that labels the clusters of each volume (``domain.describe_many``)."""
         predicted, _ = self._run(volumes, batch_size)
-        return self.zero_without_path(volumes, predicted) if zero_without_path else predicted
+        predicted, _, descriptions = self.corrected(volumes, predicted, None)
+        return self.zero_without_path(volumes, predicted, descriptions) if zero_without_path else predicted
 
     def zero_without_path(self, volumes, predicted, descriptions=None):
         """``predicted`` with exact zeros along the axes where a volume has no conducting path (none of its
@@ -170,7 +183,9 @@ class Predictor(object):
         values, served = self._run(volumes, batch_size)
         values = values.astype(np.float64)  # the solver's values go in as they are
         checked = max_error is not None or zero_without_path
-        descriptions = domain_lib.describe_many(volumes) if self.domain or self.error_model or checked else None
+        wanted = self.domain or self.error_model or self.correction or checked
+        descriptions = domain_lib.describe_many(volumes) if wanted else None
+        values, served, descriptions = self.corrected(volumes, values, served, descriptions)
         flags = [domain_lib.outside(d, self.domain) for d in descriptions] if self.domain else [[] for _ in volumes]
         uncertainty = self.stated_uncertainty(volumes, values, served, descriptions)
         source = np.full(values.shape, "model", dtype=object)
@@ -219,12 +234,14 @@ def _predictor_for(model_dir, data_path, precision):
     return manifest, predictor
 
 
-def calibrate(model_dir, data_path, precision="auto", calibration_data=()):
+def calibrate(model_dir, data_path, precision="auto", calibration_data=(), correction=False):
     """Fit what a trained model states about trust from the dataset it was trained on, as training does, and keep
-    it in its run directory: the training domain (train split, ``domain.json``) and the error model of its
-    uncertainty (validation split, ``uncertainty.json``). For runs made before either existed. The error model is
-    also fitted on the validation splits of the ``calibration_data`` datasets: structures unlike the training
-    families, where the model errs more, make its uncertainty grow on such structures."""
+    it in its run directory: the training domain (train split, ``domain.json``), with ``correction`` the correction
+    of its predictions (train splits, ``correction.json``; removed without it) and the error model of its
+    uncertainty (validation split, of the corrected predictions, ``uncertainty.json``). The correction and the error
+    model are also fitted on the train and validation splits of the ``calibration_data`` datasets: structures
+    unlike the training families, where the model errs more, teach the correction the sign of its error there and
+    make the uncertainty grow."""
     manifest, predictor = _predictor_for(model_dir, data_path, precision)
     if not manifest["counts"].get("validation"):
         raise UserError("the error model is fitted on the validation split, which {} does not have; use the "
@@ -232,22 +249,51 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=()):
     extra = []
     for path in calibration_data:
         more = _predictor_for(model_dir, path, precision)[0]    # each dataset's checks before any work
-        if not more["counts"].get("validation"):
-            raise UserError("--calibration-data {} has no validation split to fit the error model on".format(path))
+        for split, use in [("validation", "the error model")] + ([("train", "the correction")] if correction else []):
+            if not more["counts"].get(split):
+                raise UserError("--calibration-data {} has no {} split to fit {} on".format(path, split, use))
         extra.append(more)
-    volumes = dataset_lib.load_arrays(data_path, "train")[0]
-    domain_lib.save(predictor.run_dir, domain_lib.training_domain(domain_lib.describe_many(volumes)))
-    descriptions, truth, predicted, served = [], [], [], []
+    train = {"descriptions": [], "truth": [], "values": [], "families": []}
+    for fitted_on in [manifest] + (extra if correction else []):
+        volumes, sigma, _, families = dataset_lib.load_arrays(fitted_on["path"], "train")
+        described = domain_lib.describe_many(volumes)
+        if fitted_on is manifest:
+            domain_lib.save(predictor.run_dir, domain_lib.training_domain(described))
+        if correction:
+            train["descriptions"] += described
+            train["truth"].append(sigma[:, predictor.axes])
+            train["values"].append(predictor._run(volumes)[0])
+            train["families"].append(np.asarray(families))
+        del volumes
+    predictor.correction = None
+    if correction:
+        train = dict(train, **{k: np.concatenate(train[k]) for k in ("truth", "values", "families")})
+        predictor.correction = correction_lib.fit(train["descriptions"], train["truth"], train["values"],
+                                                  predictor.axes)
+    if predictor.correction is not None:
+        predictor.correction["train_splits_of"] = [os.path.basename(os.path.normpath(m["path"]))
+                                                   for m in [manifest] + extra]
+        correction_lib.save(predictor.run_dir, predictor.correction)
+    elif os.path.isfile(os.path.join(predictor.run_dir, correction_lib.CORRECTION_FILE)):
+        os.remove(os.path.join(predictor.run_dir, correction_lib.CORRECTION_FILE))   # not one of another fit
+    descriptions, truth, predicted, served, families = [], [], [], [], []
     for fitted_on in [manifest] + extra:
-        volumes, sigma, _, _ = dataset_lib.load_arrays(fitted_on["path"], "validation")
+        volumes, sigma, _, kinds = dataset_lib.load_arrays(fitted_on["path"], "validation")
         values, spread = predictor._run(volumes)
         descriptions += domain_lib.describe_many(volumes)
         truth.append(sigma[:, predictor.axes])
         predicted.append(values)
         served.append(spread)
+        families.append(np.asarray(kinds))
     served = None if served[0] is None else np.concatenate(served)
-    error_model = uncertainty_lib.fit(descriptions, np.concatenate(truth), np.concatenate(predicted), predictor.axes,
-                                      served)
+    predicted = np.concatenate(predicted)
+    if predictor.correction is not None:
+        # each validation value corrected as by a correction that never saw its family: the error model then
+        # states how far the corrected model errs on a kind of structure new to it, as a tomogram is
+        factor = correction_lib.held_out_factors(train, descriptions, predicted, np.concatenate(families),
+                                                 predictor.axes)
+        predicted, served = predicted * factor, None if served is None else served * factor
+    error_model = uncertainty_lib.fit(descriptions, np.concatenate(truth), predicted, predictor.axes, served)
     if error_model is None:
         raise UserError("the validation split of {} has too few conducting values to fit an error model".format(
             manifest["path"]))
@@ -263,7 +309,9 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
     manifest, predictor = _predictor_for(model_dir, data_path, precision)
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
     predicted, served = predictor._run(volumes)
-    descriptions = domain_lib.describe_many(volumes) if predictor.error_model or zero_without_path else None
+    wanted = predictor.error_model or predictor.correction or zero_without_path
+    descriptions = domain_lib.describe_many(volumes) if wanted else None
+    predicted, served, descriptions = predictor.corrected(volumes, predicted, served, descriptions)
     uncertainty = predictor.stated_uncertainty(volumes, predicted, served, descriptions)
     if zero_without_path:
         predicted = predictor.zero_without_path(volumes, predicted, descriptions)
@@ -396,12 +444,16 @@ def replicated_labeller(model_dir, devices):
     inputs = config_lib.load_config(config_path).model.inputs
 
     trained_on, error_model = domain_lib.load(model_dir), uncertainty_lib.load(model_dir)
+    correction = correction_lib.load(model_dir)
 
     def labeller(chunk):
         raw = served.predict(network_input(chunk, inputs), batch_size=len(chunk), verbose=0)
         mean, spread = members_summary(np, raw)
         spread = None if spread is None else spread * scale
         descriptions = domain_lib.describe_many(chunk)
+        if correction is not None:   # as Predictor.corrected
+            factor = correction_lib.factor(correction, descriptions, mean, [0, 1, 2])
+            mean, spread = mean * factor, None if spread is None else spread * factor
         flags = [domain_lib.outside(d, trained_on) for d in descriptions] if trained_on else None
         # as Predictor states it: the run's error model where it has one, else the ensemble's calibrated spread
         uncertainty = spread if error_model is None else uncertainty_lib.evaluate(

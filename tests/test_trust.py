@@ -409,3 +409,131 @@ def test_the_keras_weights_rebuild_of_an_ensemble_states_the_same_uncertainty(en
     values, served = Predictor(ensemble_run, precision="fp32")._run(volumes)   # the SavedModel's own outputs
     np.testing.assert_allclose(rebuilt["relative_conductivity"].numpy(), values, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(rebuilt["uncertainty"].numpy(), served, rtol=1e-4, atol=1e-7)
+
+
+def _coarse_tortuosity_reference(volume, axis):
+    """The twofold-coarsened volume's geodesic tortuosity by scipy's shortest paths on its 6-connected graph."""
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
+    padded = np.pad(volume > 0, [(0, s % 2) for s in volume.shape])
+    coarse = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2).any(
+        axis=(1, 3, 5))
+    index = np.arange(coarse.size).reshape(coarse.shape)
+    rows, cols = [], []
+    for a in range(3):
+        both = np.logical_and(np.take(coarse, range(coarse.shape[a] - 1), axis=a),
+                              np.take(coarse, range(1, coarse.shape[a]), axis=a))
+        rows.append(np.take(index, range(coarse.shape[a] - 1), axis=a)[both])
+        cols.append(np.take(index, range(1, coarse.shape[a]), axis=a)[both])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    graph = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(coarse.size,) * 2).tocsr()
+    near = np.take(index, 0, axis=axis)[np.take(coarse, 0, axis=axis)]
+    far = np.take(index, -1, axis=axis)[np.take(coarse, -1, axis=axis)]
+    if not len(near) or not len(far):
+        return 0.0
+    lengths = scipy.sparse.csgraph.shortest_path(graph, directed=False, unweighted=True, indices=near).min(axis=0)
+    reached = lengths[far][np.isfinite(lengths[far])]
+    return float(reached.mean() / (coarse.shape[axis] - 1)) if len(reached) else 0.0
+
+
+def test_series_bound_and_tortuosity_of_known_paths_and_against_scipy():
+    # one path two voxels wide: 16 voxels along axis 0, 20 along axis 1, then on along axis 0 to the far face
+    path = np.zeros((32, 32, 32), np.uint8)
+    path[:16, 0:2, 0:2] = 1
+    path[14:16, 0:22, 0:2] = 1
+    path[14:, 20:22, 0:2] = 1
+    path[:, 26:, 26:] = 1                     # and a straight bar 6 x 6 along axis 0, apart from it
+    described = domain.describe(path)
+    # coarse cells of 2^3: 7 along axis 0, 10 along axis 1, 8 along axis 0 = 25 steps to the path's far cell, 15
+    # to each of the bar's nine; over the 15 of a straight path
+    assert described["axis_tortuosity"][0] == pytest.approx((25 + 9 * 15) / 10 / 15)
+    assert described["axis_tortuosity"][1] == 0.0 == described["axis_series"][1]      # no path along axis 1
+    # slices normal to axis 0 hold the bar (36 voxels) and 4 of the path, 44 where the path turns (x = 14, 15)
+    filled = np.full(32, 40.0)
+    filled[14:16] = 36 + 44
+    assert described["axis_series"][0] == pytest.approx(32 / np.sum(32 * 32 / filled))
+    straight = domain.describe(np.pad(np.ones((24, 6, 6), np.uint8), ((0, 0), (0, 18), (0, 18))))
+    assert straight["axis_tortuosity"][0] == 1.0 and straight["axis_series"][0] == pytest.approx(36 / 576)
+    rng = np.random.default_rng(7)
+    volumes = [microstructure.blobs(24, porosity=p, correlation_length=1.5, seed=s)
+               for s, p in enumerate((0.3, 0.45, 0.7))] + [(rng.random((9, 13, 16)) < 0.5).astype(np.uint8)]
+    for volume in volumes:
+        described = domain.describe(volume)
+        for axis in range(3):
+            assert described["axis_tortuosity"][axis] == pytest.approx(
+                _coarse_tortuosity_reference(volume, axis), rel=1e-12)
+
+
+def _paths_described(rng, count):
+    """Descriptions with the paths' descriptors (as ``domain.describe`` gives them) of ``count`` made-up volumes."""
+    described = _described(rng, count)
+    for d in described:
+        d["axis_series"] = list(rng.uniform(0.05, 0.9) * np.array(d["axis_spanning"]))
+        d["axis_tortuosity"] = list(rng.uniform(1.0, 2.5, 3))
+        d["spanning"] = min(d["axis_spanning"])
+    return described
+
+
+def test_the_correction_learns_the_sign_of_a_models_error_from_the_paths():
+    from conductivity_tf import correction
+
+    rng = np.random.default_rng(4)
+
+    def draw(count):
+        # a model that overestimates winding paths: its value is the truth times tortuosity^1.5 (and 3 % noise)
+        described = _paths_described(rng, count)
+        truth = rng.uniform(0.02, 0.6, (count, 3))
+        tortuosity = np.array([d["axis_tortuosity"] for d in described])
+        return described, truth, truth * tortuosity ** 1.5 * np.exp(rng.normal(0, 0.03, (count, 3)))
+
+    described, truth, values = draw(3000)
+    model = correction.fit(described, truth, values, [0, 1, 2], members=2, epochs=20)
+    described, truth, values = draw(1000)                           # fresh volumes
+    corrected = correction.apply(model, described, values, [0, 1, 2])
+    before = np.mean(np.abs(values - truth) / truth)
+    after = np.mean(np.abs(corrected - truth) / truth)
+    assert before > 0.4 and after < 0.1, (before, after)
+    # one axis at a time gives the same (the rows of a volume's axes are its axes')
+    np.testing.assert_allclose(correction.apply(model, described, values[:, [1]], [1])[:, 0], corrected[:, 1],
+                               rtol=1e-12)
+    assert correction.apply(None, described, values, [0, 1, 2]) is values
+    assert correction.fit(described[:10], truth[:10], values[:10], [0, 1, 2]) is None   # too few to fit
+    again = [correction.fit(described, truth, values, [0, 1, 2], members=1, epochs=1) for _ in range(2)]
+    assert again[0] == again[1]                                      # seeded: the same fit twice
+
+
+def test_calibrate_with_correction_keeps_it_and_predict_applies_it(ensemble_run, tmp_path):
+    import shutil
+
+    from conductivity_tf import correction, uncertainty
+    from conductivity_tf.predict import Predictor
+
+    (tmp_path / "spec.yaml").write_text(UNSEEN_SPEC.replace("samples: 96", "samples: 160"))
+    other = tmp_path / "spheroids"
+    proc = run_module("conductivity_tf.dataset", "build", "--config", tmp_path / "spec.yaml", "--out", other,
+                      "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    run, data = str(tmp_path / "run"), ensemble_run.replace("/run", "/data")
+    shutil.copytree(ensemble_run, run)
+    proc = run_module("conductivity_tf.evaluate", "--model", run, "--data", data, "--precision", "fp32",
+                      "--calibrate", "--correction", "--calibration-data", other)
+    assert proc.returncode == 0, proc.stderr
+    fitted = correction.load(run)
+    assert fitted["train_splits_of"] == ["data", "spheroids"] and fitted["features"] == correction.FEATURES
+    assert uncertainty.load(run)["validation_splits_of"] == ["data", "spheroids"]
+    # predict states the network's values times the correction's factors, and the ensemble's spread with them
+    predictor = Predictor(run, "fp32")
+    volumes = np.concatenate([_family("blobs", correlation_length=1.8)[:3], _family("spheroids", radius=1.0,
+                                                                                      aspect=0.2, spread=5.0)[:3]])
+    raw, _ = predictor._run(volumes)
+    factors = correction.factor(fitted, domain.describe_many(volumes), raw, [0, 1, 2])
+    assert not np.allclose(factors, 1.0, rtol=1e-3)
+    np.testing.assert_allclose(predictor.predict(volumes).values, raw * factors, rtol=1e-6)
+    np.testing.assert_allclose(predictor(volumes), raw * factors, rtol=1e-6)
+    # calibrated again without --correction, the run predicts the network's values again
+    proc = run_module("conductivity_tf.evaluate", "--model", run, "--data", data, "--precision", "fp32",
+                      "--calibrate")
+    assert proc.returncode == 0, proc.stderr
+    assert correction.load(run) is None
+    np.testing.assert_allclose(Predictor(run, "fp32").predict(volumes).values, raw, rtol=1e-6)

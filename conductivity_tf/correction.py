@@ -1,0 +1,146 @@
+"""A correction of a model's predictions by what the volume's paths say: plain numpy at prediction time.
+
+The network sees a 64^3 cube through its convolutions and pools it; where few, thin or winding paths carry the
+current (barely connected phases, elongated features across the axis) it errs by tens of per cent, and the sign
+of its error follows the structure. The correction is a small multilayer perceptron of the volume's descriptors
+along each axis (``domain.describe``: porosity, chords, the fraction joining the faces, the series bound of the
+spanning clusters, the geodesic tortuosity) and of the model's own prediction, trained on the logarithm of the
+solver's value over the model's (``FEATURES``); the corrected value is the prediction times its exponential.
+Several members, trained from different seeds, are averaged. It is fitted on the train splits of the model's
+dataset and of broader ones (``evaluate --calibrate --calibration-data``), never on a validation or test split,
+costs the descriptors the domain check computes anyway plus two small matrix products, and is kept in a run
+directory's ``correction.json``.
+"""
+
+import os
+
+import numpy as np
+from scipy.special import erf
+
+from conductivity_tf.fileio import read_json, write_json
+
+CORRECTION_FILE = "correction.json"
+FEATURES = ["log porosity", "log mean chord of the conducting phase along the axis",
+            "log mean chord of the conducting phase along the next axis",
+            "log mean chord of the conducting phase along the last axis", "log mean chord of the insulating phase",
+            "log anisotropy", "log fraction of the conducting phase joining the faces normal to the axis",
+            "log smallest such fraction over the axes", "log predicted value",
+            "log predicted fraction of the porosity that conducts",
+            "log series bound of the spanning clusters along the axis", "log geodesic tortuosity along the axis"]
+FLOOR = 1e-4      # values and fractions below this are taken as this (their logarithms stay finite)
+LARGEST = 3.0     # the correction's logarithm is clipped to +-LARGEST (a factor of 20 at most)
+
+
+def features(descriptions, values, axes):
+    """(N * len(axes), F) features of N described volumes (``domain.describe``) and their (N, len(axes)) predicted
+    values, one row per value."""
+    values = np.maximum(np.asarray(values, float).reshape(len(descriptions), len(axes)), FLOOR)
+    per_volume = {key: np.array([d[key] for d in descriptions], float).reshape(len(descriptions), -1)
+                  for key in ("porosity", "insulating_chord", "anisotropy", "spanning", "axis_chords",
+                              "axis_spanning", "axis_series", "axis_tortuosity")}
+    porosity = np.maximum(per_volume["porosity"], FLOOR)
+    chords = np.log(np.maximum(per_volume["axis_chords"], FLOOR))
+    columns = []
+    for j, axis in enumerate(axes):
+        value = values[:, j:j + 1]
+        columns.append(np.hstack([
+            np.log(porosity), chords[:, [axis]], chords[:, [(axis + 1) % 3]], chords[:, [(axis + 2) % 3]],
+            np.log(np.maximum(per_volume["insulating_chord"], FLOOR)),
+            np.log(np.maximum(per_volume["anisotropy"], 1.0)),
+            np.log(np.maximum(per_volume["axis_spanning"][:, [axis]], FLOOR)),
+            np.log(np.maximum(per_volume["spanning"], FLOOR)), np.log(value),
+            np.log(np.minimum(value / porosity, 1.0)),
+            np.log(np.maximum(per_volume["axis_series"][:, [axis]], FLOOR)),
+            np.log(np.maximum(per_volume["axis_tortuosity"][:, [axis]], 1.0))]))
+    # one row per value, the volume's axes in turn (as values.ravel())
+    return np.stack(columns, axis=1).reshape(len(descriptions) * len(axes), len(FEATURES))
+
+
+def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learning_rate=0.002, seed=0,
+        keras=None):
+    """The correction of a model's (N, len(axes)) predicted ``values`` towards the solver's ``truth`` (train
+    splits): ``members`` perceptrons of two hidden layers of ``width`` (GELU), each fitted for ``epochs`` (Adam,
+    cosine decay from ``learning_rate`` to 0) on the squared error of log(truth / value) over the values that
+    conduct. A dict, as ``correction.json`` keeps it; None
+    with fewer than 100 conducting values."""
+    from conductivity_tf import keras_compat
+
+    keras = keras or keras_compat.keras
+
+    truth, values = np.asarray(truth, float).ravel(), np.asarray(values, float)
+    x = features(descriptions, values, axes)
+    live = (truth > 1e-6) & (values.ravel() > FLOOR)
+    if live.sum() < 100:
+        return None
+    target = np.log(truth[live] / values.ravel()[live])
+    mean, scale = x[live].mean(axis=0), x[live].std(axis=0) + 1e-9
+    inputs = ((x[live] - mean) / scale).astype(np.float32)
+    layers = []
+    for member in range(members):
+        keras_compat.set_random_seed(seed + member)   # the same fit from the same values, run after run
+        net = keras.Sequential([keras.layers.Dense(width, activation="gelu", input_shape=(len(FEATURES),)),
+                                keras.layers.Dense(width, activation="gelu"), keras.layers.Dense(1)])
+        steps = epochs * -(-int(live.sum()) // 256)
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps)   # to 0: no step's noise left at the end
+        net.compile(optimizer=keras.optimizers.Adam(rate), loss="mse")
+        net.fit(inputs, target.astype(np.float32), batch_size=256, epochs=epochs, verbose=0, shuffle=True)
+        layers.append([[w.tolist() for w in layer.get_weights()] for layer in net.layers])
+    return {"features": FEATURES, "mean": mean.tolist(), "scale": scale.tolist(), "members": layers,
+            "fitted_values": int(live.sum())}
+
+
+def held_out_factors(train, descriptions, values, families, axes, members=1):
+    """(N, len(axes)) factors for the validation ``values`` of N described volumes of the given ``families``, each
+    from a correction fitted (``members`` of it) on the ``train`` values (a dict of descriptions, truth, values,
+    families) of every other family: how the correction does on a kind of structure it has not seen. Where the
+    train values hold a single family, the correction fitted on all of them."""
+    train_families, families = np.asarray(train["families"]), np.asarray(families)
+    factors = np.ones(np.shape(values))
+    for kind in sorted(set(families.tolist())):
+        rows = families == kind
+        keep = train_families != kind
+        if not keep.any():     # a single family: nothing to hold out
+            keep[:] = True
+        model = fit([d for d, k in zip(train["descriptions"], keep) if k], train["truth"][keep],
+                    train["values"][keep], axes, members=members)
+        if model is not None:
+            factors[rows] = factor(model, [d for d, k in zip(descriptions, rows) if k], values[rows], axes)
+    return factors
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def factor(model, descriptions, values, axes):
+    """(N, len(axes)) factors the correction ``model`` (a dict from ``fit``) multiplies the predicted ``values``
+    by: the exponential of its members' mean output."""
+    values = np.asarray(values, float)
+    if not len(values):
+        return np.ones_like(values)
+    x = (features(descriptions, values, axes) - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    outputs = []
+    for layers in model["members"]:
+        h = x
+        for k, (weights, bias) in enumerate(layers):
+            h = h @ np.asarray(weights) + np.asarray(bias)
+            if k < len(layers) - 1:
+                h = _gelu(h)
+        outputs.append(h[:, 0])
+    return np.exp(np.clip(np.mean(outputs, axis=0), -LARGEST, LARGEST)).reshape(values.shape)
+
+
+def apply(model, descriptions, values, axes):
+    """The predicted ``values`` (N, len(axes)) corrected by ``model``; unchanged where ``model`` is None."""
+    if model is None:
+        return values
+    return np.asarray(values, float) * factor(model, descriptions, values, axes)
+
+
+def save(directory, model):
+    write_json(os.path.join(directory, CORRECTION_FILE), model)
+
+
+def load(directory):
+    """The correction a run directory keeps, or None when it has none (it predicts the network's values)."""
+    return read_json(os.path.join(directory, CORRECTION_FILE))
