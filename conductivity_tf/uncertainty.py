@@ -8,7 +8,7 @@ logarithm of the relative error, linear in the logarithms of the volume's descri
 (``domain.describe``), of the predicted fraction of the porosity that conducts and, for an ensemble, of its
 members' relative spread (``FEATURES``). Its scale is then fitted so that the prediction +- Z90 of it holds 90 %
 of the validation values: one calibrated standard deviation, like the ensemble's. It costs the descriptors only
-(about half a millisecond per 64^3 volume on two cores, computed anyway for the training-domain check). A run
+(under a millisecond per 64^3 volume on two cores, computed anyway for the training-domain check). A run
 directory keeps it in ``uncertainty.json``.
 """
 
