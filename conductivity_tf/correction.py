@@ -4,12 +4,12 @@ The network sees a 64^3 cube through its convolutions and pools it; where few, t
 current (barely connected phases, elongated features across the axis) it errs by tens of per cent, and the sign
 of its error follows the structure. The correction is a small multilayer perceptron of the volume's descriptors
 along each axis (``domain.describe``: porosity, chords, the fraction joining the faces, the series bound of the
-spanning clusters, the geodesic tortuosity) and of the model's own prediction, trained on the logarithm of the
-solver's value over the model's (``FEATURES``); the corrected value is the prediction times its exponential.
-Several members, trained from different seeds, are averaged. It is fitted on the train splits of the model's
-dataset and of broader ones (``evaluate --calibrate --calibration-data``), never on a validation or test split,
-costs the descriptors the domain check computes anyway plus two small matrix products, and is kept in a run
-directory's ``correction.json``.
+spanning clusters, the geodesic tortuosity, the renormalised conductivity) and of the model's own prediction,
+trained on the logarithm of the solver's value over the model's (``FEATURES``); the corrected value is the
+prediction times its exponential. Several members, trained from different seeds, are averaged. It is fitted on
+the train splits of the model's dataset and of broader ones (``evaluate --calibrate --calibration-data``), never
+on a validation or test split, costs the descriptors the domain check computes anyway plus two small matrix
+products, and is kept in a run directory's ``correction.json``.
 """
 
 import os
@@ -26,18 +26,20 @@ FEATURES = ["log porosity", "log mean chord of the conducting phase along the ax
             "log anisotropy", "log fraction of the conducting phase joining the faces normal to the axis",
             "log smallest such fraction over the axes", "log predicted value",
             "log predicted fraction of the porosity that conducts",
-            "log series bound of the spanning clusters along the axis", "log geodesic tortuosity along the axis"]
+            "log series bound of the spanning clusters along the axis", "log geodesic tortuosity along the axis",
+            "log renormalised conductivity along the axis"]
 FLOOR = 1e-4      # values and fractions below this are taken as this (their logarithms stay finite)
 LARGEST = 3.0     # the correction's logarithm is clipped to +-LARGEST (a factor of 20 at most)
 
 
-def features(descriptions, values, axes):
+def features(descriptions, values, axes, names=None):
     """(N * len(axes), F) features of N described volumes (``domain.describe``) and their (N, len(axes)) predicted
-    values, one row per value."""
+    values, one row per value: those of ``FEATURES`` named in ``names`` (all of them by default; a correction
+    fitted before a feature was added keeps its own)."""
     values = np.maximum(np.asarray(values, float).reshape(len(descriptions), len(axes)), FLOOR)
     per_volume = {key: np.array([d[key] for d in descriptions], float).reshape(len(descriptions), -1)
                   for key in ("porosity", "insulating_chord", "anisotropy", "spanning", "axis_chords",
-                              "axis_spanning", "axis_series", "axis_tortuosity")}
+                              "axis_spanning", "axis_series", "axis_tortuosity", "axis_renormalised")}
     porosity = np.maximum(per_volume["porosity"], FLOOR)
     chords = np.log(np.maximum(per_volume["axis_chords"], FLOOR))
     columns = []
@@ -51,9 +53,11 @@ def features(descriptions, values, axes):
             np.log(np.maximum(per_volume["spanning"], FLOOR)), np.log(value),
             np.log(np.minimum(value / porosity, 1.0)),
             np.log(np.maximum(per_volume["axis_series"][:, [axis]], FLOOR)),
-            np.log(np.maximum(per_volume["axis_tortuosity"][:, [axis]], 1.0))]))
+            np.log(np.maximum(per_volume["axis_tortuosity"][:, [axis]], 1.0)),
+            np.log(np.maximum(per_volume["axis_renormalised"][:, [axis]], FLOOR))]))
     # one row per value, the volume's axes in turn (as values.ravel())
-    return np.stack(columns, axis=1).reshape(len(descriptions) * len(axes), len(FEATURES))
+    x = np.stack(columns, axis=1).reshape(len(descriptions) * len(axes), len(FEATURES))
+    return x if names is None else x[:, [FEATURES.index(name) for name in names]]
 
 
 def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learning_rate=0.002, seed=0,
@@ -118,7 +122,8 @@ def factor(model, descriptions, values, axes):
     values = np.asarray(values, float)
     if not len(values):
         return np.ones_like(values)
-    x = (features(descriptions, values, axes) - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    x = features(descriptions, values, axes, model["features"])
+    x = (x - np.asarray(model["mean"])) / np.asarray(model["scale"])
     outputs = []
     for layers in model["members"]:
         h = x

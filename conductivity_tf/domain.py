@@ -11,8 +11,9 @@ A volume is described by a few numbers that say what kind of structure it is (``
 
 ``describe`` also gives, per axis, the chords and spanning fractions (``axis_chords``, ``axis_spanning``), the series
 bound of the spanning clusters (``axis_series``: slices in series, each filled as far as those clusters fill it) and
-the geodesic tortuosity (``axis_tortuosity``: the shortest path from face to face over the straight one), which the
-error model of ``uncertainty`` and the correction of ``correction`` use.
+the geodesic tortuosity (``axis_tortuosity``: the shortest path from face to face over the straight one) and a
+renormalised conductivity (``axis_renormalised``: 2x2x2 blocks merged level by level), which the error model of
+``uncertainty`` and the correction of ``correction`` use.
 
 ``training_domain`` takes the central 99 % of each over the training split; ``outside`` names every number of a
 volume that falls out of it, as a reason a person can read. A run directory keeps its domain in ``domain.json``.
@@ -142,12 +143,111 @@ def _tortuosity(x):
     return out
 
 
+@njit(inline="always")
+def _cell(f, a, layer, u, v):
+    """f's value at ``layer`` along axis ``a`` and (u, v) along the two others, in order."""
+    if a == 0:
+        return f[layer, u, v]
+    if a == 1:
+        return f[u, layer, v]
+    return f[u, v, layer]
+
+
+@njit(inline="always")
+def _block(f, a, lo, hi):
+    """Conductance along axis ``a`` of the block lo <= index < hi (at most two cells per side) of the cells'
+    conductances ``f`` along it: the mean of the two Wiener-type estimates, layers normal to the axis in series
+    with each layer's cells in parallel (an upper one) and columns along the axis in parallel with each column's
+    cells in series (a lower one)."""
+    b, c = (1, 2) if a == 0 else ((0, 2) if a == 1 else (0, 1))
+    two = hi[a] - lo[a] == 2
+    first = 0.0
+    second = 0.0
+    low = 0.0
+    columns = 0
+    for u in range(lo[b], hi[b]):
+        for v in range(lo[c], hi[c]):
+            p = float(_cell(f, a, lo[a], u, v))
+            columns += 1
+            first += p
+            if two:
+                q = float(_cell(f, a, lo[a] + 1, u, v))
+                second += q
+                if p > 0 and q > 0:
+                    low += 2 * p * q / (p + q)
+            else:
+                low += p
+    if not two:
+        return first / columns
+    first /= columns
+    second /= columns
+    low /= columns
+    high = 2 * first * second / (first + second) if first > 0 and second > 0 else 0.0
+    return 0.5 * (low + high)
+
+
+@njit(cache=True)
+def _block_table():
+    """(3, 256): ``_block`` along each axis of the 2x2x2 blocks of 0/1 cells, the cell (di, dj, dk) as bit
+    4 di + 2 dj + dk of the index."""
+    table = np.empty((3, 256))
+    cells = np.empty((2, 2, 2), np.uint8)
+    for code in range(256):
+        for b in range(8):
+            cells[b >> 2, (b >> 1) & 1, b & 1] = (code >> b) & 1
+        for a in range(3):
+            table[a, code] = _block(cells, a, (0, 0, 0), (2, 2, 2))
+    return table
+
+
+_BLOCKS = _block_table()
+
+
+@njit(cache=True, nogil=True)
+def _renormalised(x):
+    """sigma_eff/sigma_0 along each axis (3,) of a 0/1 uint8 volume estimated by real-space renormalisation: blocks
+    of 2x2x2 cells become one cell (``_block``, per axis), level after level, until one cell is left; the first
+    level's whole blocks are looked up in ``_BLOCKS``. It sees necks in series, where few thin paths carry the
+    current, which a mean over slices or a path length does not."""
+    n = (x.shape[0], x.shape[1], x.shape[2])
+    m = ((n[0] + 1) // 2, (n[1] + 1) // 2, (n[2] + 1) // 2)
+    cells = np.empty((3, m[0], m[1], m[2]))
+    for i in range(m[0]):
+        for j in range(m[1]):
+            whole = 2 * i + 1 < n[0] and 2 * j + 1 < n[1]
+            for k in range(m[2]):
+                if whole and 2 * k + 1 < n[2]:
+                    code = 0
+                    for b in range(8):
+                        code |= x[2 * i + (b >> 2), 2 * j + ((b >> 1) & 1), 2 * k + (b & 1)] << b
+                    for a in range(3):
+                        cells[a, i, j, k] = _BLOCKS[a, code]
+                else:
+                    lo = (2 * i, 2 * j, 2 * k)
+                    hi = (min(2 * i + 2, n[0]), min(2 * j + 2, n[1]), min(2 * k + 2, n[2]))
+                    for a in range(3):
+                        cells[a, i, j, k] = _block(x, a, lo, hi)
+    while m[0] > 1 or m[1] > 1 or m[2] > 1:
+        n = m
+        m = ((n[0] + 1) // 2, (n[1] + 1) // 2, (n[2] + 1) // 2)
+        coarser = np.empty((3, m[0], m[1], m[2]))
+        for i in range(m[0]):
+            for j in range(m[1]):
+                for k in range(m[2]):
+                    lo = (2 * i, 2 * j, 2 * k)
+                    hi = (min(2 * i + 2, n[0]), min(2 * j + 2, n[1]), min(2 * k + 2, n[2]))
+                    for a in range(3):
+                        coarser[a, i, j, k] = _block(cells[a], a, lo, hi)
+        cells = coarser
+    return cells[:, 0, 0, 0].copy()
+
 @njit(cache=True, nogil=True)
 def _structure(x):
     """Chord counts and spanning clusters of a 0/1 uint8 volume in one pass over its runs along the last axis:
     (conducting voxels, run starts of each phase along each axis (2, 3), conducting voxels in 6-connected clusters
     touching both faces normal to each axis (3,), those voxels per slice normal to each axis (3, largest side),
-    the coarse geodesic tortuosity along each axis (3,), ``_tortuosity``).
+    the coarse geodesic tortuosity along each axis (3,), ``_tortuosity``, the renormalised conductivity along each
+    axis (3,), ``_renormalised``).
 
     The runs of conducting voxels along the last axis are the nodes of a union-find; a run joins the runs it
     overlaps in the rows before it along axes 0 and 1, which is 6-connectivity. Along a line the runs of the two
@@ -252,7 +352,7 @@ def _structure(x):
     for a in range(3):
         starts[1, a] = up[a]
         starts[0, a] = changes[a] + lines[a] - up[a]
-    return ones, starts, spanning, slices, _tortuosity(x)
+    return ones, starts, spanning, slices, _tortuosity(x), _renormalised(x)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -264,9 +364,10 @@ def _structures(x):
     spanning = np.zeros((n, 3), np.int64)
     slices = np.zeros((n, 3, max(x.shape[1], x.shape[2], x.shape[3])), np.int64)
     tortuosity = np.zeros((n, 3))
+    renormalised = np.zeros((n, 3))
     for v in prange(n):
-        ones[v], starts[v], spanning[v], slices[v], tortuosity[v] = _structure(x[v])
-    return ones, starts, spanning, slices, tortuosity
+        ones[v], starts[v], spanning[v], slices[v], tortuosity[v], renormalised[v] = _structure(x[v])
+    return ones, starts, spanning, slices, tortuosity, renormalised
 
 
 def _mean_chords(voxels, starts):
@@ -287,7 +388,7 @@ def _series(slices, shape):
     return out
 
 
-def _description(shape, ones, starts, spanning, slices, tortuosity):
+def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised):
     """The descriptors' dict from ``_structure``'s counts (plain Python numbers: this runs once per volume)."""
     size = int(np.prod(shape))
     series = _series(slices, shape)
@@ -301,14 +402,15 @@ def _description(shape, ones, starts, spanning, slices, tortuosity):
             "spanning": min(fractions),
             # per axis, for the error model (uncertainty.py)
             "axis_chords": [c if c != float("inf") else 0.0 for c in chords],
-            "axis_spanning": fractions, "axis_series": series, "axis_tortuosity": [float(t) for t in tortuosity]}
+            "axis_spanning": fractions, "axis_series": series, "axis_tortuosity": [float(t) for t in tortuosity],
+            "axis_renormalised": [float(r) for r in renormalised]}
 
 
 def describe(volume):
     """The descriptors of a binary volume (1 = conducting), as a dict."""
     conducting = np.ascontiguousarray(np.asarray(volume) > 0)
-    ones, starts, spanning, slices, tortuosity = _structure(conducting.view(np.uint8))
-    return _description(conducting.shape, int(ones), starts, spanning, slices, tortuosity)
+    ones, starts, spanning, slices, tortuosity, renormalised = _structure(conducting.view(np.uint8))
+    return _description(conducting.shape, int(ones), starts, spanning, slices, tortuosity, renormalised)
 
 
 def describe_many(volumes, chunk=256):
@@ -320,9 +422,9 @@ def describe_many(volumes, chunk=256):
     out = []
     for begin in range(0, len(volumes), chunk):
         conducting = np.ascontiguousarray(volumes[begin:begin + chunk] > 0)
-        ones, starts, spanning, slices, tortuosity = _structures(conducting.view(np.uint8))
-        out += [_description(volumes.shape[1:], int(ones[v]), starts[v], spanning[v], slices[v], tortuosity[v])
-                for v in range(len(ones))]
+        ones, starts, spanning, slices, tortuosity, renormalised = _structures(conducting.view(np.uint8))
+        out += [_description(volumes.shape[1:], int(ones[v]), starts[v], spanning[v], slices[v], tortuosity[v],
+                             renormalised[v]) for v in range(len(ones))]
     return out
 
 

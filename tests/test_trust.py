@@ -465,6 +465,47 @@ def test_series_bound_and_tortuosity_of_known_paths_and_against_scipy():
                 _coarse_tortuosity_reference(volume, axis), rel=1e-12)
 
 
+
+def _renormalised_reference(volume):
+    """Real-space renormalisation of a 0/1 volume with sides a power of two, in numpy: per axis, each 2x2x2 block
+    takes the mean of its layers in series (each layer's cells in parallel) and its columns in parallel (each
+    column's cells in series), until one cell is left."""
+    cells = np.repeat(np.asarray(volume, float)[None], 3, axis=0)
+    while cells.shape[1] > 1:
+        coarser = []
+        for a in range(3):
+            f = np.moveaxis(cells[a], a, 0)
+            n = f.shape[0] // 2
+            blocks = f.reshape(n, 2, n, 2, n, 2)
+            p, q = blocks[:, 0], blocks[:, 1]             # the two layers along the axis: (n, n, 2, n, 2)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                low = np.where((p > 0) & (q > 0), 2 * p * q / (p + q), 0.0).mean(axis=(2, 4))
+                first, second = p.mean(axis=(2, 4)), q.mean(axis=(2, 4))
+                high = np.where((first > 0) & (second > 0), 2 * first * second / (first + second), 0.0)
+            coarser.append(np.moveaxis(0.5 * (low + high), 0, a))
+        cells = np.stack(coarser)
+    return cells[:, 0, 0, 0]
+
+
+def test_renormalised_conductivity_of_straight_paths_and_against_a_reference():
+    channel = np.zeros((16, 16, 16), np.uint8)
+    channel[:, 5, 9] = 1                      # one straight line of voxels along axis 0: exact, 1 / 256
+    assert domain.describe(channel)["axis_renormalised"] == pytest.approx([1 / 256, 0.0, 0.0], abs=1e-15)
+    stripes = np.zeros((32, 32, 32), np.uint8)
+    stripes[:, :, np.arange(32) % 6 < 3] = 1    # slabs 3 voxels thick, across the blocks: exact, their fraction
+    renormalised = domain.describe(stripes)["axis_renormalised"]
+    assert renormalised[:2] == pytest.approx([17 / 32, 17 / 32], rel=1e-12) and renormalised[2] == 0.0
+    assert domain.describe(np.ones((7, 9, 5), np.uint8))["axis_renormalised"] == pytest.approx([1.0] * 3)
+    rng = np.random.default_rng(3)
+    volumes = [microstructure.blobs(32, porosity=p, correlation_length=1.5, seed=s)
+               for s, p in enumerate((0.25, 0.5))] + [(rng.random((16, 16, 16)) < 0.6).astype(np.uint8)]
+    described = domain.describe_many(np.stack(volumes[:2]))
+    for volume, batch in zip(volumes, described + [None]):
+        single = domain.describe(volume)["axis_renormalised"]
+        assert single == pytest.approx(_renormalised_reference(volume), rel=1e-12)
+        if batch is not None:
+            assert batch["axis_renormalised"] == single
+
 def _paths_described(rng, count):
     """Descriptions with the paths' descriptors (as ``domain.describe`` gives them) of ``count`` made-up volumes."""
     described = _described(rng, count)
