@@ -512,6 +512,7 @@ def _paths_described(rng, count):
     for d in described:
         d["axis_series"] = list(rng.uniform(0.05, 0.9) * np.array(d["axis_spanning"]))
         d["axis_tortuosity"] = list(rng.uniform(1.0, 2.5, 3))
+        d["axis_renormalised"] = list(rng.uniform(0.3, 1.0) * np.array(d["axis_series"]))
         d["spanning"] = min(d["axis_spanning"])
     return described
 
