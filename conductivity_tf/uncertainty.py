@@ -5,8 +5,9 @@ paths carry the current (low porosity, a conducting phase of few, large features
 faces). An ensemble's spread sees little of this (its members agree on a volume whose value none of them can
 know), so the stated uncertainty is an error model fitted to the model's own errors on the validation split: the
 logarithm of the relative error, linear in the logarithms of the volume's descriptors along each axis
-(``domain.describe``), of the predicted fraction of the porosity that conducts and, for an ensemble, of its
-members' relative spread (``FEATURES``). Its scale is then fitted so that the prediction +- Z90 of it holds 90 %
+(``domain.describe``), of the predicted fraction of the porosity that conducts, of the prediction's
+disagreement with the renormalised conductivity and, for an ensemble, of its members' relative spread
+(``FEATURES``). Its scale is then fitted so that the prediction +- Z90 of it holds 90 %
 of the validation values: one calibrated standard deviation, like the ensemble's. It costs the descriptors only
 (under a millisecond per 64^3 volume on two cores, computed anyway for the training-domain check). A run
 directory keeps it in ``uncertainty.json``.
@@ -23,14 +24,17 @@ UNCERTAINTY_FILE = "uncertainty.json"
 FEATURES = ["constant", "log porosity", "log mean chord of the conducting phase along the axis",
             "log mean chord of the insulating phase", "log anisotropy",
             "log fraction of the conducting phase joining the faces normal to the axis",
-            "log predicted fraction of the porosity that conducts"]
+            "log predicted fraction of the porosity that conducts",
+            "log disagreement of the prediction with the renormalised conductivity"]
 SPREAD_FEATURE = "log relative spread of the ensemble's members"
 FLOOR = 1e-3   # relative errors and fractions below this are taken as this (their logarithms stay finite)
 
 
-def features(descriptions, values, axes, spread=None):
+def features(descriptions, values, axes, spread=None, names=None):
     """(N * len(axes), F) features of N described volumes (``domain.describe``) and their (N, len(axes)) predicted
-    values (and the ensemble's spread), one row per value."""
+    values (and the ensemble's spread), one row per value: those named in ``names`` (all by default; an error
+    model fitted before a feature was added keeps its own). The disagreement is |log(value / renormalised)|: where
+    the network (corrected) and the renormalisation of the volume's blocks part, one of them is far off."""
     values = np.asarray(values, float)
     rows = []
     for i, description in enumerate(descriptions):
@@ -39,11 +43,17 @@ def features(descriptions, values, axes, spread=None):
             row = [1.0, np.log(porosity), np.log(max(description["axis_chords"][axis], FLOOR)),
                    np.log(max(description["insulating_chord"], FLOOR)), np.log(max(description["anisotropy"], 1.0)),
                    np.log(max(description["axis_spanning"][axis], FLOOR)),
-                   np.log(min(max(values[i, j] / porosity, FLOOR), 1.0))]
+                   np.log(min(max(values[i, j] / porosity, FLOOR), 1.0)),
+                   np.log(abs(np.log(max(values[i, j], FLOOR) / max(description["axis_renormalised"][axis], FLOOR)))
+                          + 0.05)]
             if spread is not None:
                 row.append(np.log(max(float(spread[i, j]), 0.0) / max(values[i, j], FLOOR) + FLOOR))
             rows.append(row)
-    return np.array(rows, float).reshape(len(rows), -1)
+    x = np.array(rows, float).reshape(len(rows), -1)
+    if names is None:
+        return x
+    every = FEATURES + ([SPREAD_FEATURE] if spread is not None else [])
+    return x[:, [every.index(name) for name in names]]
 
 
 def fit(descriptions, truth, values, axes, spread=None):
@@ -72,7 +82,7 @@ def evaluate(model, descriptions, values, axes, spread=None):
     uses_spread = SPREAD_FEATURE in model["features"]
     if uses_spread and spread is None:
         raise ValueError("this error model was fitted with an ensemble's spread, which these predictions lack")
-    x = features(descriptions, values, axes, spread if uses_spread else None)
+    x = features(descriptions, values, axes, spread if uses_spread else None, model["features"])
     typical = np.maximum(values.ravel(), FLOOR * FLOOR) * np.exp(x @ np.asarray(model["weights"], float))
     return (model["scale"] * typical).reshape(values.shape)
 

@@ -161,8 +161,8 @@ def test_uncertainty_scale_turns_a_spread_into_a_calibrated_standard_deviation()
 def _described(rng, count):
     """Descriptions (as ``domain.describe`` gives them) of ``count`` made-up volumes."""
     return [{"porosity": rng.uniform(0.2, 0.8), "insulating_chord": rng.uniform(2, 8), "anisotropy": rng.uniform(1, 3),
-             "axis_chords": list(rng.uniform(2, 10, 3)), "axis_spanning": list(rng.uniform(0.05, 1.0, 3))}
-            for _ in range(count)]
+             "axis_chords": list(rng.uniform(2, 10, 3)), "axis_spanning": list(rng.uniform(0.05, 1.0, 3)),
+             "axis_renormalised": list(rng.uniform(0.02, 0.6, 3))} for _ in range(count)]
 
 
 def test_the_error_model_learns_where_errors_are_large_and_states_a_calibrated_deviation():
