@@ -165,6 +165,29 @@ def _described(rng, count):
              "axis_renormalised": list(rng.uniform(0.02, 0.6, 3))} for _ in range(count)]
 
 
+def test_the_error_model_states_more_where_the_prediction_and_the_renormalisation_part():
+    from conductivity_tf import uncertainty
+
+    rng = np.random.default_rng(5)
+    described = _described(rng, 3000)
+    values = rng.uniform(0.05, 0.5, (3000, 3))
+    renormalised = values * np.exp(rng.normal(0.0, 0.5, values.shape))
+    for d, r in zip(described, renormalised):
+        d["axis_renormalised"] = list(r)
+    gap = np.abs(np.log(values / renormalised))
+    truth = values * (1.0 + rng.normal(0.0, 1.0, values.shape) * 0.1 * gap)   # errors grow with the disagreement
+    model = uncertainty.fit(described, truth, values, [0, 1, 2])
+    weight = model["weights"][uncertainty.FEATURES.index(
+        "log disagreement of the prediction with the renormalised conductivity")]
+    assert 0.6 < weight < 1.4                       # the log relative error goes as the log disagreement
+    relative = uncertainty.evaluate(model, described, values, [0, 1, 2]) / values
+    assert np.median(relative[gap > 0.6]) > 3 * np.median(relative[gap < 0.2])
+    # an error model fitted before the feature existed states what its own seven features give
+    old = dict(model, features=uncertainty.FEATURES[:7], weights=model["weights"][:7])
+    x = uncertainty.features(described, values, [0, 1, 2])[:, :7]
+    np.testing.assert_allclose(uncertainty.evaluate(old, described, values, [0, 1, 2]).ravel(),
+                               model["scale"] * values.ravel() * np.exp(x @ np.array(model["weights"][:7])))
+
 def test_the_error_model_learns_where_errors_are_large_and_states_a_calibrated_deviation():
     from conductivity_tf import uncertainty
 
