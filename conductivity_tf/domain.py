@@ -24,6 +24,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
+from conductivity_tf._binary_level import _at  # a grid's value with one axis moved first
 from conductivity_tf.fileio import read_json, write_json
 
 DESCRIPTORS = {
@@ -144,16 +145,6 @@ def _tortuosity(x):
 
 
 @njit(inline="always")
-def _cell(f, a, layer, u, v):
-    """f's value at ``layer`` along axis ``a`` and (u, v) along the two others, in order."""
-    if a == 0:
-        return f[layer, u, v]
-    if a == 1:
-        return f[u, layer, v]
-    return f[u, v, layer]
-
-
-@njit(inline="always")
 def _block(f, a, lo, hi):
     """Conductance along axis ``a`` of the block lo <= index < hi (at most two cells per side) of the cells'
     conductances ``f`` along it: the mean of the two Wiener-type estimates, layers normal to the axis in series
@@ -167,11 +158,11 @@ def _block(f, a, lo, hi):
     columns = 0
     for u in range(lo[b], hi[b]):
         for v in range(lo[c], hi[c]):
-            p = float(_cell(f, a, lo[a], u, v))
+            p = float(_at(f, a, lo[a], u, v))
             columns += 1
             first += p
             if two:
-                q = float(_cell(f, a, lo[a] + 1, u, v))
+                q = float(_at(f, a, lo[a] + 1, u, v))
                 second += q
                 if p > 0 and q > 0:
                     low += 2 * p * q / (p + q)
