@@ -198,8 +198,9 @@ _BLOCKS = _block_table()
 def _renormalised(x):
     """sigma_eff/sigma_0 along each axis (3,) of a 0/1 uint8 volume estimated by real-space renormalisation: blocks
     of 2x2x2 cells become one cell (``_block``, per axis), level after level, until one cell is left; the first
-    level's whole blocks are looked up in ``_BLOCKS``. It sees necks in series, where few thin paths carry the
-    current, which a mean over slices or a path length does not."""
+    level's whole blocks are looked up in ``_BLOCKS`` (along a side of odd length the last block is one cell thick
+    and counts as a whole one). It sees necks in series, where few thin paths carry the current, which a mean over
+    slices or a path length does not."""
     n = (x.shape[0], x.shape[1], x.shape[2])
     m = ((n[0] + 1) // 2, (n[1] + 1) // 2, (n[2] + 1) // 2)
     cells = np.empty((3, m[0], m[1], m[2]))
@@ -231,6 +232,7 @@ def _renormalised(x):
                         coarser[a, i, j, k] = _block(cells[a], a, lo, hi)
         cells = coarser
     return cells[:, 0, 0, 0].copy()
+
 
 @njit(cache=True, nogil=True)
 def _structure(x):
