@@ -160,9 +160,11 @@ def tradeoff_plot(path, curve):
     labels = {}  # one label per point: settings that solve the same values share it
     for row, x in zip(curve, solved):
         labels.setdefault((round(x, 6), round(row["mape"], 6)), []).append("{:g}".format(row["max_error"]))
-    for (x, mape), settings in labels.items():
+    first = min(solved)
+    for (x, mape), settings in labels.items():   # left of each point, but right of the leftmost (inside the axes)
+        inside = x == round(first, 6)
         left.annotate("--max-error " + ", ".join(settings), (x, mape), textcoords="offset points",
-                      xytext=(-4, 6), ha="right", fontsize=8)
+                      xytext=(6 if inside else -4, 6), ha="left" if inside else "right", fontsize=8)
     left.margins(x=0.15, y=0.12)
     left.set_xlabel("values answered by the solver (%)")
     left.set_ylabel("MAPE over percolating values (%)", color="tab:red")
