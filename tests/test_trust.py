@@ -188,6 +188,7 @@ def test_the_error_model_states_more_where_the_prediction_and_the_renormalisatio
     np.testing.assert_allclose(uncertainty.evaluate(old, described, values, [0, 1, 2]).ravel(),
                                model["scale"] * values.ravel() * np.exp(x @ np.array(model["weights"][:7])))
 
+
 def test_the_error_model_learns_where_errors_are_large_and_states_a_calibrated_deviation():
     from conductivity_tf import uncertainty
 
