@@ -195,12 +195,10 @@ _BLOCKS = _block_table()
 
 
 @njit(cache=True, nogil=True)
-def _renormalised(x):
-    """sigma_eff/sigma_0 along each axis (3,) of a 0/1 uint8 volume estimated by real-space renormalisation: blocks
-    of 2x2x2 cells become one cell (``_block``, per axis), level after level, until one cell is left; the first
-    level's whole blocks are looked up in ``_BLOCKS`` (along a side of odd length the last block is one cell thick
-    and counts as a whole one). It sees necks in series, where few thin paths carry the current, which a mean over
-    slices or a path length does not."""
+def _first_level(x):
+    """(3, m0, m1, m2): the 2x2x2 blocks of a 0/1 uint8 volume as cells, their conductance along each axis
+    (``_block``; whole blocks looked up in ``_BLOCKS``; along a side of odd length the last block is one cell
+    thick and counts as a whole one)."""
     n = (x.shape[0], x.shape[1], x.shape[2])
     m = ((n[0] + 1) // 2, (n[1] + 1) // 2, (n[2] + 1) // 2)
     cells = np.empty((3, m[0], m[1], m[2]))
@@ -219,18 +217,44 @@ def _renormalised(x):
                     hi = (min(2 * i + 2, n[0]), min(2 * j + 2, n[1]), min(2 * k + 2, n[2]))
                     for a in range(3):
                         cells[a, i, j, k] = _block(x, a, lo, hi)
-    while m[0] > 1 or m[1] > 1 or m[2] > 1:
-        n = m
-        m = ((n[0] + 1) // 2, (n[1] + 1) // 2, (n[2] + 1) // 2)
-        coarser = np.empty((3, m[0], m[1], m[2]))
-        for i in range(m[0]):
-            for j in range(m[1]):
-                for k in range(m[2]):
-                    lo = (2 * i, 2 * j, 2 * k)
-                    hi = (min(2 * i + 2, n[0]), min(2 * j + 2, n[1]), min(2 * k + 2, n[2]))
-                    for a in range(3):
-                        coarser[a, i, j, k] = _block(cells[a], a, lo, hi)
-        cells = coarser
+    return cells
+
+
+@njit(cache=True, nogil=True)
+def _coarser(cells):
+    """The next level: 2x2x2 blocks of ``cells`` (3, n0, n1, n2) merged along each axis (``_block``)."""
+    n = (cells.shape[1], cells.shape[2], cells.shape[3])
+    m = ((n[0] + 1) // 2, (n[1] + 1) // 2, (n[2] + 1) // 2)
+    coarser = np.empty((3, m[0], m[1], m[2]))
+    for i in range(m[0]):
+        for j in range(m[1]):
+            for k in range(m[2]):
+                lo = (2 * i, 2 * j, 2 * k)
+                hi = (min(2 * i + 2, n[0]), min(2 * j + 2, n[1]), min(2 * k + 2, n[2]))
+                for a in range(3):
+                    coarser[a, i, j, k] = _block(cells[a], a, lo, hi)
+    return coarser
+
+
+@njit(cache=True, nogil=True)
+def renormalised_field(x, levels):
+    """(3, ...): the per-axis conductivities of the cells of a 0/1 uint8 volume renormalised ``levels`` times
+    (cells of 2^levels voxels a side; ``levels`` >= 1)."""
+    cells = _first_level(x)
+    for _ in range(levels - 1):
+        cells = _coarser(cells)
+    return cells
+
+
+@njit(cache=True, nogil=True)
+def _renormalised(x):
+    """sigma_eff/sigma_0 along each axis (3,) of a 0/1 uint8 volume estimated by real-space renormalisation: blocks
+    of 2x2x2 cells become one cell (``_block``, per axis), level after level, until one cell is left
+    (``_first_level``, ``_coarser``). It sees necks in series, where few thin paths carry the current, which a mean
+    over slices or a path length does not."""
+    cells = _first_level(x)
+    while cells.shape[1] > 1 or cells.shape[2] > 1 or cells.shape[3] > 1:
+        cells = _coarser(cells)
     return cells[:, 0, 0, 0].copy()
 
 

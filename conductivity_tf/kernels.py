@@ -31,6 +31,7 @@ def compile_kernels(paths=KERNEL_PATHS):
             physics.solve_cells(rng.random((4, 5, 6, 3)) + 0.1)
             physics.spanning_channels(phases[None] > 0)
             domain.describe_many(phases[None])
+            domain.renormalised_field((phases > 0).astype(np.uint8), 2)
         elif path == "binary":
             edge = int(math.ceil(physics.BINARY_LEVEL_VOXELS ** (1.0 / 3.0)))
             physics.solve(scipy.ndimage.uniform_filter(rng.random((edge,) * 3), 3) > 0.45, return_potential=True)

@@ -39,8 +39,6 @@ from typing import Optional
 
 import numpy as np
 import scipy.ndimage
-import scipy.sparse
-import scipy.sparse.csgraph
 from numba import njit
 
 from conductivity_tf._binary_level import binary_diagonal, power_and_sections_binary, spanning_bits
@@ -404,24 +402,69 @@ def _solve_binary(bits, spanning, shape, porosity, axes, sigma0, uniform, tol, m
     return results
 
 
+@njit(cache=True)
+def _find(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]      # path halving
+        a = parent[a]
+    return a
+
+
+@njit(cache=True)
+def _spanning_cells_kernel(s, axis):
+    n0, n1, n2 = s.shape[0], s.shape[1], s.shape[2]
+    parent = np.arange(n0 * n1 * n2).astype(np.int32)
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                here = (i * n1 + j) * n2 + k
+                for a in range(3):
+                    if s[i, j, k, a] <= 0.0:
+                        continue
+                    if a == 0 and i + 1 < n0 and s[i + 1, j, k, 0] > 0.0:
+                        there = here + n1 * n2
+                    elif a == 1 and j + 1 < n1 and s[i, j + 1, k, 1] > 0.0:
+                        there = here + n2
+                    elif a == 2 and k + 1 < n2 and s[i, j, k + 1, 2] > 0.0:
+                        there = here + 1
+                    else:
+                        continue
+                    x, y = _find(parent, here), _find(parent, there)
+                    if x != y:
+                        parent[max(x, y)] = min(x, y)
+    n = (n0, n1, n2)
+    inlet = np.zeros(n0 * n1 * n2, np.bool_)
+    outlet = np.zeros(n0 * n1 * n2, np.bool_)
+    for u in range(n[(axis + 1) % 3]):
+        for v in range(n[(axis + 2) % 3]):
+            for end in range(2):
+                t = 0 if end == 0 else n[axis] - 1
+                if axis == 0:
+                    i, j, k = t, u, v
+                elif axis == 1:
+                    i, j, k = v, t, u
+                else:
+                    i, j, k = u, v, t
+                if s[i, j, k, axis] > 0.0:
+                    root = _find(parent, (i * n1 + j) * n2 + k)
+                    if end == 0:
+                        inlet[root] = True
+                    else:
+                        outlet[root] = True
+    keep = np.zeros((n0, n1, n2), np.bool_)
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                root = _find(parent, (i * n1 + j) * n2 + k)
+                keep[i, j, k] = inlet[root] and outlet[root]
+    return keep
+
+
 def _spanning_cells(s, axis):
     """The cells of a grid with per-axis conductivities ``s`` (n0, n1, n2, 3) in a cluster joining the two faces
-    normal to ``axis``; neighbours are joined along axis a where both conduct along a."""
-    shape = s.shape[:3]
-    index = np.arange(int(np.prod(shape))).reshape(shape)
-    rows, cols = [], []
-    for a in range(3):
-        both = (np.take(s[..., a], range(shape[a] - 1), axis=a) > 0) & (np.take(s[..., a], range(1, shape[a]),
-                                                                                   axis=a) > 0)
-        rows.append(np.take(index, range(shape[a] - 1), axis=a)[both])
-        cols.append(np.take(index, range(1, shape[a]), axis=a)[both])
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    graph = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(index.size, index.size))
-    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    labels = labels.reshape(shape)
-    inlet = np.take(labels, 0, axis=axis)[np.take(s[..., axis], 0, axis=axis) > 0]
-    outlet = np.take(labels, shape[axis] - 1, axis=axis)[np.take(s[..., axis], shape[axis] - 1, axis=axis) > 0]
-    return np.isin(labels, np.intersect1d(inlet, outlet))
+    normal to ``axis``; neighbours are joined along axis a where both conduct along a (a union-find over the
+    cells: memory of one int32 a cell)."""
+    return _spanning_cells_kernel(np.ascontiguousarray(s, dtype=np.float64), axis)
 
 
 def solve_cells(conductivity, sizes=None, axes=None, tol=1e-8, maxiter=1000):
@@ -444,20 +487,60 @@ def solve_cells(conductivity, sizes=None, axes=None, tol=1e-8, maxiter=1000):
     results = []
     with _one_blas_thread():
         for axis in parse_axes(axes):
-            keep = _spanning_cells(s, axis)
-            if not keep.any():
+            order = [axis] + [a for a in range(3) if a != axis]   # transport along the first array axis
+            h = [sizes[a] for a in order]
+            solution = _solve_moved_cells(np.transpose(s, order + [3])[..., order], h, tol, maxiter)
+            if solution is None:
                 results.append(0.0)
                 continue
-            order = [axis] + [a for a in range(3) if a != axis]   # transport along the first array axis
-            fields = [np.ascontiguousarray(np.transpose(np.where(keep, s[..., a], 0.0), order)) for a in order]
-            h = [sizes[a] for a in order]
-            cx, cy, cz, diag, bnd, rhs = assemble_cells(*fields, *h)
-            x0 = np.zeros(diag.shape)
-            initial_guess(diag, x0)
-            solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=Workspace())
-            phi, _, _ = solver.solve(rhs, x0=x0, maxiter=maxiter, tol=tol, offset=float(rhs.sum()))
-            current, _ = power_and_sections(phi, diag, cx, cy, cz, bnd, rhs)
+            phi, system = solution
+            current, _ = power_and_sections(phi, *system)
             results.append(float(current) * h[0].sum() / (h[1].sum() * h[2].sum()))
+    return results
+
+
+def _solve_moved_cells(s, h, tol, maxiter):
+    """The potential (padded) and the system (diag, cx, cy, cz, bnd, rhs) of a grid of cells ``s`` (n0, n1, n2, 3)
+    for transport along its first axis, the cells of edges ``h``; None when no cluster joins the two faces."""
+    keep = _spanning_cells(s, 0)
+    if not keep.any():
+        return None
+    fields = [np.ascontiguousarray(np.where(keep, s[..., a], 0.0)) for a in range(3)]
+    cx, cy, cz, diag, bnd, rhs = assemble_cells(*fields, *h)
+    x0 = np.zeros(diag.shape)
+    initial_guess(diag, x0)
+    solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=Workspace())
+    phi, _, _ = solver.solve(rhs, x0=x0, maxiter=maxiter, tol=tol, offset=float(rhs.sum()))
+    return phi, (diag, cx, cy, cz, bnd, rhs)
+
+
+def solve_cells_apart(conductivity, tol=1e-8, maxiter=1000):
+    """``solve_cells`` of each of b equal grids of unit cells (b, n, n, n, 3), all three axes: (b, 3). The grids are
+    laid side by side, one insulating cell apart, and solved at once per axis (one system instead of b); each
+    grid's value is the current through its own inlet face."""
+    s = np.asarray(conductivity, dtype=np.float64)
+    if s.ndim != 5 or s.shape[4] != 3 or len(set(s.shape[1:4])) != 1:
+        raise UserError("solve_cells_apart takes equal cubic grids (b, n, n, n, 3); got {}".format(s.shape))
+    b, n = s.shape[0], s.shape[1]
+    side = int(math.ceil(math.sqrt(b)))
+    pitch = n + 1
+    results = np.zeros((b, 3))
+    with _one_blas_thread():
+        for axis in range(3):
+            order = [axis] + [a for a in range(3) if a != axis]
+            grid = np.zeros((n, side * pitch - 1, side * pitch - 1, 3))
+            for w in range(b):
+                r, c = divmod(w, side)
+                grid[:, r * pitch:r * pitch + n, c * pitch:c * pitch + n] = np.transpose(s[w], order + [3])[..., order]
+            solution = _solve_moved_cells(grid, [np.ones(m) for m in grid.shape[:3]], tol, maxiter)
+            if solution is None:
+                continue
+            phi, (_, _, _, _, _, rhs) = solution
+            inlet = rhs[1, 1:-1, 1:-1] * (1.0 - phi[1, 1:-1, 1:-1])
+            for w in range(b):
+                r, c = divmod(w, side)
+                # sigma = current * length / area, the grid's length n and area n^2
+                results[w, axis] = inlet[r * pitch:r * pitch + n, c * pitch:c * pitch + n].sum() / n
     return results
 
 

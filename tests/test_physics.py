@@ -453,6 +453,18 @@ def test_cells_without_a_path_between_the_faces_give_zero():
     assert physics.solve_cells(s) == pytest.approx(physics.solve_cells(without), rel=1e-6)
 
 
+def test_grids_solved_apart_at_once_give_each_grids_own_solve():
+    rng = np.random.default_rng(3)
+    grids = rng.uniform(0.05, 1.0, (5, 6, 6, 6, 3)) * (rng.random((5, 6, 6, 6, 1)) < 0.7)
+    grids[1, 2, :, :, 0] = 0.0                 # the second grid has no path along axis 0
+    grids[3] *= np.array([1.0, 0.1, 3.0])      # the fourth is strongly anisotropic
+    apart = physics.solve_cells_apart(grids, tol=1e-12)
+    own = np.array([physics.solve_cells(g, tol=1e-12) for g in grids])
+    assert apart[1, 0] == 0.0 and own[1, 0] == 0.0
+    assert apart == pytest.approx(own, rel=2e-5, abs=1e-12)   # a current through one face: first order in phi
+    assert len(set(np.round(apart[:, 1], 6))) == 5      # five different grids, five different values
+
+
 def _binary_cases():
     rng = np.random.default_rng(0)
     channel = np.zeros((40, 40, 40), np.uint8)

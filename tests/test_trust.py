@@ -490,12 +490,12 @@ def test_series_bound_and_tortuosity_of_known_paths_and_against_scipy():
 
 
 
-def _renormalised_reference(volume):
+def _renormalised_reference(volume, levels=None):
     """Real-space renormalisation of a 0/1 volume with sides a power of two, in numpy: per axis, each 2x2x2 block
     takes the mean of its layers in series (each layer's cells in parallel) and its columns in parallel (each
-    column's cells in series), until one cell is left."""
+    column's cells in series), ``levels`` times (the cells (3, ...)) or until one cell is left (its (3,))."""
     cells = np.repeat(np.asarray(volume, float)[None], 3, axis=0)
-    while cells.shape[1] > 1:
+    for _ in range(levels or int(np.log2(cells.shape[1]))):
         coarser = []
         for a in range(3):
             f = np.moveaxis(cells[a], a, 0)
@@ -508,7 +508,7 @@ def _renormalised_reference(volume):
                 high = np.where((first > 0) & (second > 0), 2 * first * second / (first + second), 0.0)
             coarser.append(np.moveaxis(0.5 * (low + high), 0, a))
         cells = np.stack(coarser)
-    return cells[:, 0, 0, 0]
+    return cells if levels else cells[:, 0, 0, 0]
 
 
 def test_renormalised_conductivity_of_straight_paths_and_against_a_reference():
@@ -529,6 +529,21 @@ def test_renormalised_conductivity_of_straight_paths_and_against_a_reference():
         assert single == pytest.approx(_renormalised_reference(volume), rel=1e-12)
         if batch is not None:
             assert batch["axis_renormalised"] == single
+
+
+def test_the_renormalised_field_of_a_level_and_of_a_volume_read_slab_by_slab():
+    from conductivity_tf import volumes
+    from conductivity_tf import whole_volume as W
+
+    volume = microstructure.blobs(32, porosity=0.4, correlation_length=1.5, seed=5)
+    for levels in (1, 2, 3):
+        assert domain.renormalised_field(volume, levels) == pytest.approx(_renormalised_reference(volume, levels),
+                                                                          rel=1e-12)
+    odd = microstructure.blobs(70, porosity=0.4, correlation_length=2, seed=6)[:, :66, :61]
+    field = domain.renormalised_field(odd, W.DETOUR_LEVELS)
+    assert field.shape == (3, 18, 17, 16)        # a last block of 2, 2 and 1 voxels along the three axes
+    slabs = W.renormalised_volume(volumes.VolumeSource.of(odd), window=16)     # 16, 16, 16, 16 and 6 slices
+    assert np.array_equal(slabs, field)
 
 def _paths_described(rng, count):
     """Descriptions with the paths' descriptors (as ``domain.describe`` gives them) of ``count`` made-up volumes."""
