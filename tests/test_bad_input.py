@@ -95,6 +95,7 @@ CASES = [
      None),
     ("map without a whole volume", "conductivity_tf.predict", ["{good64.npy}", "--map", "{dir}/map.npy"], ["--map"],
      "{dir}/map.npy"),
+    ("detours without a whole volume", "conductivity_tf.predict", ["{good64.npy}", "--detours"], ["--detours"], None),
     ("model directory that is not a run", "conductivity_tf.predict", ["--model", "{dir}/nothing", "{good.npy}"],
      ["nothing"], None),
     ("unreadable TIFF", "conductivity_tf.physics", ["{garbage.tif}"], ["garbage.tif"], None),

@@ -37,6 +37,26 @@ def test_a_volume_without_a_spanning_path_gives_zero_along_that_axis():
     assert result.values[0] == 0.0 and min(result.values[1:]) > 0.1
 
 
+def test_detours_raise_the_sealed_windows_towards_the_full_solve_and_keep_the_exact_limits():
+    # blobs of correlation length 5 at porosity 0.35: few paths per 64^3 window, many of them leaving it and coming
+    # back; the windows' insulating sides make their combination 7-10 % low
+    v = microstructure.generate("blobs", 192, seed=2, porosity=0.35, correlation_length=5)
+    full = np.array([r.relative_conductivity for r in physics.solve(v)])
+    result = W.predict_volume(volumes.VolumeSource.of(v), W.exact_labeller(1), window=64, detours=True)
+    factors = np.array(result.detour_factors)
+    plain = np.array(result.values) / factors
+    assert np.all(factors > 1.02) and np.all(plain < 0.94 * full)
+    assert np.all(np.abs(result.values / full - 1) < np.abs(plain / full - 1))
+    assert np.max(np.abs(result.values / full - 1)) < 0.06
+    layers = _layers()                   # fine, well connected: in series and in parallel stay exact
+    exact = [r.relative_conductivity for r in physics.solve(layers)]
+    result = W.predict_volume(volumes.VolumeSource.of(layers), W.exact_labeller(1), window=16, detours=True)
+    assert result.values == pytest.approx(exact, rel=0.02) and min(result.detour_factors) >= 1.0
+    layers[30:34] = 0                    # and a volume without a path along 0 is still a zero along it
+    cut = W.predict_volume(volumes.VolumeSource.of(layers), W.exact_labeller(1), window=16, detours=True)
+    assert cut.values[0] == 0.0 and min(cut.values[1:]) > 0.1
+
+
 def test_windows_without_a_path_where_the_whole_conducts_are_a_caution():
     v = np.zeros((16, 32, 16), np.uint8)
     v[:, :16] = 1                                       # window (0, 0, 0) conducts, window (0, 1, 0) is empty
