@@ -540,6 +540,10 @@ def predict_whole(args, predictor, size, path, source, several=False):
     print("{}  {}  porosity {:.4f}  sigma_eff/sigma_0 {}  ({} windows of {}^3 by the {}, {:.1f} s)".format(
         path, "x".join(map(str, source.shape)), result.porosity, "  ".join(parts), result.plan.windows, size,
         "solver" if args.exact_windows else "model", seconds), flush=True)
+    if result.detour_factors is not None:
+        print("  detours: the windows' combination raised {} along axes 0 / 1 / 2 for the current that leaves a "
+              "window and comes back".format(" / ".join("x{:.3f}".format(f) for f in result.detour_factors)),
+              flush=True)
     for note in result.cautions:
         print("  caution, " + note, flush=True)
     for reason in result.outside_domain:

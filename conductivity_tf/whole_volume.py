@@ -267,7 +267,8 @@ def cautions(field, values, window, detours=False):
                          "the windows are small against this structure{}; for the exact value solve the volume with "
                          "python -m conductivity_tf.physics".format(
                              axis, 100.0 * fraction, window,
-                             ", and the detour correction uncertain (measured: from 61 % low to 30 % high)" if detours
+                             ", and even corrected for detours the value can be off (measured on such volumes: "
+                             "within 3.5 % to 30 % high)" if detours
                              else ", and the whole-volume value is likely low (by 6-61 % on such volumes measured; "
                              "--detours corrects part of it)"))
     return without_path, notes

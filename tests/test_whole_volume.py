@@ -157,7 +157,8 @@ def test_windows_spread_over_two_logical_cpus_give_the_one_device_answer(tmp_pat
     v = np.concatenate([microstructure.blobs(72, 0.5, 3, seed=6)[:64], microstructure.blobs(72, 0.4, 3, seed=7)])
     np.save(tmp_path / "v.npy", v[:, :64])
     answers = {}
-    for name, extra in (("one", ["--precision", "fp32"]), ("mirrored", ["--devices", "/cpu:0,/cpu:1"])):
+    for name, extra in (("one", ["--precision", "fp32"]), ("mirrored", ["--devices", "/cpu:0,/cpu:1"]),
+                        ("detours", ["--precision", "fp32", "--detours"])):
         proc = run_module("conductivity_tf.predict", tmp_path / "v.npy", "--json", *extra)
         assert proc.returncode == 0, proc.stderr
         answers[name] = json.loads(proc.stdout.splitlines()[-1])
@@ -168,6 +169,13 @@ def test_windows_spread_over_two_logical_cpus_give_the_one_device_answer(tmp_pat
     # the replicas state the run's error model too, as one device does
     assert min(one["uncertainty"]) > 0
     assert mirrored["uncertainty"] == pytest.approx(one["uncertainty"], rel=1e-3)
+    # --detours: the same windows' combination times its factors (at least 1), the uncertainty scaled with it
+    factors = answers["detours"]["detour_factors"]
+    assert one["detour_factors"] is None and len(factors) == 3 and min(factors) >= 1.0
+    assert answers["detours"]["relative_conductivity"] == pytest.approx(
+        [v * f for v, f in zip(one["relative_conductivity"], factors)], rel=1e-9)
+    assert answers["detours"]["uncertainty"] == pytest.approx([u * f for u, f in zip(one["uncertainty"], factors)],
+                                                              rel=1e-9)
 
 
 def test_the_whole_volume_benchmark_counts_the_axes_whose_interval_holds_the_full_solve():
