@@ -489,7 +489,7 @@ def solve_cells(conductivity, sizes=None, axes=None, tol=1e-8, maxiter=1000):
         for axis in parse_axes(axes):
             order = [axis] + [a for a in range(3) if a != axis]   # transport along the first array axis
             h = [sizes[a] for a in order]
-            solution = _solve_moved_cells(np.transpose(s, order + [3])[..., order], h, tol, maxiter)
+            solution = _solve_moved_cells([np.transpose(s, order + [3])[..., order]], h, tol, maxiter)
             if solution is None:
                 results.append(0.0)
                 continue
@@ -499,14 +499,18 @@ def solve_cells(conductivity, sizes=None, axes=None, tol=1e-8, maxiter=1000):
     return results
 
 
-def _solve_moved_cells(s, h, tol, maxiter):
-    """The potential (padded) and the system (diag, cx, cy, cz, bnd, rhs) of a grid of cells ``s`` (n0, n1, n2, 3)
-    for transport along its first axis, the cells of edges ``h``; None when no cluster joins the two faces."""
+def _solve_moved_cells(held, h, tol, maxiter):
+    """The potential (padded) and the system (diag, cx, cy, cz, bnd, rhs) of a grid of cells (n0, n1, n2, 3) for
+    transport along its first axis, the cells of edges ``h``; None when no cluster joins the two faces. The grid
+    comes in a one-element list ``held``, taken out of it here, so that its memory is freed before the solve."""
+    s = held.pop()
     keep = _spanning_cells(s, 0)
     if not keep.any():
         return None
-    fields = [np.ascontiguousarray(np.where(keep, s[..., a], 0.0)) for a in range(3)]
+    fields = [np.where(keep, s[..., a], 0.0) for a in range(3)]
+    del s, keep
     cx, cy, cz, diag, bnd, rhs = assemble_cells(*fields, *h)
+    del fields
     x0 = np.zeros(diag.shape)
     initial_guess(diag, x0)
     solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=Workspace())
@@ -532,7 +536,10 @@ def solve_cells_apart(conductivity, tol=1e-8, maxiter=1000):
             for w in range(b):
                 r, c = divmod(w, side)
                 grid[:, r * pitch:r * pitch + n, c * pitch:c * pitch + n] = np.transpose(s[w], order + [3])[..., order]
-            solution = _solve_moved_cells(grid, [np.ones(m) for m in grid.shape[:3]], tol, maxiter)
+            ones = [np.ones(m) for m in grid.shape[:3]]
+            held = [grid]
+            del grid
+            solution = _solve_moved_cells(held, ones, tol, maxiter)
             if solution is None:
                 continue
             phi, (_, _, _, _, _, rhs) = solution

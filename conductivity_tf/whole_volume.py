@@ -250,10 +250,17 @@ def renormalised_volume(source, window):
     whole blocks (the renormalisation is local to its blocks, so slab by slab is the whole at once)."""
     block = 2 ** DETOUR_LEVELS
     step = max(block, window // block * block)
-    slabs = [domain.renormalised_field(np.ascontiguousarray(source.read(start, min(start + step, source.shape[0])),
-                                                            dtype=np.uint8), DETOUR_LEVELS)
-             for start in range(0, source.shape[0], step)]
-    return np.concatenate(slabs, axis=1)
+    shape = list(source.shape)
+    for _ in range(DETOUR_LEVELS):
+        shape = [(n + 1) // 2 for n in shape]
+    field = np.empty([3] + shape)
+    row = 0
+    for start in range(0, source.shape[0], step):
+        slab = np.ascontiguousarray(source.read(start, min(start + step, source.shape[0])), dtype=np.uint8)
+        cells = domain.renormalised_field(slab, DETOUR_LEVELS)
+        field[:, row:row + cells.shape[1]] = cells
+        row += cells.shape[1]
+    return field
 
 
 def cautions(field, values, window, detours=False):
