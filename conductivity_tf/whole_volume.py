@@ -22,7 +22,9 @@ conducts less than the same material inside a larger volume (its insulating side
 come back), and most where the window is small against the structure. An axis along which some windows carry no
 current while the whole does is such a case (measured: 29 % of the windows along the weak axis of a
 volume of stretched cells, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 %
-low), and ``cautions`` says so.
+low), and ``cautions`` says so. ``--detours`` (``Detours``) corrects part of it from a proxy of the volume, its
+renormalised cells of 4^3 voxels solved whole and as sealed windows: the method's error on poorly connected phases
+went from 6-12 % to 2-4 %, at three to six times the windows' time.
 """
 
 import multiprocessing
