@@ -227,8 +227,7 @@ class Detours:
 
     def __init__(self, plan):
         self.plan = plan
-        self.windows = np.zeros(plan.cells + (3,))
-        self.fields = []
+        self.windows = np.zeros(plan.cells + (3,))   # each window's sealed proxy value, in its cell
 
     def add(self, index, chunk):
         """Renormalise a batch of windows (the labeller's) and keep their sealed values in their cells."""
