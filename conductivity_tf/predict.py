@@ -350,7 +350,7 @@ def build_parser():
     parser.add_argument("--detours", action="store_true",
                         help="volumes larger than the model's cube: correct the whole for the current that leaves a "
                              "window and comes back, which each window's insulating sides cut (estimated on the "
-                             "volume renormalised to 4^3-voxel cells; about twice to four times the time; for "
+                             "volume renormalised to 4^3-voxel cells; three to six times the time; for "
                              "poorly connected phases)")
     parser.add_argument("--devices", help="volumes larger than the model's cube: spread the windows over these "
                                           "devices with MirroredStrategy, e.g. /gpu:0,/gpu:1 (or /cpu:0,/cpu:1)")
