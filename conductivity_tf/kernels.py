@@ -7,7 +7,7 @@ import math
 import numpy as np
 import scipy.ndimage
 
-from conductivity_tf import domain, physics
+from conductivity_tf import cell_grid, domain, physics
 
 KERNEL_PATHS = ("general", "binary")
 
@@ -28,7 +28,7 @@ def compile_kernels(paths=KERNEL_PATHS):
             physics.solve(phases > 0)
             physics.solve(phases, sigma={0: 0.0, 1: 1.0, 2: 0.1})
             physics.solve(phases > 0, axes=[0], rtol=1e-6, return_potential=True)
-            physics.solve_cells(rng.random((4, 5, 6, 3)) + 0.1)
+            cell_grid.solve_cells(rng.random((4, 5, 6, 3)) + 0.1)
             physics.spanning_channels(phases[None] > 0)
             domain.describe_many(phases[None])
             domain.renormalised_field((phases > 0).astype(np.uint8), 2)

@@ -108,7 +108,7 @@ def cell_network_layer(keras):
     needs. The three axes are one batch. Exact and differentiable; against factorising the whole n^3-unknown system
     at once (measured side by side, batch 32, two cores): for the 8^3 grid of a 64^3 cube 5.8x faster forward and
     7.6x with the gradient (40 against 234 ms, 178 against 1353 ms), for the 4^3 grid as fast forward and 2.1x with
-    the gradient. ``tests/test_train.py`` checks it against ``physics.solve_cells``."""
+    the gradient. ``tests/test_train.py`` checks it against ``cell_grid.solve_cells``."""
     if id(keras) in _CELL_LAYERS:
         return _CELL_LAYERS[id(keras)]
 

@@ -5,7 +5,7 @@ of at most ``cell`` voxels a side (default: the window; cell edges rounded to vo
 differ by a voxel at most). Cell (i, j, k) takes the conductivity along each axis of the S^3 window centred on
 it (moved inside the volume at its borders; windows overlap when ``cell`` < S). The cells' conductivities, one
 per axis, make a coarse anisotropic conduction problem with ``physics``'s boundary conditions (unit potential
-drop between the two faces normal to the axis, insulating sides), solved by ``physics.solve_cells``. In series,
+drop between the two faces normal to the axis, insulating sides), solved by ``cell_grid.solve_cells``. In series,
 a window straddling two layers mixes their resistances in proportion and the cells' resistances add up to the
 whole's; in parallel its conductances add: the combination keeps both limits.
 
@@ -36,7 +36,7 @@ from typing import List, Optional
 import numba
 import numpy as np
 
-from conductivity_tf import domain, physics
+from conductivity_tf import cell_grid, domain, physics
 from conductivity_tf.errors import UserError
 
 # cell = window, windows side by side: on fine structures the method's error (exact window labels against full
@@ -190,11 +190,11 @@ def outside(flagged, count):
 
 def combine(field, spread, plan, axes=(0, 1, 2)):
     """sigma_eff/sigma_0 of the whole along ``axes`` from the cell field, and its uncertainty (or None)."""
-    values = physics.solve_cells(field, plan.sizes, axes)
+    values = cell_grid.solve_cells(field, plan.sizes, axes)
     if spread is None:
         return [float(v) for v in values], None
-    low = physics.solve_cells(np.clip(field - spread, 0.0, None), plan.sizes, axes)
-    high = physics.solve_cells(field + spread, plan.sizes, axes)
+    low = cell_grid.solve_cells(np.clip(field - spread, 0.0, None), plan.sizes, axes)
+    high = cell_grid.solve_cells(field + spread, plan.sizes, axes)
     return [float(v) for v in values], [float(h - lo) / 2.0 for h, lo in zip(high, low)]
 
 
@@ -221,7 +221,7 @@ class Detours:
     the same material inside the whole, whose current can leave the window and come back. The proxy is the volume
     renormalised ``DETOUR_LEVELS`` times (``domain.renormalised_field``: cells of 4^3 voxels, which keep paths a
     few voxels wide and their junctions). Its coarse problem solved whole (the detours in), against its windows each
-    solved sealed (``physics.solve_cells_apart``) and combined as the windows' labels are, gives per axis the
+    solved sealed (``cell_grid.solve_cells_apart``) and combined as the windows' labels are, gives per axis the
     factor by which sealing the windows lowered the proxy's whole; the windows' combination is multiplied by it.
     Measured against full solves, it takes the method's error on poorly connected phases from 6-12 % to 2-4 %."""
 
@@ -232,7 +232,7 @@ class Detours:
     def add(self, index, chunk):
         """Renormalise a batch of windows (the labeller's) and keep their sealed values in their cells."""
         fields = np.stack([np.moveaxis(domain.renormalised_field(w, DETOUR_LEVELS), 0, -1) for w in chunk])
-        values = physics.solve_cells_apart(fields, tol=DETOUR_TOL)
+        values = cell_grid.solve_cells_apart(fields, tol=DETOUR_TOL)
         self.windows[index[:, 0], index[:, 1], index[:, 2]] = values
 
     def factors(self, source):
@@ -240,9 +240,9 @@ class Detours:
         Sealing the windows loses current: the exact windows' combination came out below the full solve on nearly
         every axis measured, and proxy factors below 1 (0.994-0.998, on well-connected structures only) moved the
         answer away from it."""
-        whole = physics.solve_cells(np.moveaxis(renormalised_volume(source, self.plan.window), 0, -1),
+        whole = cell_grid.solve_cells(np.moveaxis(renormalised_volume(source, self.plan.window), 0, -1),
                                     tol=DETOUR_TOL)
-        sealed = physics.solve_cells(self.windows, self.plan.sizes, tol=DETOUR_TOL)
+        sealed = cell_grid.solve_cells(self.windows, self.plan.sizes, tol=DETOUR_TOL)
         return [max(1.0, float(w / s)) if w > 0 and s > 0 else 1.0 for w, s in zip(whole, sealed)]
 
 

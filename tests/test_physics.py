@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from conductivity_tf import microstructure, physics
+from conductivity_tf import cell_grid, microstructure, physics
 from conductivity_tf.errors import UserError
 from tests.conftest import assert_one_line_error, run_module
 
@@ -416,7 +416,7 @@ def test_cluster_labels_are_the_6_connected_components(shape, porosity):
 def test_cells_in_series_and_in_parallel_combine_harmonically_and_arithmetically():
     s = np.ones((6, 4, 5, 3))
     s[3:] = 0.25                      # two slabs normal to axis 0, each three cells thick
-    along, across_1, across_2 = physics.solve_cells(s)
+    along, across_1, across_2 = cell_grid.solve_cells(s)
     assert along == pytest.approx(1.0 / (0.5 / 1.0 + 0.5 / 0.25), rel=1e-6)     # in series: 0.4
     assert across_1 == pytest.approx((1.0 + 0.25) / 2, rel=1e-6)                 # in parallel: 0.625
     assert across_2 == pytest.approx((1.0 + 0.25) / 2, rel=1e-6)
@@ -428,7 +428,7 @@ def test_cells_of_unequal_sizes_and_anisotropic_conductivities():
     s[..., 2] = 3.0
     s[2:, ..., 0] = 0.5               # along axis 0: 3 + 2 length units at 1, then 3 + 3 + 1 at 0.5
     sizes = [np.array([3.0, 2.0, 3.0, 3.0, 1.0]), np.array([1.0, 4.0, 2.0]), np.array([2.0, 1.0, 1.0, 5.0])]
-    along, across_1, across_2 = physics.solve_cells(s, sizes)
+    along, across_1, across_2 = cell_grid.solve_cells(s, sizes)
     assert along == pytest.approx(12.0 / (5.0 / 1.0 + 7.0 / 0.5), rel=1e-6)
     assert across_1 == pytest.approx(2.0, rel=1e-6) and across_2 == pytest.approx(3.0, rel=1e-6)
 
@@ -437,20 +437,20 @@ def test_cells_equal_to_voxels_give_the_voxel_solve():
     v = microstructure.blobs(24, 0.45, 2.5, seed=4)
     cells = np.repeat(v[..., None].astype(float), 3, axis=3)
     exact = [r.relative_conductivity for r in physics.solve(v, tol=1e-9)]
-    assert physics.solve_cells(cells, tol=1e-9) == pytest.approx(exact, rel=1e-5)
+    assert cell_grid.solve_cells(cells, tol=1e-9) == pytest.approx(exact, rel=1e-5)
 
 
 def test_cells_without_a_path_between_the_faces_give_zero():
     s = np.ones((6, 6, 6, 3))
     s[3, :, :, 0] = 0.0               # a layer that conducts only sideways blocks axis 0
-    along, across_1, across_2 = physics.solve_cells(s)
+    along, across_1, across_2 = cell_grid.solve_cells(s)
     assert along == 0.0 and across_1 > 0 and across_2 > 0
     s = np.ones((8, 8, 8, 3))
     s[2:7, 1:6, 1:6] = 0.0            # a hollow insulating box around a floating cluster (singular if kept)
     s[3:6, 2:5, 2:5] = 1.0
     without = s.copy()
     without[3:6, 2:5, 2:5] = 0.0
-    assert physics.solve_cells(s) == pytest.approx(physics.solve_cells(without), rel=1e-6)
+    assert cell_grid.solve_cells(s) == pytest.approx(cell_grid.solve_cells(without), rel=1e-6)
 
 
 def test_grids_solved_apart_at_once_give_each_grids_own_solve():
@@ -458,8 +458,8 @@ def test_grids_solved_apart_at_once_give_each_grids_own_solve():
     grids = rng.uniform(0.05, 1.0, (5, 6, 6, 6, 3)) * (rng.random((5, 6, 6, 6, 1)) < 0.7)
     grids[1, 2, :, :, 0] = 0.0                 # the second grid has no path along axis 0
     grids[3] *= np.array([1.0, 0.1, 3.0])      # the fourth is strongly anisotropic
-    apart = physics.solve_cells_apart(grids, tol=1e-12)
-    own = np.array([physics.solve_cells(g, tol=1e-12) for g in grids])
+    apart = cell_grid.solve_cells_apart(grids, tol=1e-12)
+    own = np.array([cell_grid.solve_cells(g, tol=1e-12) for g in grids])
     assert apart[1, 0] == 0.0 and own[1, 0] == 0.0
     assert apart == pytest.approx(own, rel=2e-5, abs=1e-12)   # a current through one face: first order in phi
     assert len(set(np.round(apart[:, 1], 6))) == 5      # five different grids, five different values

@@ -35,7 +35,8 @@ def test_ruff_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("module", ["conductivity_tf", "conductivity_tf.physics", "conductivity_tf.microstructure",
+@pytest.mark.parametrize("module", ["conductivity_tf", "conductivity_tf.physics", "conductivity_tf.cell_grid",
+                                    "conductivity_tf.microstructure",
                                     "conductivity_tf.volumes", "conductivity_tf.config", "conductivity_tf.dataset",
                                     "conductivity_tf.pipeline_plan", "conductivity_tf.cpu_pipeline",
                                     "conductivity_tf.predict", "conductivity_tf.train", "conductivity_tf.benchmark"])

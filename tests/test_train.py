@@ -289,8 +289,8 @@ def test_the_slices_head_drops_out_the_slice_features_when_asked():
 
 def test_the_cells_head_solves_its_grid_of_cells_like_the_solver():
     """model.head=cells: sigma = porosity x the solver's sigma_eff of the last level's grid of cell conductivities."""
+    from conductivity_tf import cell_grid
     from conductivity_tf import config as C
-    from conductivity_tf import physics
     from conductivity_tf.keras_compat import keras, set_random_seed
     from conductivity_tf.model import CELL_FLOOR, build_model
 
@@ -305,13 +305,13 @@ def test_the_cells_head_solves_its_grid_of_cells_like_the_solver():
     cells, sigma = (t.numpy() for t in probe(volumes, training=False))
     assert cells.shape == (4, 4, 4, 4, 3) and cells.min() >= CELL_FLOOR and np.log10(cells.max() / cells.min()) > 2
     porosity = volumes.reshape(4, -1).mean(1)
-    expected = [physics.solve_cells(c.astype(np.float64), tol=1e-10) for c in cells]
+    expected = [cell_grid.solve_cells(c.astype(np.float64), tol=1e-10) for c in cells]
     np.testing.assert_allclose(sigma, porosity[:, None] * np.array(expected), rtol=2e-4)
     assert np.ptp(sigma / porosity[:, None]) > 0.05
 
 
 def test_the_cell_network_layer_puts_layers_in_series_and_columns_in_parallel_with_the_solvers_gradient():
-    from conductivity_tf import physics
+    from conductivity_tf import cell_grid
     from conductivity_tf.keras_compat import keras, tf
     from conductivity_tf.model import cell_network_layer
 
@@ -329,8 +329,8 @@ def test_the_cell_network_layer_puts_layers_in_series_and_columns_in_parallel_wi
     for cell in [(0, 1, 2, 1), (1, 1, 1, 0), (2, 0, 1, 1)]:           # central differences of the solver's answer
         step = np.zeros_like(field)
         step[cell] = 1e-4 * field[cell]
-        diff = (physics.solve_cells(field + step, axes=[1], tol=1e-12)[0] -
-                physics.solve_cells(field - step, axes=[1], tol=1e-12)[0]) / (2 * step[cell])
+        diff = (cell_grid.solve_cells(field + step, axes=[1], tol=1e-12)[0] -
+                cell_grid.solve_cells(field - step, axes=[1], tol=1e-12)[0]) / (2 * step[cell])
         np.testing.assert_allclose(gradient[cell], diff, rtol=2e-3, atol=1e-6)
 
 

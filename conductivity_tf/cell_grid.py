@@ -1,0 +1,171 @@
+"""The conduction problem on a grid of box cells, each with its own conductivity along each axis (no TensorFlow).
+
+``physics.solve``'s boundary conditions (unit potential drop between the two faces normal to the axis, insulating
+sides) on cells instead of voxels: the coarse problem of a whole volume's windows (``whole_volume``), of its
+renormalised proxy (``--detours``), and the reference of the model's slice-combining head. Same discretisation and
+multigrid-preconditioned CG as the voxel solver (``_discretisation.assemble_cells``, ``_multigrid``).
+
+>>> import numpy as np
+>>> from conductivity_tf import cell_grid
+>>> print("{:.6f}".format(cell_grid.solve_cells(np.ones((4, 4, 4, 3)))[0]))   # a uniform grid: sigma itself
+1.000000
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from conductivity_tf._discretisation import Workspace, assemble_cells, initial_guess, power_and_sections
+from conductivity_tf._multigrid import MultigridPCG
+from conductivity_tf.errors import UserError
+from conductivity_tf.physics import _one_blas_thread, parse_axes
+
+
+@njit(cache=True)
+def _find(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]      # path halving
+        a = parent[a]
+    return a
+
+
+@njit(cache=True)
+def _spanning_cells_kernel(s, axis):
+    n0, n1, n2 = s.shape[0], s.shape[1], s.shape[2]
+    parent = np.arange(n0 * n1 * n2).astype(np.int32)
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                here = (i * n1 + j) * n2 + k
+                for a in range(3):
+                    if s[i, j, k, a] <= 0.0:
+                        continue
+                    if a == 0 and i + 1 < n0 and s[i + 1, j, k, 0] > 0.0:
+                        there = here + n1 * n2
+                    elif a == 1 and j + 1 < n1 and s[i, j + 1, k, 1] > 0.0:
+                        there = here + n2
+                    elif a == 2 and k + 1 < n2 and s[i, j, k + 1, 2] > 0.0:
+                        there = here + 1
+                    else:
+                        continue
+                    x, y = _find(parent, here), _find(parent, there)
+                    if x != y:
+                        parent[max(x, y)] = min(x, y)
+    n = (n0, n1, n2)
+    inlet = np.zeros(n0 * n1 * n2, np.bool_)
+    outlet = np.zeros(n0 * n1 * n2, np.bool_)
+    for u in range(n[(axis + 1) % 3]):
+        for v in range(n[(axis + 2) % 3]):
+            for end in range(2):
+                t = 0 if end == 0 else n[axis] - 1
+                if axis == 0:
+                    i, j, k = t, u, v
+                elif axis == 1:
+                    i, j, k = v, t, u
+                else:
+                    i, j, k = u, v, t
+                if s[i, j, k, axis] > 0.0:
+                    root = _find(parent, (i * n1 + j) * n2 + k)
+                    if end == 0:
+                        inlet[root] = True
+                    else:
+                        outlet[root] = True
+    keep = np.zeros((n0, n1, n2), np.bool_)
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                root = _find(parent, (i * n1 + j) * n2 + k)
+                keep[i, j, k] = inlet[root] and outlet[root]
+    return keep
+
+
+def _spanning_cells(s, axis):
+    """The cells of a grid with per-axis conductivities ``s`` (n0, n1, n2, 3) in a cluster joining the two faces
+    normal to ``axis``; neighbours are joined along axis a where both conduct along a (a union-find over the
+    cells: memory of one int32 a cell)."""
+    return _spanning_cells_kernel(np.ascontiguousarray(s, dtype=np.float64), axis)
+
+
+def solve_cells(conductivity, sizes=None, axes=None, tol=1e-8, maxiter=1000):
+    """sigma_eff of a grid of box cells, each with its own conductivity along each axis, for each axis in ``axes``.
+
+    conductivity: (n0, n1, n2, 3), cell (i, j, k)'s conductivity along axes 0, 1, 2 (>= 0).
+    sizes: three 1-D arrays, the cells' edge lengths along each axis (default: unit cubes).
+    The boundary conditions are ``solve``'s: unit potential drop between the two faces normal to the axis,
+    insulating sides; cells not in a cluster joining both faces carry no current and are left out. Returns a list
+    of floats (sigma_eff in the unit of ``conductivity``; 0 where no cluster joins the faces).
+    """
+    s = np.asarray(conductivity, dtype=np.float64)
+    if s.ndim != 4 or s.shape[3] != 3 or min(s.shape[:3]) < 1:
+        raise UserError("cell conductivities must have shape (n0, n1, n2, 3); got {}".format(s.shape))
+    if not np.all(np.isfinite(s)) or s.min() < 0:
+        raise UserError("cell conductivities must be finite and non-negative")
+    sizes = [np.ones(n) for n in s.shape[:3]] if sizes is None else [np.asarray(h, np.float64) for h in sizes]
+    if [len(h) for h in sizes] != list(s.shape[:3]) or min(h.min() for h in sizes) <= 0:
+        raise UserError("cell sizes must be three arrays of positive lengths, one per cell along each axis")
+    results = []
+    with _one_blas_thread():
+        for axis in parse_axes(axes):
+            order = [axis] + [a for a in range(3) if a != axis]   # transport along the first array axis
+            h = [sizes[a] for a in order]
+            solution = _solve_moved_cells([np.transpose(s, order + [3])[..., order]], h, tol, maxiter)
+            if solution is None:
+                results.append(0.0)
+                continue
+            phi, system = solution
+            current, _ = power_and_sections(phi, *system)
+            results.append(float(current) * h[0].sum() / (h[1].sum() * h[2].sum()))
+    return results
+
+
+def _solve_moved_cells(held, h, tol, maxiter):
+    """The potential (padded) and the system (diag, cx, cy, cz, bnd, rhs) of a grid of cells (n0, n1, n2, 3) for
+    transport along its first axis, the cells of edges ``h``; None when no cluster joins the two faces. The grid
+    comes in a one-element list ``held``, taken out of it here, so that its memory is freed before the solve."""
+    s = held.pop()
+    keep = _spanning_cells(s, 0)
+    if not keep.any():
+        return None
+    fields = [np.where(keep, s[..., a], 0.0) for a in range(3)]
+    del s, keep
+    cx, cy, cz, diag, bnd, rhs = assemble_cells(*fields, *h)
+    del fields
+    x0 = np.zeros(diag.shape)
+    initial_guess(diag, x0)
+    solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=Workspace())
+    phi, _, _ = solver.solve(rhs, x0=x0, maxiter=maxiter, tol=tol, offset=float(rhs.sum()))
+    return phi, (diag, cx, cy, cz, bnd, rhs)
+
+
+def solve_cells_apart(conductivity, tol=1e-8, maxiter=1000):
+    """``solve_cells`` of each of b equal grids of unit cells (b, n, n, n, 3), all three axes: (b, 3). The grids are
+    laid side by side, one insulating cell apart, and solved at once per axis (one system instead of b); each
+    grid's value is the current through its own inlet face."""
+    s = np.asarray(conductivity, dtype=np.float64)
+    if s.ndim != 5 or s.shape[4] != 3 or len(set(s.shape[1:4])) != 1:
+        raise UserError("solve_cells_apart takes equal cubic grids (b, n, n, n, 3); got {}".format(s.shape))
+    b, n = s.shape[0], s.shape[1]
+    side = int(math.ceil(math.sqrt(b)))
+    pitch = n + 1
+    results = np.zeros((b, 3))
+    with _one_blas_thread():
+        for axis in range(3):
+            order = [axis] + [a for a in range(3) if a != axis]
+            grid = np.zeros((n, side * pitch - 1, side * pitch - 1, 3))
+            for w in range(b):
+                r, c = divmod(w, side)
+                grid[:, r * pitch:r * pitch + n, c * pitch:c * pitch + n] = np.transpose(s[w], order + [3])[..., order]
+            ones = [np.ones(m) for m in grid.shape[:3]]
+            held = [grid]
+            del grid
+            solution = _solve_moved_cells(held, ones, tol, maxiter)
+            if solution is None:
+                continue
+            phi, (_, _, _, _, _, rhs) = solution
+            inlet = rhs[1, 1:-1, 1:-1] * (1.0 - phi[1, 1:-1, 1:-1])
+            for w in range(b):
+                r, c = divmod(w, side)
+                # sigma = current * length / area, the grid's length n and area n^2
+                results[w, axis] = inlet[r * pitch:r * pitch + n, c * pitch:c * pitch + n].sum() / n
+    return results
