@@ -17,17 +17,10 @@ import numpy as np
 from numba import njit
 
 from conductivity_tf._discretisation import Workspace, assemble_cells, initial_guess, power_and_sections
+from conductivity_tf._graph_levels import _find  # the union-find's root, with path halving
 from conductivity_tf._multigrid import MultigridPCG
 from conductivity_tf.errors import UserError
 from conductivity_tf.physics import _one_blas_thread, parse_axes
-
-
-@njit(cache=True)
-def _find(parent, a):
-    while parent[a] != a:
-        parent[a] = parent[parent[a]]      # path halving
-        a = parent[a]
-    return a
 
 
 @njit(cache=True)
