@@ -350,8 +350,8 @@ def build_parser():
     parser.add_argument("--detours", action="store_true",
                         help="volumes larger than the model's cube: correct the whole for the current that leaves a "
                              "window and comes back, which each window's insulating sides cut (estimated on the "
-                             "volume renormalised to 4^3-voxel cells; three to six times the time; for "
-                             "poorly connected phases)")
+                             "volume renormalised to 4^3-voxel cells, 2^3 along an axis where those lose the "
+                             "structure's junctions; three to six times the time; for poorly connected phases)")
     parser.add_argument("--devices", help="volumes larger than the model's cube: spread the windows over these "
                                           "devices with MirroredStrategy, e.g. /gpu:0,/gpu:1 (or /cpu:0,/cpu:1)")
     parser.add_argument("--max-error", type=float, metavar="REL",
@@ -530,7 +530,7 @@ def predict_whole(args, predictor, size, path, source, several=False):
                           "shape": list(source.shape), "cells": list(result.plan.cells),
                           "windows": result.plan.windows, "solved_fraction": result.solved_fraction,
                           "windows_without_path": result.without_path, "cautions": result.cautions,
-                          "detour_factors": result.detour_factors,
+                          "detour_factors": result.detour_factors, "detour_cell_voxels": result.detour_cell_voxels,
                           "map": list(maps) if maps else None}), flush=True)
         return
     parts = []
@@ -542,8 +542,9 @@ def predict_whole(args, predictor, size, path, source, several=False):
         "solver" if args.exact_windows else "model", seconds), flush=True)
     if result.detour_factors is not None:
         print("  detours: the windows' combination raised {} along axes 0 / 1 / 2 for the current that leaves a "
-              "window and comes back".format(" / ".join("x{:.3f}".format(f) for f in result.detour_factors)),
-              flush=True)
+              "window and comes back (proxy cells of {} voxels)".format(
+                  " / ".join("x{:.3f}".format(f) for f in result.detour_factors),
+                  " / ".join("{0}^3".format(c) for c in result.detour_cell_voxels)), flush=True)
     for note in result.cautions:
         print("  caution, " + note, flush=True)
     for reason in result.outside_domain:

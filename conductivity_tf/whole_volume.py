@@ -23,8 +23,9 @@ come back), and most where the window is small against the structure. An axis al
 current while the whole does is such a case (measured: 29 % of the windows along the weak axis of a
 volume of stretched cells, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 %
 low), and ``cautions`` says so. ``--detours`` (``Detours``) corrects part of it from a proxy of the volume, its
-renormalised cells of 4^3 voxels solved whole and as sealed windows: the method's error on poorly connected phases
-went from 6-12 % to 2-4 %, at three to six times the windows' time.
+renormalised cells of 4^3 voxels solved whole and as sealed windows (cells of 2^3 voxels along an axis where those
+lose the structure's junctions): the method's error on poorly connected phases went from 6-12 % to 2-4 %, at three
+to six times the windows' time.
 """
 
 import multiprocessing
@@ -48,6 +49,13 @@ DEFAULT_CELL_FRACTION = 1.0
 # up to 2 % off theirs at 1e-7, at 1e-5 within 0.2 %)
 DETOUR_LEVELS = 2
 DETOUR_TOL = 1e-5
+# where the proxy's sealed windows, combined, keep less than this fraction of the windows' labels combined along an
+# axis, its cells have lost the structure's junctions (a fifth to a quarter along the weak axis of closed-cell
+# foams with thin walls, whose factor then overshot by 50-70 %; 0.5-0.8 on granular, electrode and blob volumes):
+# that axis's factor comes from a proxy of 2^3-voxel cells, which kept the ratio within 1-7 % where the 4^3 one
+# was 3-16 % off, unless its grid would have more than DETOUR_FINE_CELLS cells (~134 bytes each to solve)
+DETOUR_FIDELITY = 0.5
+DETOUR_FINE_CELLS = 16_000_000
 
 
 @dataclass
@@ -132,7 +140,8 @@ class WholeVolume:
     the layout, the fraction of windows the solver labelled, the porosity, the fraction of windows without a
     conducting path along each axis, the cautions about the method on this volume, and the reasons windows lie
     outside the model's training domain (one line per reason: how many windows, the range of their values; empty
-    when none does or nothing was checked)."""
+    when none does or nothing was checked); with ``--detours`` its factors and, per axis, the edge in voxels of the
+    proxy's cells they came from."""
     values: List[float]
     uncertainty: Optional[List[float]]
     field: np.ndarray
@@ -144,6 +153,7 @@ class WholeVolume:
     cautions: List[str]
     outside_domain: List[str]
     detour_factors: Optional[List[float]] = None
+    detour_cell_voxels: Optional[List[int]] = None
 
     def interval(self, z):
         if self.uncertainty is None:
@@ -209,11 +219,12 @@ def predict_volume(source, labeller, window, cell=None, batch=64, progress=None,
     without_path, notes = cautions(cells, values, window, detours)
     factors = None
     if proxy is not None:
-        factors = proxy.factors(source)
+        factors = proxy.factors(source, values)
+        notes += proxy.notes
         values = [v * f for v, f in zip(values, factors)]
         uncertainty = None if uncertainty is None else [u * f for u, f in zip(uncertainty, factors)]
     return WholeVolume(values, uncertainty, cells, spread, plan, solved, porosity, without_path, notes, flagged,
-                       factors)
+                       factors, proxy.cell_voxels if proxy is not None else None)
 
 
 class Detours:
@@ -223,11 +234,17 @@ class Detours:
     few voxels wide and their junctions). Its coarse problem solved whole (the detours in), against its windows each
     solved sealed (``cell_grid.solve_cells_apart``) and combined as the windows' labels are, gives per axis the
     factor by which sealing the windows lowered the proxy's whole; the windows' combination is multiplied by it.
-    Measured against full solves, it takes the method's error on poorly connected phases from 6-12 % to 2-4 %."""
+    Measured against full solves, it takes the method's error on poorly connected phases from 6-12 % to 2-4 %.
+    Where thin walls or throats carry the current, 4^3-voxel cells lose the junctions between them: the proxy's
+    sealed windows then keep far less than the windows' own labels, and its factor overshoots (by 50-70 % along the
+    weak axis of closed-cell foams with thin walls). Along such an axis the factor comes from a proxy of 2^3-voxel
+    cells (``DETOUR_FIDELITY``), eight times the cells."""
 
     def __init__(self, plan):
         self.plan = plan
         self.windows = np.zeros(plan.cells + (3,))   # each window's sealed proxy value, in its cell
+        self.cell_voxels = [2 ** DETOUR_LEVELS] * 3   # per axis, the edge of the proxy's cells its factor came from
+        self.notes = []
 
     def add(self, index, chunk):
         """Renormalise a batch of windows (the labeller's) and keep their sealed values in their cells."""
@@ -235,30 +252,57 @@ class Detours:
         values = cell_grid.solve_cells_apart(fields, tol=DETOUR_TOL)
         self.windows[index[:, 0], index[:, 1], index[:, 2]] = values
 
-    def factors(self, source):
+    def factors(self, source, labels=None):
         """Per axis: the proxy's whole over its windows combined, at least 1 (1 where either carries no current).
         Sealing the windows loses current: the exact windows' combination came out below the full solve on nearly
         every axis measured, and proxy factors below 1 (0.994-0.998, on well-connected structures only) moved the
-        answer away from it."""
+        answer away from it. ``labels``, the windows' labels combined per axis: where the proxy's windows keep
+        less than ``DETOUR_FIDELITY`` of them, the factor comes from the finer proxy (``cell_voxels``)."""
         whole = cell_grid.solve_cells(np.moveaxis(renormalised_volume(source, self.plan.window), 0, -1),
                                     tol=DETOUR_TOL)
         sealed = cell_grid.solve_cells(self.windows, self.plan.sizes, tol=DETOUR_TOL)
-        return [max(1.0, float(w / s)) if w > 0 and s > 0 else 1.0 for w, s in zip(whole, sealed)]
+        factors = [_factor(w, s) for w, s in zip(whole, sealed)]
+        lost = [a for a in range(3) if labels is not None and labels[a] > 0 and sealed[a] < DETOUR_FIDELITY * labels[a]]
+        if not lost:
+            return factors
+        level = DETOUR_LEVELS - 1
+        fine = int(np.prod([-(-n // 2 ** level) for n in source.shape]))
+        if fine > DETOUR_FINE_CELLS:
+            self.notes.append("axis {}: the detour proxy's windows keep under {:.0f} % of the windows' conductivity "
+                              "(its cells lose this structure's junctions), so its factor can overshoot; the finer "
+                              "proxy would need {:,} cells (at most {:,})".format(
+                                  " / ".join(map(str, lost)), 100 * DETOUR_FIDELITY, fine, DETOUR_FINE_CELLS))
+            return factors
+        windows_fine = np.zeros(self.plan.cells + (3,))   # all three axes: the combination uses every one
+        for index, chunk in windows(source, self.plan):
+            fields = np.stack([np.moveaxis(domain.renormalised_field(w, level), 0, -1) for w in chunk])
+            windows_fine[index[:, 0], index[:, 1], index[:, 2]] = cell_grid.solve_cells_apart(fields, DETOUR_TOL)
+        whole = cell_grid.solve_cells(np.moveaxis(renormalised_volume(source, self.plan.window, level), 0, -1),
+                                    axes=lost, tol=DETOUR_TOL)
+        sealed = cell_grid.solve_cells(windows_fine, self.plan.sizes, axes=lost, tol=DETOUR_TOL)
+        for a, w, s in zip(lost, whole, sealed):
+            factors[a] = _factor(w, s)
+            self.cell_voxels[a] = 2 ** level
+        return factors
 
 
-def renormalised_volume(source, window):
-    """(3, ...) the volume renormalised ``DETOUR_LEVELS`` times, read in slabs of ``window`` slices rounded to
-    whole blocks (the renormalisation is local to its blocks, so slab by slab is the whole at once)."""
-    block = 2 ** DETOUR_LEVELS
+def _factor(whole, sealed):
+    return max(1.0, float(whole / sealed)) if whole > 0 and sealed > 0 else 1.0
+
+
+def renormalised_volume(source, window, levels=DETOUR_LEVELS):
+    """(3, ...) the volume renormalised ``levels`` times, read in slabs of ``window`` slices rounded to whole
+    blocks (the renormalisation is local to its blocks, so slab by slab is the whole at once)."""
+    block = 2 ** levels
     step = max(block, window // block * block)
     shape = list(source.shape)
-    for _ in range(DETOUR_LEVELS):
+    for _ in range(levels):
         shape = [(n + 1) // 2 for n in shape]
     field = np.empty([3] + shape)
     row = 0
     for start in range(0, source.shape[0], step):
         slab = np.ascontiguousarray(source.read(start, min(start + step, source.shape[0])), dtype=np.uint8)
-        cells = domain.renormalised_field(slab, DETOUR_LEVELS)
+        cells = domain.renormalised_field(slab, levels)
         field[:, row:row + cells.shape[1]] = cells
         row += cells.shape[1]
     return field
@@ -276,7 +320,7 @@ def cautions(field, values, window, detours=False):
                          "python -m conductivity_tf.physics".format(
                              axis, 100.0 * fraction, window,
                              ", and even corrected for detours the value can be off (measured on such volumes: "
-                             "within 3.5 % to 30 % high)" if detours
+                             "within 9 % with exact windows, the model's own error apart)" if detours
                              else ", and the whole-volume value is likely low (by 6-61 % on such volumes measured; "
                              "--detours corrects part of it)"))
     return without_path, notes
