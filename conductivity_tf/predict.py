@@ -351,7 +351,8 @@ def build_parser():
                         help="volumes larger than the model's cube: correct the whole for the current that leaves a "
                              "window and comes back, which each window's insulating sides cut (estimated on the "
                              "volume renormalised to 4^3-voxel cells, 2^3 along an axis where those lose the "
-                             "structure's junctions; three to six times the time; for poorly connected phases)")
+                             "structure's junctions; three to six times the time, about a full solve's where the "
+                             "2^3 cells are taken; for poorly connected phases)")
     parser.add_argument("--devices", help="volumes larger than the model's cube: spread the windows over these "
                                           "devices with MirroredStrategy, e.g. /gpu:0,/gpu:1 (or /cpu:0,/cpu:1)")
     parser.add_argument("--max-error", type=float, metavar="REL",

@@ -25,7 +25,7 @@ volume of stretched cells, whose whole came out 61 % low; 5-8 % on a poorly conn
 low), and ``cautions`` says so. ``--detours`` (``Detours``) corrects part of it from a proxy of the volume, its
 renormalised cells of 4^3 voxels solved whole and as sealed windows (cells of 2^3 voxels along an axis where those
 lose the structure's junctions): the method's error on poorly connected phases went from 6-12 % to 2-4 %, at three
-to six times the windows' time.
+to six times the windows' time (about a full solve's where the finer cells are taken).
 """
 
 import multiprocessing
@@ -53,7 +53,7 @@ DETOUR_TOL = 1e-5
 # axis, its cells have lost the structure's junctions (a fifth to a quarter along the weak axis of closed-cell
 # foams with thin walls, whose factor then overshot by 50-70 %; 0.5-0.8 on granular, electrode and blob volumes):
 # that axis's factor comes from a proxy of 2^3-voxel cells, which kept the ratio within 1-7 % where the 4^3 one
-# was 3-16 % off, unless its grid would have more than DETOUR_FINE_CELLS cells (~134 bytes each to solve)
+# was 3-16 % off, unless its grid would have more than DETOUR_FINE_CELLS cells (~150 bytes each to solve)
 DETOUR_FIDELITY = 0.5
 DETOUR_FINE_CELLS = 16_000_000
 
