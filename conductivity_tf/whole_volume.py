@@ -248,9 +248,7 @@ class Detours:
 
     def add(self, index, chunk):
         """Renormalise a batch of windows (the labeller's) and keep their sealed values in their cells."""
-        fields = np.stack([np.moveaxis(domain.renormalised_field(w, DETOUR_LEVELS), 0, -1) for w in chunk])
-        values = cell_grid.solve_cells_apart(fields, tol=DETOUR_TOL)
-        self.windows[index[:, 0], index[:, 1], index[:, 2]] = values
+        self.windows[index[:, 0], index[:, 1], index[:, 2]] = _sealed(chunk, DETOUR_LEVELS)
 
     def factors(self, source, labels=None):
         """Per axis: the proxy's whole over its windows combined, at least 1 (1 where either carries no current).
@@ -275,8 +273,7 @@ class Detours:
             return factors
         windows_fine = np.zeros(self.plan.cells + (3,))   # all three axes: the combination uses every one
         for index, chunk in windows(source, self.plan):
-            fields = np.stack([np.moveaxis(domain.renormalised_field(w, level), 0, -1) for w in chunk])
-            windows_fine[index[:, 0], index[:, 1], index[:, 2]] = cell_grid.solve_cells_apart(fields, DETOUR_TOL)
+            windows_fine[index[:, 0], index[:, 1], index[:, 2]] = _sealed(chunk, level)
         whole = cell_grid.solve_cells(np.moveaxis(renormalised_volume(source, self.plan.window, level), 0, -1),
                                     axes=lost, tol=DETOUR_TOL)
         sealed = cell_grid.solve_cells(windows_fine, self.plan.sizes, axes=lost, tol=DETOUR_TOL)
@@ -284,6 +281,12 @@ class Detours:
             factors[a] = _factor(w, s)
             self.cell_voxels[a] = 2 ** level
         return factors
+
+
+def _sealed(chunk, levels):
+    """(b, 3): each window of a batch renormalised ``levels`` times and solved sealed, all in one system per axis."""
+    fields = np.stack([np.moveaxis(domain.renormalised_field(w, levels), 0, -1) for w in chunk])
+    return cell_grid.solve_cells_apart(fields, tol=DETOUR_TOL)
 
 
 def _factor(whole, sealed):
