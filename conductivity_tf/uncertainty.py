@@ -25,7 +25,8 @@ FEATURES = ["constant", "log porosity", "log mean chord of the conducting phase 
             "log mean chord of the insulating phase", "log anisotropy",
             "log fraction of the conducting phase joining the faces normal to the axis",
             "log predicted fraction of the porosity that conducts",
-            "log disagreement of the prediction with the renormalised conductivity"]
+            "log disagreement of the prediction with the renormalised conductivity",
+            "log disagreement of the prediction with the conductivity of the cells solved"]
 SPREAD_FEATURE = "log relative spread of the ensemble's members"
 FLOOR = 1e-3   # relative errors and fractions below this are taken as this (their logarithms stay finite)
 
@@ -45,7 +46,8 @@ def features(descriptions, values, axes, spread=None, names=None):
                    np.log(max(description["axis_spanning"][axis], FLOOR)),
                    np.log(min(max(values[i, j] / porosity, FLOOR), 1.0)),
                    np.log(abs(np.log(max(values[i, j], FLOOR) / max(description["axis_renormalised"][axis], FLOOR)))
-                          + 0.05)]
+                          + 0.05),
+                   np.log(abs(np.log(max(values[i, j], FLOOR) / max(description["axis_cells"][axis], FLOOR))) + 0.05)]
             if spread is not None:
                 row.append(np.log(max(float(spread[i, j]), 0.0) / max(values[i, j], FLOOR) + FLOOR))
             rows.append(row)

@@ -162,7 +162,8 @@ def _described(rng, count):
     """Descriptions (as ``domain.describe`` gives them) of ``count`` made-up volumes."""
     return [{"porosity": rng.uniform(0.2, 0.8), "insulating_chord": rng.uniform(2, 8), "anisotropy": rng.uniform(1, 3),
              "axis_chords": list(rng.uniform(2, 10, 3)), "axis_spanning": list(rng.uniform(0.05, 1.0, 3)),
-             "axis_renormalised": list(rng.uniform(0.02, 0.6, 3))} for _ in range(count)]
+             "axis_renormalised": list(rng.uniform(0.02, 0.6, 3)), "axis_cells": list(rng.uniform(0.02, 0.6, 3))}
+            for _ in range(count)]
 
 
 def test_the_error_model_states_more_where_the_prediction_and_the_renormalisation_part():
@@ -531,6 +532,27 @@ def test_renormalised_conductivity_of_straight_paths_and_against_a_reference():
             assert batch["axis_renormalised"] == single
 
 
+def test_the_coarse_problem_of_the_cells_against_exact_values_and_the_cell_solver():
+    from conductivity_tf import cell_grid
+
+    assert domain.describe(np.ones((7, 9, 5), np.uint8))["axis_cells"] == pytest.approx([1.0] * 3, rel=0.01)
+    assert domain.describe(np.zeros((8, 8, 8), np.uint8))["axis_cells"] == [0.0, 0.0, 0.0]
+    slabs = np.zeros((32, 32, 32), np.uint8)
+    slabs[:, :, np.arange(32) % 8 < 4] = 1       # slabs of whole cells: in parallel their fraction, in series 0
+    assert domain.describe(slabs)["axis_cells"] == pytest.approx([0.5, 0.5, 0.0], abs=0.005)
+    layers = np.ones((32, 32, 32), np.uint8)
+    layers[8:12, :, :16] = 0                     # a layer half open across axis 0: a neck that halves the current
+    exact = cell_grid.solve_cells(np.moveaxis(domain.renormalised_field(layers, 2), 0, -1))
+    assert exact[0] < 0.8 * exact[1]
+    assert domain.describe(layers)["axis_cells"] == pytest.approx(exact, rel=0.01)
+    volumes = np.stack([microstructure.blobs(32, porosity=p, correlation_length=1.5, seed=s)
+                        for s, p in enumerate((0.3, 0.5))])
+    for volume, batch in zip(volumes, domain.describe_many(volumes)):
+        exact = cell_grid.solve_cells(np.moveaxis(domain.renormalised_field(volume, 2), 0, -1))
+        single = domain.describe(volume)["axis_cells"]
+        assert single == pytest.approx(exact, rel=0.03) and batch["axis_cells"] == single
+
+
 def test_the_renormalised_field_of_a_level_and_of_a_volume_read_slab_by_slab():
     from conductivity_tf import volumes
     from conductivity_tf import whole_volume as W
@@ -552,6 +574,7 @@ def _paths_described(rng, count):
         d["axis_series"] = list(rng.uniform(0.05, 0.9) * np.array(d["axis_spanning"]))
         d["axis_tortuosity"] = list(rng.uniform(1.0, 2.5, 3))
         d["axis_renormalised"] = list(rng.uniform(0.3, 1.0) * np.array(d["axis_series"]))
+        d["axis_cells"] = list(rng.uniform(0.8, 1.2) * np.array(d["axis_renormalised"]))
         d["spanning"] = min(d["axis_spanning"])
     return described
 
