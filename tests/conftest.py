@@ -7,6 +7,15 @@ import pytest
 # the whole test process uses the Keras 2 API, as every entry point does (see keras_compat)
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# With the files spread over worker processes, each worker (and each process a test starts) gets its share of the
+# cores for the solver's numba threads and TensorFlow's threads within an op: without it two workers' threads
+# outnumber the cores and the solver's parallel loops wait at their barriers for a thread that is not running
+# (a whole-volume test took 123 s beside another worker, 12 s alone).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _SHARE = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ.setdefault("NUMBA_NUM_THREADS", _SHARE)
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _SHARE)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
