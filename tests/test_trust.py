@@ -483,6 +483,11 @@ def test_series_bound_and_tortuosity_of_known_paths_and_against_scipy():
     rng = np.random.default_rng(7)
     volumes = [microstructure.blobs(24, porosity=p, correlation_length=1.5, seed=s)
                for s, p in enumerate((0.3, 0.45, 0.7))] + [(rng.random((9, 13, 16)) < 0.5).astype(np.uint8)]
+    # a whole level of the search at a time on rows of bits (up to 64 coarse voxels a row), and the queue's search
+    # beyond (the last two: 65 coarse voxels along axis 0, then along axis 2)
+    volumes += [microstructure.blobs(48, porosity=0.35, correlation_length=2, seed=3),
+                microstructure.fibres(48, porosity=0.6, radius=1.5, seed=4)[:, :46, :47],
+                (rng.random((130, 12, 14)) < 0.6).astype(np.uint8), (rng.random((12, 14, 129)) < 0.6).astype(np.uint8)]
     for volume in volumes:
         described = domain.describe(volume)
         for axis in range(3):
