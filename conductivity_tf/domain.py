@@ -427,32 +427,38 @@ def _cells_solved(cells):
     to the axis, insulating sides, faces between cells the harmonic mean of the two, the face cells half a cell from
     the electrode), solved by a conjugate gradient with a Jacobi preconditioner in float32 until the inlet and
     outlet currents agree to ``CELL_TOLERANCE``. It sees what the renormalisation of the cells into one merges
-    away: which of them connect, around which detours. On a grid padded with an insulating layer, stepped through
-    as one array from its first interior cell (no bounds or negative indices: the loops vectorise)."""
+    away: which of them connect, around which detours. The cells lie in one array between an empty slab of cells
+    before them and one after, stepped through from the first cell (no bounds or negative indices: the loops
+    vectorise); a cell's neighbour along axis 1 or 2 past the side is the next row's first cell, joined to it by a
+    zero conductance, so no cell is padding (the padded grid's loops had 1.26x the cells and took 1.7x the time)."""
     m = (cells.shape[1], cells.shape[2], cells.shape[3])
-    steps = ((m[1] + 2) * (m[2] + 2), m[2] + 2, 1)
-    size = (m[0] + 2) * steps[0]
+    steps = (m[1] * m[2], m[2], 1)
+    lo = steps[0]                       # one empty slab before the cells and one after them
+    n = m[0] * steps[0]
+    size = n + 2 * lo
     s = np.zeros((3, size), np.float32)
     for i in range(m[0]):
         for j in range(m[1]):
             for k in range(m[2]):
                 for a in range(3):
-                    s[a, (i + 1) * steps[0] + (j + 1) * steps[1] + k + 1] = cells[a, i, j, k]
-    lo = steps[0] + steps[1] + 1
-    n = size - 2 * lo
+                    s[a, lo + i * steps[0] + j * steps[1] + k] = cells[a, i, j, k]
     g = np.zeros((3, size), np.float32)   # the conductance between a cell and the next one along each axis
-    for a in range(3):
-        for t in range(lo, lo + n):
-            p, q = s[a, t], s[a, t + steps[a]]
-            g[a, t] = 2 * p * q / (p + q) if p * q > 0 else 0.0
+    for i in range(m[0]):
+        for j in range(m[1]):
+            for k in range(m[2]):
+                t = lo + i * steps[0] + j * steps[1] + k
+                for a, last in ((0, i == m[0] - 1), (1, j == m[1] - 1), (2, k == m[2] - 1)):
+                    if not last:
+                        p, q = s[a, t], s[a, t + steps[a]]
+                        g[a, t] = 2 * p * q / (p + q) if p * q > 0 else 0.0
     out = np.zeros(3)
     for a in range(3):
         b, c = (1, 2) if a == 0 else ((0, 2) if a == 1 else (0, 1))
-        near, far = steps[a], m[a] * steps[a]
+        near, far = lo, lo + (m[a] - 1) * steps[a]
         d = np.zeros(size, np.float32)
         r = np.zeros(size, np.float32)
-        for u in range(1, m[b] + 1):
-            for v in range(1, m[c] + 1):
+        for u in range(m[b]):
+            for v in range(m[c]):
                 f = u * steps[b] + v * steps[c]
                 r[near + f] = 2 * s[a, near + f]
                 d[near + f] += 2 * s[a, near + f]
@@ -466,7 +472,7 @@ def _cells_solved(cells):
         z = r * inverse
         p = z.copy()
         ap = np.zeros(size, np.float32)
-        # the interior and its six neighbours as views that start at index 0
+        # the cells and their six neighbours as views that start at index 0
         dc, rc, zc, ic, apc = d[lo:lo + n], r[lo:lo + n], z[lo:lo + n], inverse[lo:lo + n], ap[lo:lo + n]
         g0, g1, g2 = g[0, lo:lo + n], g[1, lo:lo + n], g[2, lo:lo + n]
         h0, h1 = g[0, lo - steps[0]:lo + n - steps[0]], g[1, lo - steps[1]:lo + n - steps[1]]
@@ -495,8 +501,8 @@ def _cells_solved(cells):
                 zc[t] = rc[t] * ic[t]
                 following += rc[t] * zc[t]
             inlet = outlet = 0.0
-            for u in range(1, m[b] + 1):
-                for v in range(1, m[c] + 1):
+            for u in range(m[b]):
+                for v in range(m[c]):
                     f = u * steps[b] + v * steps[c]
                     x[near + f] += alpha * p[near + f]
                     if far != near:
