@@ -142,6 +142,25 @@ def _rows_search(words):
 
 
 @njit(inline="always")
+def _join_bits(parent, a0, b0, a, b):
+    """``_join`` of two rows of at most 64 voxels given as the bits of words ``a`` and ``b``, their runs numbered
+    from a0 and b0: each run of their common bits lies in one run of each row, found by counting the runs that
+    start at or before it; no merge of the two lists of runs, whose branches the processor cannot predict."""
+    common = a & b
+    shared = _popcount(common)
+    a_starts, b_starts = a & ~(a << _ONE), b & ~(b << _ONE)
+    while common != _NONE:
+        low = common & (~common + _ONE)
+        upto = (low << _ONE) - _ONE                 # the bits up to and including the overlap's first
+        x = _root(parent, a0 + _popcount(a_starts & upto) - 1)
+        y = _root(parent, b0 + _popcount(b_starts & upto) - 1)
+        if x != y:
+            parent[max(x, y)] = min(x, y)
+        common &= common + low                      # the overlap's bits cleared
+    return shared
+
+
+@njit(inline="always")
 def _tortuosity(x):
     """The geodesic tortuosity along each axis (3,) of a 0/1 uint8 volume, on the volume coarsened twofold (a coarse
     voxel conducts where any of its eight does: a fifth of the cost; the finest necks it loses are in the spanning
@@ -543,6 +562,7 @@ def _structure(x):
     ends = 0                                          # transitions along the last axis
     face = np.zeros((2, 2), np.int64)                 # conducting voxels on the faces normal to axes 0 and 1
     packed = n2 % 8 == 0 and n2 <= 64
+    row_bits = np.empty(rows if packed else 0, np.uint64)   # each row's voxels as the bits of a word, if packed
     for i in range(n0):
         for j in range(n1):
             first[i * n1 + j] = count
@@ -553,6 +573,7 @@ def _structure(x):
                 bits = _NONE
                 for b in range(n2 // 8):
                     bits |= ((words[b] * _GATHER) >> np.uint64(56)) << np.uint64(8 * b)
+                row_bits[i * n1 + j] = bits
                 while bits != _NONE:
                     low = bits & (~bits + _ONE)        # the lowest bit of the run
                     carried = bits + low               # the run's bits cleared, the bit after it set
@@ -587,6 +608,12 @@ def _structure(x):
     for i in range(n0):
         for j in range(n1):
             r = i * n1 + j
+            if packed:
+                if j > 0:
+                    shared[1] += _join_bits(parent, first[r], first[r - 1], row_bits[r], row_bits[r - 1])
+                if i > 0:
+                    shared[0] += _join_bits(parent, first[r], first[r - n1], row_bits[r], row_bits[r - n1])
+                continue
             if j > 0:
                 shared[1] += _join(parent, rs, re, first[r], first[r + 1], first[r - 1], first[r])
             if i > 0:
