@@ -92,3 +92,4 @@ def test_surrogate_suite_times_both_precisions_of_the_pretrained_model(tmp_path)
         # the printed ratio is the one measured in this run, from these rows
         assert "CNN inference in {} is {:.0f}x faster".format(precision, solver / cnn) in proc.stdout
     assert any(m.endswith("exact zeros without a path") for m in rows)
+    assert rows["of it: the descriptors alone (domain.describe_many)"] > 0
