@@ -102,8 +102,9 @@ def _popcount(w):
 def _rows_search(words):
     """A breadth-first search, level by level, on a grid of rows of bits (the conducting cells), words (mu + 2,
     mv + 2) padded with empty rows: from the cells of row u = 1 to those of row u = mu, each cell joined to its
-    neighbours along the bits and to the same bit of the rows at u +- 1 and v +- 1. (the sum of the distances
-    to the cells of row mu it reaches, their count). Only the rows next to the last level's are visited."""
+    neighbours along the bits and to the same bit of the rows at u +- 1 and v +- 1; returns the sum of the
+    distances to the cells of row mu it reaches and their count. Only the rows next to the last level's are
+    visited."""
     mu, mv = words.shape[0] - 2, words.shape[1] - 2
     front = np.zeros_like(words)
     following = np.zeros_like(words)
