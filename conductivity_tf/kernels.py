@@ -7,7 +7,7 @@ import math
 import numpy as np
 import scipy.ndimage
 
-from conductivity_tf import cell_grid, domain, physics
+from conductivity_tf import cell_grid, coarse, domain, physics
 
 KERNEL_PATHS = ("general", "binary")
 
@@ -15,11 +15,10 @@ KERNEL_PATHS = ("general", "binary")
 def compile_kernels(paths=KERNEL_PATHS):
     """Compile the solver's numba kernels and cache them on disk (next to the sources, or in ``NUMBA_CACHE_DIR``)
     by solving small volumes on each path: "general" (volumes below ``physics.BINARY_LEVEL_VOXELS``, phase
-    conductivities, potentials, cell grids, spanning channels, the descriptors of ``domain``) and "binary" (large
-    binary volumes). A fresh install compiles on first use, about a minute per path on one core; later processes
-    load the cache. Run it
-    once after installing (a container image's build, before processes that solve in parallel) so that
-    parallel workers do not each compile the same kernels."""
+    conductivities, potentials, cell grids, spanning channels, the descriptors of ``domain`` and ``coarse``) and
+    "binary" (large binary volumes). A fresh install compiles on first use, about a minute per path on one core;
+    later processes load the cache. Run it once after installing (a container image's build, before processes
+    that solve in parallel) so that parallel workers do not each compile the same kernels."""
     rng = np.random.default_rng(0)
     for path in paths:
         if path == "general":
@@ -31,7 +30,8 @@ def compile_kernels(paths=KERNEL_PATHS):
             cell_grid.solve_cells(rng.random((4, 5, 6, 3)) + 0.1)
             physics.spanning_channels(phases[None] > 0)
             domain.describe_many(phases[None])
-            domain.renormalised_field((phases > 0).astype(np.uint8), 2)
+            for sides in (phases, phases[:-1]):      # sides all multiples of 4, and not
+                coarse.renormalised_field((sides > 0).astype(np.uint8), 2)
         elif path == "binary":
             edge = int(math.ceil(physics.BINARY_LEVEL_VOXELS ** (1.0 / 3.0)))
             physics.solve(scipy.ndimage.uniform_filter(rng.random((edge,) * 3), 3) > 0.45, return_potential=True)

@@ -37,7 +37,7 @@ from typing import List, Optional
 import numba
 import numpy as np
 
-from conductivity_tf import cell_grid, domain, physics
+from conductivity_tf import cell_grid, coarse, physics
 from conductivity_tf.errors import UserError
 
 # cell = window, windows side by side: on fine structures the method's error (exact window labels against full
@@ -230,7 +230,7 @@ def predict_volume(source, labeller, window, cell=None, batch=64, progress=None,
 class Detours:
     """The correction of the windows' insulating sides, from a proxy of the volume: each window conducts less than
     the same material inside the whole, whose current can leave the window and come back. The proxy is the volume
-    renormalised ``DETOUR_LEVELS`` times (``domain.renormalised_field``: cells of 4^3 voxels, which keep paths a
+    renormalised ``DETOUR_LEVELS`` times (``coarse.renormalised_field``: cells of 4^3 voxels, which keep paths a
     few voxels wide and their junctions). Its coarse problem solved whole (the detours in), against its windows each
     solved sealed (``cell_grid.solve_cells_apart``) and combined as the windows' labels are, gives per axis the
     factor by which sealing the windows lowered the proxy's whole; the windows' combination is multiplied by it.
@@ -285,7 +285,7 @@ class Detours:
 
 def _sealed(chunk, levels):
     """(b, 3): each window of a batch renormalised ``levels`` times and solved sealed, all in one system per axis."""
-    fields = np.stack([np.moveaxis(domain.renormalised_field(w, levels), 0, -1) for w in chunk])
+    fields = np.stack([np.moveaxis(coarse.renormalised_field(w, levels), 0, -1) for w in chunk])
     return cell_grid.solve_cells_apart(fields, tol=DETOUR_TOL)
 
 
@@ -305,7 +305,7 @@ def renormalised_volume(source, window, levels=DETOUR_LEVELS):
     row = 0
     for start in range(0, source.shape[0], step):
         slab = np.ascontiguousarray(source.read(start, min(start + step, source.shape[0])), dtype=np.uint8)
-        cells = domain.renormalised_field(slab, levels)
+        cells = coarse.renormalised_field(slab, levels)
         field[:, row:row + cells.shape[1]] = cells
         row += cells.shape[1]
     return field

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conductivity_tf import domain, metrics, microstructure, physics
+from conductivity_tf import coarse, domain, metrics, microstructure, physics
 from tests.conftest import run_module
 
 SPEC = """
@@ -547,13 +547,13 @@ def test_the_coarse_problem_of_the_cells_against_exact_values_and_the_cell_solve
     assert domain.describe(slabs)["axis_cells"] == pytest.approx([0.5, 0.5, 0.0], abs=0.005)
     layers = np.ones((32, 32, 32), np.uint8)
     layers[8:12, :, :16] = 0                     # a layer half open across axis 0: a neck that halves the current
-    exact = cell_grid.solve_cells(np.moveaxis(domain.renormalised_field(layers, 2), 0, -1))
+    exact = cell_grid.solve_cells(np.moveaxis(coarse.renormalised_field(layers, 2), 0, -1))
     assert exact[0] < 0.8 * exact[1]
     assert domain.describe(layers)["axis_cells"] == pytest.approx(exact, rel=0.01)
     volumes = np.stack([microstructure.blobs(32, porosity=p, correlation_length=1.5, seed=s)
                         for s, p in enumerate((0.3, 0.5))])
     for volume, batch in zip(volumes, domain.describe_many(volumes)):
-        exact = cell_grid.solve_cells(np.moveaxis(domain.renormalised_field(volume, 2), 0, -1))
+        exact = cell_grid.solve_cells(np.moveaxis(coarse.renormalised_field(volume, 2), 0, -1))
         single = domain.describe(volume)["axis_cells"]
         assert single == pytest.approx(exact, rel=0.03) and batch["axis_cells"] == single
 
@@ -564,10 +564,10 @@ def test_the_renormalised_field_of_a_level_and_of_a_volume_read_slab_by_slab():
 
     volume = microstructure.blobs(32, porosity=0.4, correlation_length=1.5, seed=5)
     for levels in (1, 2, 3):
-        assert domain.renormalised_field(volume, levels) == pytest.approx(_renormalised_reference(volume, levels),
+        assert coarse.renormalised_field(volume, levels) == pytest.approx(_renormalised_reference(volume, levels),
                                                                           rel=1e-12)
     odd = microstructure.blobs(70, porosity=0.4, correlation_length=2, seed=6)[:, :66, :61]
-    field = domain.renormalised_field(odd, W.DETOUR_LEVELS)
+    field = coarse.renormalised_field(odd, W.DETOUR_LEVELS)
     assert field.shape == (3, 18, 17, 16)        # a last block of 2, 2 and 1 voxels along the three axes
     slabs = W.renormalised_volume(volumes.VolumeSource.of(odd), window=16)     # 16, 16, 16, 16 and 6 slices
     assert np.array_equal(slabs, field)
