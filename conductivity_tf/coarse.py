@@ -206,6 +206,15 @@ def _block(f, a, lo, hi):
     return 0.5 * (low + high)
 
 
+@njit(inline="always")
+def _code(x, i, j, k):
+    """The 2x2x2 block of 0/1 voxels of x at (i, j, k) as a byte, voxel (di, dj, dk) at bit 4 di + 2 dj + dk."""
+    code = 0
+    for b in range(8):
+        code |= x[i + (b >> 2), j + ((b >> 1) & 1), k + (b & 1)] << b
+    return code
+
+
 @njit(cache=True)
 def _block_table():
     """(3, 256): ``_block`` along each axis of the 2x2x2 blocks of 0/1 cells, the cell (di, dj, dk) as bit
@@ -236,9 +245,7 @@ def _first_level(x):
             whole = 2 * i + 1 < n[0] and 2 * j + 1 < n[1]
             for k in range(m[2]):
                 if whole and 2 * k + 1 < n[2]:
-                    code = 0
-                    for b in range(8):
-                        code |= x[2 * i + (b >> 2), 2 * j + ((b >> 1) & 1), 2 * k + (b & 1)] << b
+                    code = _code(x, 2 * i, 2 * j, 2 * k)
                     for a in range(3):
                         cells[a, i, j, k] = _BLOCKS[a, code]
                 else:
@@ -312,12 +319,8 @@ def _second_level(x):
             for k in range(m[2]):
                 for di in range(2):
                     for dj in range(2):
-                        r0, r1 = x[4 * i + 2 * di, 4 * j + 2 * dj], x[4 * i + 2 * di, 4 * j + 2 * dj + 1]
-                        r2, r3 = x[4 * i + 2 * di + 1, 4 * j + 2 * dj], x[4 * i + 2 * di + 1, 4 * j + 2 * dj + 1]
                         for dk in range(2):
-                            s = 4 * k + 2 * dk
-                            code = (r0[s] | (r0[s + 1] << 1) | (r1[s] << 2) | (r1[s + 1] << 3) | (r2[s] << 4)
-                                    | (r2[s + 1] << 5) | (r3[s] << 6) | (r3[s + 1] << 7))
+                            code = _code(x, 4 * i + 2 * di, 4 * j + 2 * dj, 4 * k + 2 * dk)
                             for a in range(3):
                                 f[a, di, dj, dk] = _BLOCKS[a, code]
                 _merged(f, 0, 0, 0, out, (i, j, k))
