@@ -245,3 +245,40 @@ def test_build_overrides_may_come_between_options(tmp_path):
     assert (manifest["samples"], manifest["sample_size"], manifest["build"]["seed"]) == (6, 16, 5)
     bad = run_module("conductivity_tf.dataset", "build", "--out", str(tmp_path / "e"), "samples=6", "--bogus")
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+
+
+def test_combined_datasets_read_as_the_union_of_theirs(small, tmp_path):
+    other = tmp_path / "other"
+    proc = run_module("conductivity_tf.dataset", "build", "--out", other, "--workers", "1", "--samples", "24",
+                      "--size", "16", "--seed", "9", "--quiet", "shard_size=8")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "both"
+    proc = run_module("conductivity_tf.dataset", "combine", small, other, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    combined = D.load_manifest(str(out))
+    parts = [D.load_manifest(small), D.load_manifest(str(other))]
+    assert combined["samples"] == 48 + 24
+    for split in D.SPLITS:
+        assert combined["counts"][split] == sum(p["counts"][split] for p in parts)
+        expected = [s for p in parts for s in D.iterate(p["path"], split)]
+        got = list(D.iterate(str(out), split))
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a["volume"], b["volume"])
+            np.testing.assert_array_equal(a["relative_conductivity"], b["relative_conductivity"])
+    sigma = np.concatenate([D.load_arrays(p["path"], s)[1] for p in parts for s in D.SPLITS])
+    stats = combined["label_statistics"]
+    np.testing.assert_allclose(stats["relative_conductivity_mean"], sigma.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(stats["relative_conductivity_std"], sigma.std(axis=0), rtol=1e-4)
+    assert sum(stats["families"].values()) == 72
+    assert D.verify(str(out)) == []
+    # a second combination into the same place, or of datasets of another cube edge, is refused in one line
+    assert_one_line_error(run_module("conductivity_tf.dataset", "combine", small, other, "--out", out),
+                          "already holds a dataset")
+    odd = tmp_path / "odd"
+    proc = run_module("conductivity_tf.dataset", "build", "--out", odd, "--workers", "1", "--samples", "8",
+                      "--size", "12", "--seed", "9", "--quiet", "shard_size=8")
+    assert proc.returncode == 0, proc.stderr
+    assert_one_line_error(run_module("conductivity_tf.dataset", "combine", small, odd, "--out", tmp_path / "x"),
+                          "different edges")
+    assert not (tmp_path / "x").exists()

@@ -1,4 +1,4 @@
-"""Datasets of labelled microstructures: build, import, merge, inspect, verify, and read.
+"""Datasets of labelled microstructures: build, import, merge, combine, inspect, verify, and read.
 
 ``spec`` (what to build, sample i) -> ``records`` (a sample's bytes, shard files) -> ``build`` (workers, shards,
 import of tomograms) -> ``manifest`` (manifest.json, opening and checking) -> ``reader`` (numpy, tf.data);
@@ -12,6 +12,8 @@ Layout of a dataset directory::
     validation-00000.tfrecord.gz ...
     test-00000.tfrecord.gz ...
     train-00000.tfrecord.gz.json     per-shard record (written after the shard: marks it complete)
+
+A combined dataset (``combine``) is a manifest alone, listing other datasets' shards by relative paths.
 
 A record (``records.py``) holds the packed volume, its labels on three axes and where it came from.
 
@@ -30,6 +32,7 @@ from conductivity_tf.dataset.manifest import (
                                               SCHEMA_VERSION,
                                               SPLITS,
                                               check_shards,
+                                              combine,
                                               load_manifest,
                                               make_manifest,
                                               shard_paths,
@@ -47,7 +50,7 @@ from conductivity_tf.dataset.records import SUFFIX, deserialize, read_records, s
 from conductivity_tf.dataset.spec import BuildSpec, FamilySpec, load_build_spec, make_sample, spec_to_dict, split_of
 
 __all__ = ["BuildSpec", "FamilySpec", "PERMUTATIONS", "SCHEMA_VERSION", "SPLITS", "SUFFIX", "allowed_permutations",
-           "check_shards", "deserialize", "import_volumes", "iterate", "load_arrays", "load_build_spec",
+           "check_shards", "combine", "deserialize", "import_volumes", "iterate", "load_arrays", "load_build_spec",
            "load_manifest", "make_dataset", "make_manifest", "make_sample", "merge_parts", "plan_shards",
            "read_records", "run_build", "serialize", "sha256", "shard_paths", "spec_to_dict", "split_of", "verify",
            "write_manifest", "write_shard"]

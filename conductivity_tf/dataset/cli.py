@@ -1,10 +1,10 @@
-"""``python -m conductivity_tf.dataset build | merge | import | info | verify``."""
+"""``python -m conductivity_tf.dataset build | merge | combine | import | info | verify``."""
 
 import argparse
 import os
 
 from conductivity_tf.dataset.build import import_volumes, merge_parts, run_build
-from conductivity_tf.dataset.manifest import load_manifest, make_manifest, write_manifest
+from conductivity_tf.dataset.manifest import combine, load_manifest, make_manifest, write_manifest
 from conductivity_tf.dataset.reader import verify
 from conductivity_tf.dataset.spec import load_build_spec
 from conductivity_tf.errors import UserError, run_cli
@@ -41,6 +41,12 @@ def build_parser():
                    help="specification overrides, e.g. shard_size=128 families.fibres.weight=0")
     m = sub.add_parser("merge", help="write manifest.json once every --shard job has finished")
     m.add_argument("out", help="dataset directory the jobs wrote to")
+    c = sub.add_parser("combine", help="one dataset made of several (no copies), e.g. to train on all of them",
+                       description="Write a manifest in --out that lists the shards of the given datasets where they "
+                                   "are (relative paths: keep the directories side by side); every split is the "
+                                   "union of theirs. Train, evaluate or calibrate on --out as on one dataset.")
+    c.add_argument("datasets", nargs="+", metavar="DIR")
+    c.add_argument("--out", required=True, help="directory of the combined dataset's manifest")
     i = sub.add_parser("import", help="cut tomograms into cubes and label them")
     i.add_argument("--out", required=True)
     i.add_argument("volumes", nargs="+", metavar="VOLUME")
@@ -83,6 +89,12 @@ def main(argv=None):
         manifest = merge_parts(args.out)
         print("merged {} shards ({} samples) into {}".format(len(manifest["shards"]), manifest["samples"],
                                                                os.path.join(args.out, "manifest.json")))
+        return 0
+    if args.command == "combine":
+        manifest = combine(args.datasets, args.out)
+        print("combined {} datasets into {}: {} samples (train {}, validation {}, test {})".format(
+            len(args.datasets), args.out, manifest["samples"], manifest["counts"]["train"],
+            manifest["counts"]["validation"], manifest["counts"]["test"]))
         return 0
     if args.command == "import":
         manifest = import_volumes(args.volumes, args.out, args.tile, args.stride, load_args=args, seed=args.seed,

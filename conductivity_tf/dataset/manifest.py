@@ -9,7 +9,7 @@ from conductivity_tf.config import resolve_data_path
 from conductivity_tf.dataset.records import sha256
 from conductivity_tf.dataset.spec import spec_to_dict
 from conductivity_tf.errors import UserError
-from conductivity_tf.fileio import write_text
+from conductivity_tf.fileio import check_writable_dir, write_text
 
 SCHEMA_VERSION = 1
 
@@ -104,3 +104,66 @@ def check_shards(manifest, split=None, checksums=True):
         if checksums and sha256(path) != s["sha256"]:
             raise UserError("shard {} is damaged (sha256 does not match the manifest); restore or rebuild it".format(
                 path))
+
+
+def _statistics_of(manifests):
+    """The label statistics of datasets taken together, from each one's (counts, means, spreads)."""
+    stats = [(m["samples"], m["label_statistics"]) for m in manifests if m["samples"] and m["label_statistics"]]
+    count = sum(n for n, _ in stats)
+    if not count:
+        return {}
+    mean = [math.fsum(n * st["relative_conductivity_mean"][a] for n, st in stats) / count for a in range(3)]
+    square = [math.fsum(n * (st["relative_conductivity_std"][a] ** 2 + st["relative_conductivity_mean"][a] ** 2)
+                        for n, st in stats) / count for a in range(3)]
+    families = {}
+    for _, st in stats:
+        for f, c in st["families"].items():
+            families[f] = families.get(f, 0) + c
+    return {
+        "relative_conductivity_mean": mean,
+        "relative_conductivity_std": [math.sqrt(max(sq - m * m, 0.0)) for sq, m in zip(square, mean)],
+        "relative_conductivity_min": [min(st["relative_conductivity_min"][a] for _, st in stats) for a in range(3)],
+        "relative_conductivity_max": [max(st["relative_conductivity_max"][a] for _, st in stats) for a in range(3)],
+        "porosity_mean": math.fsum(n * st["porosity_mean"] for n, st in stats) / count,
+        "percolating_fraction": math.fsum(n * st["percolating_fraction"] for n, st in stats) / count,
+        "families": dict(sorted(families.items())),
+    }
+
+
+def combine(paths, out):
+    """One dataset in ``out`` made of the datasets at ``paths``: a manifest listing each one's shards where they
+    are (by paths relative to ``out``; nothing is copied), every split the union of theirs, so that training,
+    evaluation and calibration read them as one. Their shards are checked (sizes) first; they must hold cubes
+    of one edge. Returns the manifest."""
+    if len(paths) < 2:
+        raise UserError("give at least two datasets to combine")
+    manifests = [load_manifest(p) for p in paths]
+    sizes = sorted({m["sample_size"] for m in manifests})
+    if len(sizes) > 1:
+        raise UserError("the datasets hold cubes of different edges ({}); combine datasets of one edge".format(
+            ", ".join(map(str, sizes))))
+    for m in manifests:
+        check_shards(m, checksums=False)
+    if os.path.isfile(os.path.join(out, "manifest.json")):
+        raise UserError("{} already holds a dataset; choose another --out".format(out))
+    shards, offset = [], 0
+    for m in manifests:
+        for s in m["shards"]:
+            source = os.path.join(m["path"], s["file"])
+            shards.append(dict(s, file=os.path.relpath(source, out), first_index=s["first_index"] + offset))
+        offset += m["samples"]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "sample_size": sizes[0],
+        "samples": offset,
+        "counts": {s: sum(m["counts"][s] for m in manifests) for s in SPLITS},
+        "shards": shards,
+        "label_statistics": _statistics_of(manifests),
+        "split_rule": "each combined dataset's own (build.combined_from)",
+        "record_format": manifests[0]["record_format"],
+        "build": {"combined_from": [{"path": os.path.relpath(m["path"], out), "samples": m["samples"],
+                                     "build": m["build"]} for m in manifests]},
+    }
+    check_writable_dir(out)
+    write_manifest(out, manifest)
+    return manifest
