@@ -5,7 +5,8 @@ current (barely connected phases, elongated features across the axis) it errs by
 of its error follows the structure. The correction is a small multilayer perceptron of the volume's descriptors
 along each axis (``domain.describe``: porosity, chords, the fraction joining the faces, the series bound of the
 spanning clusters, the geodesic tortuosity, the renormalised conductivity, the conductivity of the coarse problem of
-its cells of 4^3 voxels) and of the model's own prediction,
+its cells of 4^3 voxels, and of those cells joined through their faces' voxel pairs) and of the model's own
+prediction,
 trained on the logarithm of the solver's value over the model's (``FEATURES``); the corrected value is the
 prediction times its exponential. Several members, trained from different seeds, are averaged. It is fitted on
 the train splits of the model's dataset and of broader ones (``evaluate --calibrate --calibration-data``), never
@@ -29,7 +30,8 @@ FEATURES = ["log porosity", "log mean chord of the conducting phase along the ax
             "log predicted fraction of the porosity that conducts",
             "log series bound of the spanning clusters along the axis", "log geodesic tortuosity along the axis",
             "log renormalised conductivity along the axis",
-            "log conductivity of the 4^3-voxel cells solved along the axis"]
+            "log conductivity of the 4^3-voxel cells solved along the axis",
+            "log conductivity of the 4^3-voxel cells joined through their faces along the axis"]
 FLOOR = 1e-4      # values and fractions below this are taken as this (their logarithms stay finite)
 LARGEST = 3.0     # the correction's logarithm is clipped to +-LARGEST (a factor of 20 at most)
 
@@ -42,7 +44,7 @@ def features(descriptions, values, axes, names=None):
     per_volume = {key: np.array([d[key] for d in descriptions], float).reshape(len(descriptions), -1)
                   for key in ("porosity", "insulating_chord", "anisotropy", "spanning", "axis_chords",
                               "axis_spanning", "axis_series", "axis_tortuosity", "axis_renormalised",
-                              "axis_cells")}
+                              "axis_cells", "axis_faces")}
     porosity = np.maximum(per_volume["porosity"], FLOOR)
     chords = np.log(np.maximum(per_volume["axis_chords"], FLOOR))
     columns = []
@@ -58,7 +60,8 @@ def features(descriptions, values, axes, names=None):
             np.log(np.maximum(per_volume["axis_series"][:, [axis]], FLOOR)),
             np.log(np.maximum(per_volume["axis_tortuosity"][:, [axis]], 1.0)),
             np.log(np.maximum(per_volume["axis_renormalised"][:, [axis]], FLOOR)),
-            np.log(np.maximum(per_volume["axis_cells"][:, [axis]], FLOOR))]))
+            np.log(np.maximum(per_volume["axis_cells"][:, [axis]], FLOOR)),
+            np.log(np.maximum(per_volume["axis_faces"][:, [axis]], FLOOR))]))
     # one row per value, the volume's axes in turn (as values.ravel())
     x = np.stack(columns, axis=1).reshape(len(descriptions) * len(axes), len(FEATURES))
     return x if names is None else x[:, [FEATURES.index(name) for name in names]]

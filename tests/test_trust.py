@@ -580,6 +580,7 @@ def _paths_described(rng, count):
         d["axis_tortuosity"] = list(rng.uniform(1.0, 2.5, 3))
         d["axis_renormalised"] = list(rng.uniform(0.3, 1.0) * np.array(d["axis_series"]))
         d["axis_cells"] = list(rng.uniform(0.8, 1.2) * np.array(d["axis_renormalised"]))
+        d["axis_faces"] = list(rng.uniform(1.0, 1.3) * np.array(d["axis_cells"]))
         d["spanning"] = min(d["axis_spanning"])
     return described
 
@@ -646,3 +647,61 @@ def test_calibrate_with_correction_keeps_it_and_predict_applies_it(ensemble_run,
     assert proc.returncode == 0, proc.stderr
     assert correction.load(run) is None
     np.testing.assert_allclose(Predictor(run, "fp32").predict(volumes).values, raw, rtol=1e-6)
+
+
+def _faces_reference(x, axis, w=4):
+    """sigma_eff/sigma_0 along ``axis`` of the cells of w^3 voxels joined through their faces, by a sparse direct
+    solve: the conductance between neighbouring cells is the conducting fraction of the voxel pairs across their
+    face, a face cell's to the electrode twice the conducting fraction of its outer voxel layer."""
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    x = np.moveaxis(np.asarray(x, bool), axis, 0)
+    m = [-(-n // w) for n in x.shape]
+    cell = np.arange(int(np.prod(m))).reshape(m)[np.ix_(*[np.arange(n) // w for n in x.shape])]
+    size = cell.max() + 1
+    laplacian = scipy.sparse.csr_matrix((size, size))
+    for b in range(3):
+        last = (np.arange(x.shape[b] - 1) % w == w - 1)              # voxels on a cell's last layer with a next one
+        here = np.compress(last, np.take(x, np.arange(x.shape[b] - 1), b), b)
+        there = np.compress(last, np.take(x, np.arange(1, x.shape[b]), b), b)
+        a = np.compress(last, np.take(cell, np.arange(x.shape[b] - 1), b), b).ravel()
+        c = np.compress(last, np.take(cell, np.arange(1, x.shape[b]), b), b).ravel()
+        pairs = scipy.sparse.coo_matrix(((here & there).ravel().astype(float), (a, c)), (size, size)).tocsr()
+        area = scipy.sparse.coo_matrix((np.ones(a.size), (a, c)), (size, size)).tocsr()
+        g = pairs.multiply(area.power(-1.0)) if area.nnz else area
+        g = g + g.T
+        laplacian = laplacian + scipy.sparse.diags(np.asarray(g.sum(axis=1)).ravel()) - g
+    ends = []
+    for layer in (0, x.shape[0] - 1):
+        conducting = np.bincount(cell[layer].ravel(), x[layer].ravel().astype(float), size)
+        face = np.bincount(cell[layer].ravel(), None, size)
+        ends.append(2 * np.divide(conducting, face, out=np.zeros(size), where=face > 0))
+    system = laplacian + scipy.sparse.diags(ends[0] + ends[1] + 1e-12)
+    potential = scipy.sparse.linalg.spsolve(system.tocsc(), ends[0])
+    return float(np.sum(ends[0] * (1 - potential)) * m[0] / (m[1] * m[2]))
+
+
+def test_the_cells_joined_through_their_faces_solve_a_volume_of_whole_cells_as_the_solver_does_its_voxels():
+    # a volume of whole 4^3 cells is, cell for cell, the solver's problem on the mask of its cells: pairs across a
+    # face between two full cells all conduct (conductance 1), between a full and an empty one none, and a face
+    # cell is half a cell from the electrode
+    rng = np.random.default_rng(5)
+    for porosity in (0.45, 0.7):
+        mask = (rng.random((12, 10, 14)) < porosity).astype(np.uint8)
+        cells = np.kron(mask, np.ones((4, 4, 4), np.uint8))
+        faces = domain.describe(cells)["axis_faces"]
+        assert faces == pytest.approx([r.relative_conductivity for r in physics.solve(mask)], rel=0.015, abs=1e-6)
+        assert domain.describe_many(cells[None])[0]["axis_faces"] == faces
+    # a wall one voxel thick, inside the cells, conducts along itself: its pairs across the faces carry it
+    wall = np.zeros((32, 32, 32), np.uint8)
+    wall[:, 13, :] = 1
+    described = domain.describe(wall)
+    exact = [r.relative_conductivity for r in physics.solve(wall)]
+    assert described["axis_faces"][0] == pytest.approx(exact[0], rel=0.02) and exact[0] == pytest.approx(1 / 32)
+    assert domain.describe(np.ones((7, 9, 5), np.uint8))["axis_faces"] == pytest.approx([1.0] * 3, rel=0.01)
+    # blobs with thin necks, a cube and an odd-sided volume (smaller cells at its far sides)
+    for shape, seed in (((32, 32, 32), 1), ((34, 29, 31), 2)):
+        volume = microstructure.blobs(shape, porosity=0.35, correlation_length=1.5, seed=seed)
+        expected = [_faces_reference(volume, a) for a in range(3)]
+        assert domain.describe(volume)["axis_faces"] == pytest.approx(expected, rel=0.02)
