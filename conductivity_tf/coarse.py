@@ -500,7 +500,7 @@ def _faces_solved(x):
     pairs = np.zeros((3, size), np.float32)
     area = np.zeros((3, size), np.float32)
     outer = np.zeros((3, 2, size), np.float32)
-    for i in range(shape[0]):                 # across the faces normal to axis 0: the last layer of each cell
+    for i in range(shape[0]):     # one pass: the outer layers, and the pairs across the last layer of each cell
         for j in range(shape[1]):
             row = lo + (i // w) * steps[0] + (j // w) * steps[1]
             for k in range(shape[2]):
