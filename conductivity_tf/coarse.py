@@ -6,10 +6,9 @@ see paths, cheap beside the solver.
 - ``renormalised_field`` / ``_renormalised``: real-space renormalisation, 2x2x2 blocks merged into one cell level by
   level, each block the mean of its two Wiener-type estimates (``_block``), looked up from a table at the first
   level;
-- ``_cells_solved``: the coarse problem of the volume's cells of 4^3 voxels (``CELL_LEVELS`` renormalisations),
-  solved by a float32 conjugate gradient until the inlet and outlet currents agree to ``CELL_TOLERANCE``.
-- ``_faces_solved``: the same cells joined through their faces, each conductance the fraction of the voxel pairs
-  across the face that both conduct (``_links_solved`` solves both).
+- ``_faces_solved``: the coarse problem of the volume's cells of 4^3 voxels (2^``CELL_LEVELS``) joined through their
+  faces, each conductance the fraction of the voxel pairs across the face that both conduct, solved by a float32
+  conjugate gradient (``_links_solved``) until the inlet and outlet currents agree to ``CELL_TOLERANCE``.
 
 ``whole_volume`` uses the renormalised field as the proxy of a volume's detours.
 """
@@ -355,60 +354,20 @@ def _renormalised(cells):
     return cells[:, 0, 0, 0].copy()
 
 
-CELL_LEVELS = 2          # the coarse solve's cells: 4^3 voxels (a 64^3 volume's 16^3 cells)
+CELL_LEVELS = 2          # the coarse solve's cells: 2^CELL_LEVELS = 4 voxels a side (a 64^3 volume's 16^3 cells)
 CELL_TOLERANCE = 1e-2    # it stops where the currents through its inlet and outlet agree to this
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _cells_solved(cells):
-    """sigma_eff along each axis (3,) of a grid of cells (3, m0, m1, m2), each with its conductivity along each
-    axis (``renormalised_field``): ``physics``' problem on the cells (unit potential drop between the faces normal
-    to the axis, insulating sides, faces between cells the harmonic mean of the two, the face cells half a cell from
-    the electrode), solved by a conjugate gradient with a Jacobi preconditioner in float32 until the inlet and
-    outlet currents agree to ``CELL_TOLERANCE``. It sees what the renormalisation of the cells into one merges
-    away: which of them connect, around which detours. The cells lie in one array between an empty slab of cells
-    before them and one after, stepped through from the first cell (no bounds or negative indices: the loops
-    vectorise); a cell's neighbour along axis 1 or 2 past the side is the next row's first cell, joined to it by a
-    zero conductance, so no cell is padding (the padded grid's loops had 1.26x the cells and took 1.7x the time)."""
-    m = (cells.shape[1], cells.shape[2], cells.shape[3])
-    steps = (m[1] * m[2], m[2], 1)
-    lo = steps[0]                       # one empty slab before the cells and one after them
-    n = m[0] * steps[0]
-    size = n + 2 * lo
-    s = np.zeros((3, size), np.float32)
-    for i in range(m[0]):
-        for j in range(m[1]):
-            for k in range(m[2]):
-                for a in range(3):
-                    s[a, lo + i * steps[0] + j * steps[1] + k] = cells[a, i, j, k]
-    g = np.zeros((3, size), np.float32)   # the conductance between a cell and the next one along each axis
-    for i in range(m[0]):
-        for j in range(m[1]):
-            for k in range(m[2]):
-                t = lo + i * steps[0] + j * steps[1] + k
-                for a, last in ((0, i == m[0] - 1), (1, j == m[1] - 1), (2, k == m[2] - 1)):
-                    if not last:
-                        p, q = s[a, t], s[a, t + steps[a]]
-                        g[a, t] = 2 * p * q / (p + q) if p * q > 0 else 0.0
-    ends = np.zeros((3, 2, size), np.float32)   # each face cell's conductance to the electrode, per axis
-    for a in range(3):
-        b, c = (1, 2) if a == 0 else ((0, 2) if a == 1 else (0, 1))
-        near, far = lo, lo + (m[a] - 1) * steps[a]
-        for u in range(m[b]):
-            for v in range(m[c]):
-                f = u * steps[b] + v * steps[c]
-                ends[a, 0, near + f] = 2 * s[a, near + f]
-                ends[a, 1, far + f] = 2 * s[a, far + f]
-    return _links_solved(g, ends, m)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _links_solved(g, ends, m):
     """sigma_eff along each axis (3,) of a grid of m0 x m1 x m2 cells joined by the conductances ``g`` (3, size;
     between a cell and the next along each axis, zero past a side) and to the electrodes of each axis by ``ends``
-    (3, 2, size; inlet, outlet), the cells laid out as in ``_cells_solved`` (one empty slab before them and one
-    after): the Jacobi-preconditioned float32 conjugate gradient until the inlet and outlet currents agree to
-    ``CELL_TOLERANCE``."""
+    (3, 2, size; inlet, outlet): ``physics``' problem on the cells (unit potential drop between the faces normal to
+    the axis, insulating sides), solved by a conjugate gradient with a Jacobi preconditioner in float32 until the
+    inlet and outlet currents agree to ``CELL_TOLERANCE``. The cells lie in one array between an empty slab of cells
+    before them and one after, stepped through from the first cell (no bounds or negative indices: the loops
+    vectorise); a cell's neighbour along axis 1 or 2 past the side is the next row's first cell, joined to it by a
+    zero conductance, so no cell is padding (the padded grid's loops had 1.26x the cells and took 1.7x the time)."""
     steps = (m[1] * m[2], m[2], 1)
     lo = steps[0]
     n = m[0] * steps[0]
@@ -487,10 +446,10 @@ def _faces_solved(x):
     """sigma_eff along each axis (3,) of a 0/1 uint8 volume estimated on its cells of 4^3 voxels (2^CELL_LEVELS) joined
     through their faces: the conductance between a cell and the next along an axis is the fraction of the voxel
     pairs across their shared face that both conduct, and a face cell's conductance to the electrode twice the
-    conducting fraction of its outer voxel layer (the cells' interiors taken as conducting); solved as
-    ``_cells_solved``. Where thin walls or films carry the current, the renormalised cells lose the junctions between
-    them; the pairs across the faces keep them. Cells at the far sides of a volume whose edge is not a multiple of 4
-    are smaller."""
+    conducting fraction of its outer voxel layer (the cells' interiors taken as conducting); solved by
+    ``_links_solved``. Where thin walls or films carry the current, cells renormalised into one conductivity each
+    lose the junctions between them; the pairs across the faces keep them. Cells at the far sides of a volume whose
+    edge is not a multiple of 4 are smaller."""
     w = 1 << CELL_LEVELS
     shape = x.shape
     m = ((shape[0] + w - 1) // w, (shape[1] + w - 1) // w, (shape[2] + w - 1) // w)

@@ -19,6 +19,7 @@ import os
 import numpy as np
 from scipy.special import erf
 
+from conductivity_tf.errors import UserError
 from conductivity_tf.fileio import read_json, write_json
 
 CORRECTION_FILE = "correction.json"
@@ -30,7 +31,6 @@ FEATURES = ["log porosity", "log mean chord of the conducting phase along the ax
             "log predicted fraction of the porosity that conducts",
             "log series bound of the spanning clusters along the axis", "log geodesic tortuosity along the axis",
             "log renormalised conductivity along the axis",
-            "log conductivity of the 4^3-voxel cells solved along the axis",
             "log conductivity of the 4^3-voxel cells joined through their faces along the axis"]
 FLOOR = 1e-4      # values and fractions below this are taken as this (their logarithms stay finite)
 LARGEST = 3.0     # the correction's logarithm is clipped to +-LARGEST (a factor of 20 at most)
@@ -44,7 +44,7 @@ def features(descriptions, values, axes, names=None):
     per_volume = {key: np.array([d[key] for d in descriptions], float).reshape(len(descriptions), -1)
                   for key in ("porosity", "insulating_chord", "anisotropy", "spanning", "axis_chords",
                               "axis_spanning", "axis_series", "axis_tortuosity", "axis_renormalised",
-                              "axis_cells", "axis_faces")}
+                              "axis_faces")}
     porosity = np.maximum(per_volume["porosity"], FLOOR)
     chords = np.log(np.maximum(per_volume["axis_chords"], FLOOR))
     columns = []
@@ -60,11 +60,21 @@ def features(descriptions, values, axes, names=None):
             np.log(np.maximum(per_volume["axis_series"][:, [axis]], FLOOR)),
             np.log(np.maximum(per_volume["axis_tortuosity"][:, [axis]], 1.0)),
             np.log(np.maximum(per_volume["axis_renormalised"][:, [axis]], FLOOR)),
-            np.log(np.maximum(per_volume["axis_cells"][:, [axis]], FLOOR)),
             np.log(np.maximum(per_volume["axis_faces"][:, [axis]], FLOOR))]))
     # one row per value, the volume's axes in turn (as values.ravel())
     x = np.stack(columns, axis=1).reshape(len(descriptions) * len(axes), len(FEATURES))
     return x if names is None else x[:, [FEATURES.index(name) for name in names]]
+
+
+def _check(model, directory):
+    """``model`` (a correction read from ``directory``), or a ``UserError`` naming the input it was fitted on that
+    this version no longer computes, with the command that refits it."""
+    gone = [name for name in model["features"] if name not in FEATURES]
+    if gone:
+        raise UserError("the correction in {} was fitted on an input this version no longer computes ({}); refit it: "
+                        "python -m conductivity_tf.evaluate --model {} --data DATASET --calibrate --correction"
+                        .format(directory, gone[0], directory))
+    return model
 
 
 def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learning_rate=0.002, seed=0,
@@ -155,4 +165,5 @@ def save(directory, model):
 
 def load(directory):
     """The correction a run directory keeps, or None when it has none (it predicts the network's values)."""
-    return read_json(os.path.join(directory, CORRECTION_FILE))
+    model = read_json(os.path.join(directory, CORRECTION_FILE))
+    return None if model is None else _check(model, directory)

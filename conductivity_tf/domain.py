@@ -13,9 +13,9 @@ A volume is described by a few numbers that say what kind of structure it is (``
 bound of the spanning clusters (``axis_series``: slices in series, each filled as far as those clusters fill it) and
 the geodesic tortuosity (``axis_tortuosity``: the shortest path from face to face over the straight one) and a
 renormalised conductivity (``axis_renormalised``: 2x2x2 blocks merged level by level) and the conductivity of
-the coarse problem of the volume's cells of 4^3 voxels (``axis_cells``: the blocks merged twice, then solved) and of
-the same cells joined through the voxel pairs across their faces (``axis_faces``), which the error model of
-``uncertainty`` and the correction of ``correction`` use; the last four come from ``coarse``.
+the coarse problem of the volume's cells of 4^3 voxels joined through the voxel pairs across their faces
+(``axis_faces``), which the error model of ``uncertainty`` and the correction of ``correction`` use; the last three
+come from ``coarse``.
 
 ``training_domain`` takes the central 99 % of each over the training split; ``outside`` names every number of a
 volume that falls out of it, as a reason a person can read. A run directory keeps its domain in ``domain.json``.
@@ -30,7 +30,6 @@ from conductivity_tf.coarse import (
     _NONE,
     _ONE,
     CELL_LEVELS,
-    _cells_solved,
     _faces_solved,
     _popcount,
     _renormalised,
@@ -121,9 +120,8 @@ def _structure(x):
     (conducting voxels, run starts of each phase along each axis (2, 3), conducting voxels in 6-connected clusters
     touching both faces normal to each axis (3,), those voxels per slice normal to each axis (3, largest side),
     the coarse geodesic tortuosity along each axis (3,), ``_tortuosity``, the renormalised conductivity along each
-    axis (3,), ``_renormalised``, the conductivity of the volume's cells of 4^3 voxels solved along each axis
-    (3,), ``_cells_solved``, and that of the same cells joined through their faces' voxel pairs (3,),
-    ``_faces_solved``).
+    axis (3,), ``_renormalised``, and the conductivity of the volume's cells of 4^3 voxels joined through their
+    faces' voxel pairs along each axis (3,), ``_faces_solved``).
 
     The runs of conducting voxels along the last axis are the nodes of a union-find; a run joins the runs it
     overlaps in the rows before it along axes 0 and 1, which is 6-connectivity. Along a line the runs of the two
@@ -236,8 +234,8 @@ def _structure(x):
     for a in range(3):
         starts[1, a] = up[a]
         starts[0, a] = changes[a] + lines[a] - up[a]
-    cells = renormalised_field(x, CELL_LEVELS)
-    return ones, starts, spanning, slices, _tortuosity(x), _renormalised(cells), _cells_solved(cells), _faces_solved(x)
+    return (ones, starts, spanning, slices, _tortuosity(x), _renormalised(renormalised_field(x, CELL_LEVELS)),
+            _faces_solved(x))
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -250,12 +248,10 @@ def _structures(x):
     slices = np.zeros((n, 3, max(x.shape[1], x.shape[2], x.shape[3])), np.int64)
     tortuosity = np.zeros((n, 3))
     renormalised = np.zeros((n, 3))
-    solved = np.zeros((n, 3))
     faces = np.zeros((n, 3))
     for v in prange(n):
-        ones[v], starts[v], spanning[v], slices[v], tortuosity[v], renormalised[v], solved[v], faces[v] = \
-            _structure(x[v])
-    return ones, starts, spanning, slices, tortuosity, renormalised, solved, faces
+        ones[v], starts[v], spanning[v], slices[v], tortuosity[v], renormalised[v], faces[v] = _structure(x[v])
+    return ones, starts, spanning, slices, tortuosity, renormalised, faces
 
 
 def _mean_chords(voxels, starts):
@@ -276,7 +272,7 @@ def _series(slices, shape):
     return out
 
 
-def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised, solved, faces):
+def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised, faces):
     """The descriptors' dict from ``_structure``'s counts (plain Python numbers: this runs once per volume)."""
     size, ones = int(np.prod(shape)), int(ones)
     series = _series(slices, shape)
@@ -291,8 +287,7 @@ def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised
             # per axis, for the error model (uncertainty.py)
             "axis_chords": [c if c != float("inf") else 0.0 for c in chords],
             "axis_spanning": fractions, "axis_series": series, "axis_tortuosity": [float(t) for t in tortuosity],
-            "axis_renormalised": [float(r) for r in renormalised], "axis_cells": [float(c) for c in solved],
-            "axis_faces": [float(f) for f in faces]}
+            "axis_renormalised": [float(r) for r in renormalised], "axis_faces": [float(f) for f in faces]}
 
 
 def describe(volume):

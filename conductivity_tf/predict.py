@@ -65,9 +65,10 @@ def resolve_precision(precision, has_bfloat16, tf, saved="the model"):
 
 
 class Predictor(object):
-    """A loaded model: ``predictor(volumes)`` -> (N, len(axes)) sigma_eff/sigma_0."""
+    """A loaded model: ``predictor(volumes)`` -> (N, len(axes)) sigma_eff/sigma_0. With ``trusted=False`` the
+    correction and error model its run directory keeps are not read (``calibrate`` fits them anew)."""
 
-    def __init__(self, model_dir=None, precision="auto"):
+    def __init__(self, model_dir=None, precision="auto", trusted=True):
         from conductivity_tf.keras_compat import tf
 
         loaded = serving.load(model_dir or PRETRAINED, default_dir=PRETRAINED)
@@ -88,8 +89,8 @@ class Predictor(object):
         self.served_uncertainty = "uncertainty" in self.serve.structured_outputs   # an ensemble's spread
         self.domain = domain_lib.load(os.path.dirname(saved))
         self.run_dir = os.path.dirname(saved)
-        self.error_model = uncertainty_lib.load(self.run_dir)
-        self.correction = correction_lib.load(self.run_dir)
+        self.error_model = uncertainty_lib.load(self.run_dir) if trusted else None
+        self.correction = correction_lib.load(self.run_dir) if trusted else None
         self.has_uncertainty = self.served_uncertainty or self.error_model is not None
         self.tf = tf
         serve = self.serve
@@ -225,9 +226,9 @@ class Prediction(object):
         return [[max(0.0, float(v - h)), float(v + h)] for v, h in zip(self.values[i], half)]
 
 
-def _predictor_for(model_dir, data_path, precision):
+def _predictor_for(model_dir, data_path, precision, trusted=True):
     manifest = dataset_lib.load_manifest(data_path)  # the cheap check first
-    predictor = Predictor(model_dir, precision)
+    predictor = Predictor(model_dir, precision, trusted)
     if manifest["sample_size"] != predictor.size:
         raise UserError("the dataset {} holds {}^3 samples but the model takes {}^3; evaluate on a dataset of that "
                         "size".format(manifest["path"], manifest["sample_size"], predictor.size))
@@ -242,13 +243,13 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
     model are also fitted on the train and validation splits of the ``calibration_data`` datasets: structures
     unlike the training families, where the model errs more, teach the correction the sign of its error there and
     make the uncertainty grow."""
-    manifest, predictor = _predictor_for(model_dir, data_path, precision)
+    manifest, predictor = _predictor_for(model_dir, data_path, precision, trusted=False)
     if not manifest["counts"].get("validation"):
         raise UserError("the error model is fitted on the validation split, which {} does not have; use the "
                         "dataset the model was trained on".format(manifest["path"]))
     extra = []
     for path in calibration_data:
-        more = _predictor_for(model_dir, path, precision)[0]    # each dataset's checks before any work
+        more = _predictor_for(model_dir, path, precision, trusted=False)[0]   # each dataset's checks first
         for split, use in [("validation", "the error model")] + ([("train", "the correction")] if correction else []):
             if not more["counts"].get(split):
                 raise UserError("--calibration-data {} has no {} split to fit {} on".format(path, split, use))

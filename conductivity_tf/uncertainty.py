@@ -6,17 +6,18 @@ faces). An ensemble's spread sees little of this (its members agree on a volume 
 know), so the stated uncertainty is an error model fitted to the model's own errors on the validation split: the
 logarithm of the relative error, linear in the logarithms of the volume's descriptors along each axis
 (``domain.describe``), of the predicted fraction of the porosity that conducts, of the prediction's
-disagreement with the renormalised conductivity and, for an ensemble, of its members' relative spread
-(``FEATURES``). Its scale is then fitted so that the prediction +- Z90 of it holds 90 %
-of the validation values: one calibrated standard deviation, like the ensemble's. It costs the descriptors only
-(under a millisecond per 64^3 volume on two cores, computed anyway for the training-domain check). A run
-directory keeps it in ``uncertainty.json``.
+disagreement with the renormalised conductivity and with that of the cells joined through their faces and, for an
+ensemble, of its members' relative spread (``FEATURES``). Its scale is then fitted so that the prediction +- Z90 of
+it holds 90 % of the validation values: one calibrated standard deviation, like the ensemble's. It costs the
+descriptors only (about a millisecond per 64^3 volume on two cores, computed anyway for the training-domain check).
+A run directory keeps it in ``uncertainty.json``.
 """
 
 import os
 
 import numpy as np
 
+from conductivity_tf.errors import UserError
 from conductivity_tf.fileio import read_json, write_json
 from conductivity_tf.metrics import Z90
 
@@ -26,7 +27,7 @@ FEATURES = ["constant", "log porosity", "log mean chord of the conducting phase 
             "log fraction of the conducting phase joining the faces normal to the axis",
             "log predicted fraction of the porosity that conducts",
             "log disagreement of the prediction with the renormalised conductivity",
-            "log disagreement of the prediction with the conductivity of the cells solved"]
+            "log disagreement of the prediction with the conductivity of the cells joined through their faces"]
 SPREAD_FEATURE = "log relative spread of the ensemble's members"
 FLOOR = 1e-3   # relative errors and fractions below this are taken as this (their logarithms stay finite)
 
@@ -47,7 +48,7 @@ def features(descriptions, values, axes, spread=None, names=None):
                    np.log(min(max(values[i, j] / porosity, FLOOR), 1.0)),
                    np.log(abs(np.log(max(values[i, j], FLOOR) / max(description["axis_renormalised"][axis], FLOOR)))
                           + 0.05),
-                   np.log(abs(np.log(max(values[i, j], FLOOR) / max(description["axis_cells"][axis], FLOOR))) + 0.05)]
+                   np.log(abs(np.log(max(values[i, j], FLOOR) / max(description["axis_faces"][axis], FLOOR))) + 0.05)]
             if spread is not None:
                 row.append(np.log(max(float(spread[i, j]), 0.0) / max(values[i, j], FLOOR) + FLOOR))
             rows.append(row)
@@ -95,4 +96,10 @@ def save(directory, model):
 
 def load(directory):
     """The error model a run directory keeps, or None (a run from before error models)."""
-    return read_json(os.path.join(directory, UNCERTAINTY_FILE))
+    model = read_json(os.path.join(directory, UNCERTAINTY_FILE))
+    gone = [] if model is None else [name for name in model["features"] if name not in FEATURES + [SPREAD_FEATURE]]
+    if gone:
+        raise UserError("the error model in {} was fitted on an input this version no longer computes ({}); refit it: "
+                        "python -m conductivity_tf.evaluate --model {} --data DATASET --calibrate"
+                        .format(directory, gone[0], directory))
+    return model
