@@ -100,6 +100,6 @@ def load(directory):
     gone = [] if model is None else [name for name in model["features"] if name not in FEATURES + [SPREAD_FEATURE]]
     if gone:
         raise UserError("the error model in {} was fitted on an input this version no longer computes ({}); refit it: "
-                        "python -m conductivity_tf.evaluate --model {} --data DATASET --calibrate"
-                        .format(directory, gone[0], directory))
+                        "python -m conductivity_tf.evaluate --model {} --data DATASET --calibrate (with --correction "
+                        "if the run has a correction.json)".format(directory, gone[0], directory))
     return model

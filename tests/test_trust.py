@@ -190,6 +190,20 @@ def test_the_error_model_states_more_where_the_prediction_and_the_renormalisatio
                                model["scale"] * values.ravel() * np.exp(x @ np.array(model["weights"][:7])))
 
 
+def test_an_error_model_fitted_on_an_input_no_longer_computed_is_refused_with_the_command_that_refits_it(tmp_path):
+    from conductivity_tf import uncertainty
+    from conductivity_tf.errors import UserError
+
+    fitted = {"features": uncertainty.FEATURES, "weights": [0.0] * len(uncertainty.FEATURES), "scale": 1.0}
+    (tmp_path / uncertainty.UNCERTAINTY_FILE).write_text(json.dumps(fitted))
+    assert uncertainty.load(str(tmp_path)) == fitted
+    stale = dict(fitted, features=uncertainty.FEATURES[:-1] + [
+        "log disagreement of the prediction with the conductivity of the cells solved"])
+    (tmp_path / uncertainty.UNCERTAINTY_FILE).write_text(json.dumps(stale))
+    with pytest.raises(UserError, match="cells solved.*--calibrate"):
+        uncertainty.load(str(tmp_path))
+
+
 def test_the_error_model_learns_where_errors_are_large_and_states_a_calibrated_deviation():
     from conductivity_tf import uncertainty
 
