@@ -680,6 +680,16 @@ def _faces_reference(x, axis, w=4):
     return float(np.sum(ends[0] * (1 - potential)) * m[0] / (m[1] * m[2]))
 
 
+def test_the_cells_faces_counted_on_words_of_eight_voxels_give_the_voxel_loops_problem():
+    # the packed count (rows as words of eight voxels) and the voxel loop give the same conductances, bit for bit
+    for shape, seed in (((64, 64, 64), 3), ((32, 40, 48), 4), ((8, 12, 16), 5)):
+        volume = np.ascontiguousarray(microstructure.blobs(shape, porosity=0.3, correlation_length=1.5, seed=seed))
+        packed, looped = coarse._face_links(volume, True), coarse._face_links(volume, False)
+        assert packed[2] == looped[2]
+        for a, b in zip(packed[:2], looped[:2]):
+            assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b) and a.max() > 0
+
+
 def test_the_cells_joined_through_their_faces_solve_a_volume_of_whole_cells_as_the_solver_does_its_voxels():
     # a volume of whole 4^3 cells is, cell for cell, the solver's problem on the mask of its cells: pairs across a
     # face between two full cells all conduct (conductance 1), between a full and an empty one none, and a face
