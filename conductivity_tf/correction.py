@@ -19,7 +19,7 @@ import os
 import numpy as np
 from scipy.special import erf
 
-from conductivity_tf.errors import UserError
+from conductivity_tf.errors import refuse_removed_inputs
 from conductivity_tf.fileio import read_json, write_json
 
 CORRECTION_FILE = "correction.json"
@@ -64,17 +64,6 @@ def features(descriptions, values, axes, names=None):
     # one row per value, the volume's axes in turn (as values.ravel())
     x = np.stack(columns, axis=1).reshape(len(descriptions) * len(axes), len(FEATURES))
     return x if names is None else x[:, [FEATURES.index(name) for name in names]]
-
-
-def _check(model, directory):
-    """``model`` (a correction read from ``directory``), or a ``UserError`` naming the input it was fitted on that
-    this version no longer computes, with the command that refits it."""
-    gone = [name for name in model["features"] if name not in FEATURES]
-    if gone:
-        raise UserError("the correction in {} was fitted on an input this version no longer computes ({}); refit it: "
-                        "python -m conductivity_tf.evaluate --model {} --data DATASET --calibrate --correction"
-                        .format(directory, gone[0], directory))
-    return model
 
 
 def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learning_rate=0.002, seed=0,
@@ -166,4 +155,6 @@ def save(directory, model):
 def load(directory):
     """The correction a run directory keeps, or None when it has none (it predicts the network's values)."""
     model = read_json(os.path.join(directory, CORRECTION_FILE))
-    return None if model is None else _check(model, directory)
+    if model is not None:
+        refuse_removed_inputs("the correction", directory, model["features"], FEATURES, " --correction")
+    return model

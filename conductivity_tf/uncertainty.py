@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from conductivity_tf.errors import UserError
+from conductivity_tf.errors import refuse_removed_inputs
 from conductivity_tf.fileio import read_json, write_json
 from conductivity_tf.metrics import Z90
 
@@ -97,9 +97,7 @@ def save(directory, model):
 def load(directory):
     """The error model a run directory keeps, or None (a run from before error models)."""
     model = read_json(os.path.join(directory, UNCERTAINTY_FILE))
-    gone = [] if model is None else [name for name in model["features"] if name not in FEATURES + [SPREAD_FEATURE]]
-    if gone:
-        raise UserError("the error model in {} was fitted on an input this version no longer computes ({}); refit it: "
-                        "python -m conductivity_tf.evaluate --model {} --data DATASET --calibrate (with --correction "
-                        "if the run has a correction.json)".format(directory, gone[0], directory))
+    if model is not None:
+        refuse_removed_inputs("the error model", directory, model["features"], FEATURES + [SPREAD_FEATURE],
+                              " (with --correction if the run has a correction.json)")
     return model
