@@ -17,8 +17,10 @@ the coarse problem of the volume's cells of 4^3 voxels joined through the voxel 
 (``axis_faces``), which the error model of ``uncertainty`` and the correction of ``correction`` use; the last three
 come from ``coarse``.
 
-``training_domain`` takes the central 99 % of each over the training split; ``outside`` names every number of a
-volume that falls out of it, as a reason a person can read. A run directory keeps its domain in ``domain.json``.
+``training_domain`` takes the central 99 % of each over the training split (for a run with a correction, over
+every train split the network or its correction was fitted on: ``predict.calibrate``); ``outside`` names every
+number of a volume that falls out of it, as a reason a person can read. A run directory keeps its domain in
+``domain.json``.
 """
 
 import os

@@ -242,7 +242,8 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
     uncertainty (validation split, of the corrected predictions, ``uncertainty.json``). The correction and the error
     model are also fitted on the train and validation splits of the ``calibration_data`` datasets: structures
     unlike the training families, where the model errs more, teach the correction the sign of its error there and
-    make the uncertainty grow."""
+    make the uncertainty grow. With ``correction`` the domain is that of every train split fitted on (the
+    network's and the correction's), so that structures the correction has learnt are not flagged."""
     manifest, predictor = _predictor_for(model_dir, data_path, precision, trusted=False)
     if not manifest["counts"].get("validation"):
         raise UserError("the error model is fitted on the validation split, which {} does not have; use the "
@@ -258,9 +259,9 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
     for fitted_on in [manifest] + (extra if correction else []):
         volumes, sigma, _, families = dataset_lib.load_arrays(fitted_on["path"], "train")
         described = domain_lib.describe_many(volumes)
-        if fitted_on is manifest:
+        if not correction:
             domain_lib.save(predictor.run_dir, domain_lib.training_domain(described))
-        if correction:
+        else:
             train["descriptions"] += described
             train["truth"].append(sigma[:, predictor.axes])
             train["values"].append(predictor._run(volumes)[0])
@@ -268,6 +269,8 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
         del volumes
     predictor.correction = None
     if correction:
+        # the domain of the network and its correction: every train split either was fitted on
+        domain_lib.save(predictor.run_dir, domain_lib.training_domain(train["descriptions"]))
         train = dict(train, **{k: np.concatenate(train[k]) for k in ("truth", "values", "families")})
         predictor.correction = correction_lib.fit(train["descriptions"], train["truth"], train["values"],
                                                   predictor.axes)

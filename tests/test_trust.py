@@ -608,7 +608,7 @@ def test_the_correction_learns_the_sign_of_a_models_error_from_the_paths():
 def test_calibrate_with_correction_keeps_it_and_predict_applies_it(ensemble_run, tmp_path):
     import shutil
 
-    from conductivity_tf import correction, uncertainty
+    from conductivity_tf import correction, dataset, uncertainty
     from conductivity_tf.predict import Predictor
 
     (tmp_path / "spec.yaml").write_text(UNSEEN_SPEC.replace("samples: 96", "samples: 160"))
@@ -629,6 +629,9 @@ def test_calibrate_with_correction_keeps_it_and_predict_applies_it(ensemble_run,
     assert proc.returncode == 0, proc.stderr
     fitted = correction.load(run)
     assert fitted["train_splits_of"] == ["data", "spheroids"] and fitted["features"] == correction.FEATURES
+    # the domain is that of every train split the network or its correction was fitted on
+    both = np.concatenate([dataset.load_arrays(path, "train")[0] for path in (data, str(other))])
+    assert domain.load(run) == domain.training_domain(domain.describe_many(both)) != domain.load(ensemble_run)
     assert uncertainty.load(run)["validation_splits_of"] == ["data", "spheroids"]
     # predict states the network's values times the correction's factors, and the ensemble's spread with them
     predictor = Predictor(run, "fp32")
