@@ -56,6 +56,8 @@ class ModelConfig:
     stride: int = _f(2, "downsampling between levels (1 = none, then a 2x max-pool)")
     stem_stride: int = _f(2, "stride of the very first convolution (2 halves the resolution at once: ~6x fewer "
                           "FLOPs at the same accuracy on the shipped data)")
+    stem_kernel: int = _f(3, "edge of the very first convolution's kernel (at least the stem stride, so that it "
+                          "sees every voxel: 4 with stem_stride 4)")
     norm: str = _f("batch", "normalisation: batch | group | none (group suits IPU pipelines)")
     groups: int = _f(8, "groups for group normalisation")
     activation: str = _f("relu", "activation: relu | gelu | swish | elu")
@@ -151,6 +153,7 @@ MINIMUMS = {
     "model.blocks": 1,
     "model.stride": 1,
     "model.stem_stride": 1,
+    "model.stem_kernel": 1,
     "model.groups": 1,
     "model.head_units": 0,
     "model.ensemble": 1,
@@ -357,6 +360,9 @@ def validate(config):
     if m.branch_level > levels:
         raise UserError("model.branch_level={} is beyond the {} levels of model.widths; use 0 to {}".format(
             m.branch_level, levels, levels))
+    if m.stem_kernel < m.stem_stride:
+        raise UserError("model.stem_kernel={} is smaller than model.stem_stride={}, so the first convolution would "
+                        "skip voxels; use model.stem_kernel={}".format(m.stem_kernel, m.stem_stride, m.stem_stride))
     if d.size < m.stem_stride * 2 ** (levels - 1):
         raise UserError("data.size={} is too small for {} levels in model.widths with model.stem_stride={}; use "
                         "fewer widths or a smaller stem stride".format(d.size, levels, m.stem_stride))

@@ -189,7 +189,8 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
                 strides = model_cfg.stem_stride
             if index > 0 and block == 0 and model_cfg.stride == 1:
                 x = layers.MaxPooling3D(2, name="{}level{}_pool".format(prefix, index))(x)
-            x = layers.Conv3D(width, 3, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
+            kernel = model_cfg.stem_kernel if index == 0 and block == 0 else 3
+            x = layers.Conv3D(width, kernel, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
                               name="{}level{}_conv{}".format(prefix, index, block))(x)
             norm = "{}level{}_norm{}".format(prefix, index, block)
             if model_cfg.norm == "batch":  # without the view only for the training benchmark's comparison

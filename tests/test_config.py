@@ -42,6 +42,7 @@ def test_layers_apply_in_order_and_overrides_parse_yaml_values(tmp_path):
     ("epochs=3", ["needs a section"]),
     ("hardware.pipeline_stages=2", ["hardware.kind=ipu"]),
     ("train.precision=fp16", ["IPU"]),
+    ("model.stem_stride=4", ["model.stem_kernel=3", "skip voxels", "model.stem_kernel=4"]),
 ])
 def test_bad_values_are_rejected_naming_the_key(override, fragments):
     with pytest.raises(UserError) as err:

@@ -270,6 +270,28 @@ def test_the_slices_head_puts_each_axis_slices_in_series():
     assert np.ptp(sigma[:, 0] / sigma[:, 2]) > 0 and np.all(sigma[:, 0] > sigma[:, 2])
 
 
+@pytest.mark.parametrize("kernel, blind", [(4, 0), (3, 37)])
+def test_a_stem_whose_kernel_spans_its_stride_sees_every_voxel(kernel, blind):
+    """One conducting voxel at each position of a 4^3 block: with a stride-4 stem of kernel 4 each reaches the first
+    convolution's output; of kernel 3 (which the configuration refuses) 37 of the 64 positions are never seen."""
+    from conductivity_tf import config as C
+    from conductivity_tf.keras_compat import keras
+    from conductivity_tf.model import build_model
+
+    cfg = C.load_config(overrides=["model.widths=[4,8]", "model.stem_stride=4", "model.stem_kernel=4",
+                                   "data.size=16"])
+    cfg.model.stem_kernel = kernel
+    model = build_model(cfg.model, 16, 3)
+    stem = model.get_layer("level0_conv0")
+    stem.set_weights([np.ones_like(w) for w in stem.get_weights()])
+    probe = keras.Model(model.input, stem.output)
+    volumes = np.zeros((64, 16, 16, 16, 1), "float32")
+    for n, (i, j, k) in enumerate(np.ndindex(4, 4, 4)):
+        volumes[n, 4 + i, 4 + j, 4 + k] = 1.0
+    seen = np.abs(probe(volumes, training=False).numpy()).reshape(64, -1).max(1) > 0
+    assert probe.output_shape[1:4] == (4, 4, 4) and np.count_nonzero(~seen) == blind
+
+
 def test_the_slices_head_drops_out_the_slice_features_when_asked():
     from conductivity_tf import config as C
     from conductivity_tf.keras_compat import keras, set_random_seed
