@@ -102,5 +102,5 @@ def test_overrides_may_come_before_and_after_options(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
     assert (cfg["train"]["epochs"], cfg["train"]["learning_rate"], cfg["model"]["dropout"]) == (4, 0.001, 0.25)
-    assert cfg["model"]["widths"] == [12, 32, 64, 128]                      # the preset was read
+    assert cfg["model"]["widths"] == [16, 64, 128]                         # the preset was read
     assert cfg["train"]["out_dir"] == str(tmp_path / "run")
