@@ -185,11 +185,11 @@ def build_model(model_cfg, input_size, outputs, keras=None, name="conductivity_c
     def level(x, index, width, prefix=""):
         for block in range(model_cfg.blocks):
             strides = model_cfg.stride if (index > 0 and block == 0 and model_cfg.stride > 1) else 1
+            kernel = 3
             if index == 0 and block == 0:
-                strides = model_cfg.stem_stride
+                strides, kernel = model_cfg.stem_stride, model_cfg.stem_kernel
             if index > 0 and block == 0 and model_cfg.stride == 1:
                 x = layers.MaxPooling3D(2, name="{}level{}_pool".format(prefix, index))(x)
-            kernel = model_cfg.stem_kernel if index == 0 and block == 0 else 3
             x = layers.Conv3D(width, kernel, strides=strides, padding="same", use_bias=model_cfg.norm == "none",
                               name="{}level{}_conv{}".format(prefix, index, block))(x)
             norm = "{}level{}_norm{}".format(prefix, index, block)
