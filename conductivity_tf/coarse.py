@@ -76,7 +76,7 @@ def _rows_search(words):
     return total, reached
 
 
-@njit(inline="always")
+@njit(cache=True, nogil=True)
 def _tortuosity(x):
     """The geodesic tortuosity along each axis (3,) of a 0/1 uint8 volume, on the volume coarsened twofold (a coarse
     voxel conducts where any of its eight does: a fifth of the cost; the finest necks it loses are in the spanning

@@ -24,9 +24,11 @@ number of a volume that falls out of it, as a reason a person can read. A run di
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from conductivity_tf.coarse import (
     _NONE,
@@ -236,24 +238,15 @@ def _structure(x):
     for a in range(3):
         starts[1, a] = up[a]
         starts[0, a] = changes[a] + lines[a] - up[a]
-    return (ones, starts, spanning, slices, _tortuosity(x), _renormalised(renormalised_field(x, CELL_LEVELS)),
-            _faces_solved(x))
+    return ones, starts, spanning, slices
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _structures(x):
-    """``_structure`` of each volume of a (N, n0, n1, n2) 0/1 uint8 batch, spread over the cores."""
-    n = x.shape[0]
-    ones = np.zeros(n, np.int64)
-    starts = np.zeros((n, 2, 3), np.int64)
-    spanning = np.zeros((n, 3), np.int64)
-    slices = np.zeros((n, 3, max(x.shape[1], x.shape[2], x.shape[3])), np.int64)
-    tortuosity = np.zeros((n, 3))
-    renormalised = np.zeros((n, 3))
-    faces = np.zeros((n, 3))
-    for v in prange(n):
-        ones[v], starts[v], spanning[v], slices[v], tortuosity[v], renormalised[v], faces[v] = _structure(x[v])
-    return ones, starts, spanning, slices, tortuosity, renormalised, faces
+def _counts(x):
+    """Everything the descriptors of a 0/1 uint8 volume come from: ``_structure``'s counts, then the coarse
+    estimates (``coarse``: the geodesic tortuosity, the renormalised conductivity, the cells joined through their
+    faces), each its own kernel. Joined in one kernel (or one parallel loop) the kernels would be compiled again
+    together, which took numba 0.56 (the SDK images' stack) three minutes."""
+    return _structure(x) + (_tortuosity(x), _renormalised(renormalised_field(x, CELL_LEVELS)), _faces_solved(x))
 
 
 def _mean_chords(voxels, starts):
@@ -295,20 +288,20 @@ def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised
 def describe(volume):
     """The descriptors of a binary volume (1 = conducting), as a dict."""
     conducting = np.ascontiguousarray(np.asarray(volume) > 0)
-    return _description(conducting.shape, *_structure(conducting.view(np.uint8)))
+    return _description(conducting.shape, *_counts(conducting.view(np.uint8)))
 
 
 def describe_many(volumes, chunk=256):
-    """``describe`` of each volume of an (N, n0, n1, n2) batch, the volumes spread over the cores (``chunk`` at a
-    time, so that a dataset's split is not copied whole)."""
+    """``describe`` of each volume of an (N, n0, n1, n2) batch, the volumes spread over numba's threads (the
+    kernels release the GIL; ``chunk`` at a time, so that a dataset's split is not copied whole)."""
     volumes = np.asarray(volumes)
     if volumes.ndim != 4:
         raise ValueError("describe_many takes a batch (N, n0, n1, n2) of volumes, not shape {}".format(volumes.shape))
     out = []
-    for begin in range(0, len(volumes), chunk):
-        conducting = np.ascontiguousarray(volumes[begin:begin + chunk] > 0)
-        counts = _structures(conducting.view(np.uint8))
-        out += [_description(volumes.shape[1:], *[c[v] for c in counts]) for v in range(len(counts[0]))]
+    with ThreadPoolExecutor(max(1, min(numba.get_num_threads(), len(volumes)))) as pool:
+        for begin in range(0, len(volumes), chunk):
+            conducting = np.ascontiguousarray(volumes[begin:begin + chunk] > 0).view(np.uint8)
+            out += [_description(volumes.shape[1:], *counts) for counts in pool.map(_counts, conducting)]
     return out
 
 
