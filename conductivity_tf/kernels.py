@@ -17,8 +17,8 @@ def compile_kernels(paths=KERNEL_PATHS):
     by solving small volumes on each path: "general" (volumes below ``physics.BINARY_LEVEL_VOXELS``, phase
     conductivities, potentials, cell grids, spanning channels, the descriptors of ``domain`` and ``coarse``) and
     "binary" (large binary volumes). A fresh install compiles on first use, on one core about a minute for the
-    general path and 20 s for the binary one (numba 0.68; 0.56, the SDK images', twice that); later processes load
-    the cache. Run it once after installing (a container image's build, before processes
+    general path (two with numba 0.56, the SDK images') and 20 s for the binary one; later processes load the
+    cache. Run it once after installing (a container image's build, before processes
     that solve in parallel) so that parallel workers do not each compile the same kernels."""
     rng = np.random.default_rng(0)
     for path in paths:
