@@ -3,7 +3,9 @@
 ``physics.solve``'s boundary conditions (unit potential drop between the two faces normal to the axis, insulating
 sides) on cells instead of voxels: the coarse problem of a whole volume's windows (``whole_volume``), of its
 renormalised proxy (``--detours``), and the reference of the model's slice-combining head. Same discretisation and
-multigrid-preconditioned CG as the voxel solver (``_discretisation.assemble_cells``, ``_multigrid``).
+multigrid-preconditioned CG as the voxel solver (``_discretisation.assemble_cells``, ``_multigrid``). The same
+problem on cells joined by their own conductances (``solve_links``): the cells joined through their faces
+(``coarse.face_links``), the other proxy of ``--detours``.
 
 >>> import numpy as np
 >>> from conductivity_tf import cell_grid
@@ -161,4 +163,118 @@ def solve_cells_apart(conductivity, tol=1e-8, maxiter=1000):
                 r, c = divmod(w, side)
                 # sigma = current * length / area, the grid's length n and area n^2
                 results[w, axis] = inlet[r * pitch:r * pitch + n, c * pitch:c * pitch + n].sum() / n
+    return results
+
+
+@njit(cache=True)
+def _spanning_links_kernel(g0, g1, g2, inlet, outlet):
+    n0, n1, n2 = g0.shape
+    parent = np.arange(n0 * n1 * n2).astype(np.int32)
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                here = (i * n1 + j) * n2 + k
+                for there, g in ((here + n1 * n2, g0[i, j, k]), (here + n2, g1[i, j, k]), (here + 1, g2[i, j, k])):
+                    if g > 0.0:
+                        x, y = _find(parent, here), _find(parent, there)
+                        if x != y:
+                            parent[max(x, y)] = min(x, y)
+    first = np.zeros(n0 * n1 * n2, np.bool_)
+    last = np.zeros(n0 * n1 * n2, np.bool_)
+    for j in range(n1):
+        for k in range(n2):
+            if inlet[j, k] > 0.0:
+                first[_find(parent, j * n2 + k)] = True
+            if outlet[j, k] > 0.0:
+                last[_find(parent, ((n0 - 1) * n1 + j) * n2 + k)] = True
+    keep = np.zeros((n0, n1, n2), np.bool_)
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                root = _find(parent, (i * n1 + j) * n2 + k)
+                keep[i, j, k] = first[root] and last[root]
+    return keep
+
+
+def _link_system(g, inlet, outlet):
+    """The padded system (diag, cx, cy, cz, bnd, rhs) for transport along the first axis of cells joined by the
+    conductances ``g`` (three (n0, n1, n2) arrays: to the next cell along each axis, zero past the last) and to the
+    electrodes by ``inlet`` and ``outlet`` ((n1, n2), the first and last layer); cells not in a cluster joining both
+    (a union-find over the joined cells) are left out. None when no cluster joins them."""
+    g = [np.ascontiguousarray(a, dtype=np.float64) for a in g]
+    inlet, outlet = (np.ascontiguousarray(a, dtype=np.float64) for a in (inlet, outlet))
+    keep = _spanning_links_kernel(g[0], g[1], g[2], inlet, outlet)
+    if not keep.any():
+        return None
+    shape = tuple(n + 2 for n in keep.shape)
+    inner = (slice(1, -1),) * 3
+    cx, cy, cz, bnd, rhs = (np.zeros(shape) for _ in range(5))
+    for c, a in zip((cx, cy, cz), g):
+        c[inner] = np.where(keep, a, 0.0)     # a link > 0 joins two cells of one cluster: both kept or neither
+    del g
+    rhs[1, 1:-1, 1:-1] = np.where(keep[0], inlet, 0.0)
+    bnd[1, 1:-1, 1:-1] = rhs[1, 1:-1, 1:-1]
+    bnd[-2, 1:-1, 1:-1] += np.where(keep[-1], outlet, 0.0)
+    diag = bnd.copy()
+    diag[inner] += cx[inner] + cx[:-2, 1:-1, 1:-1] + cy[inner] + cy[1:-1, :-2, 1:-1] + cz[inner] + cz[1:-1, 1:-1, :-2]
+    return diag, cx, cy, cz, bnd, rhs
+
+
+def _solve_system(system, tol, maxiter):
+    diag, cx, cy, cz, bnd, rhs = system
+    x0 = np.zeros(diag.shape)
+    initial_guess(diag, x0)
+    solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=Workspace())
+    phi, _, _ = solver.solve(rhs, x0=x0, maxiter=maxiter, tol=tol, offset=float(rhs.sum()))
+    return phi
+
+
+def solve_links(links, ends, axes=None, tol=1e-8, maxiter=1000):
+    """sigma_eff along each axis in ``axes`` of a grid of unit cells joined by their own conductances: ``links``
+    (3, n0, n1, n2), the conductance between each cell and the next along each axis (zero past the last), ``ends``
+    per axis (inlet, outlet), the conductances of its first and last layer to the electrodes (2-D over the other two
+    axes in order), as ``coarse.face_links`` gives them; ``solve``'s boundary conditions. A list of floats."""
+    results = []
+    with _one_blas_thread():
+        for axis in parse_axes(axes):
+            order = [axis] + [a for a in range(3) if a != axis]
+            system = _link_system([np.transpose(links[a], order) for a in order], *ends[axis])
+            if system is None:
+                results.append(0.0)
+                continue
+            phi = _solve_system(system, tol, maxiter)
+            current, _ = power_and_sections(phi, *system)
+            n = system[0].shape
+            results.append(float(current) * (n[0] - 2) / ((n[1] - 2) * (n[2] - 2)))
+    return results
+
+
+def solve_links_apart(grids, tol=1e-8, maxiter=1000):
+    """``solve_links`` of each of b equal cubic grids, all three axes: (b, 3). ``grids`` is a list of (links, ends)
+    pairs; they are laid side by side, unjoined, and solved at once per axis (one system instead of b); each grid's
+    value is the current through its own inlet face."""
+    b, n = len(grids), grids[0][0].shape[1]
+    side = int(math.ceil(math.sqrt(b)))
+    results = np.zeros((b, 3))
+    with _one_blas_thread():
+        for axis in range(3):
+            order = [axis] + [a for a in range(3) if a != axis]
+            g = [np.zeros((n, side * n, side * n)) for _ in range(3)]
+            inlet, outlet = np.zeros((side * n, side * n)), np.zeros((side * n, side * n))
+            for w, (links, ends) in enumerate(grids):
+                r, c = divmod(w, side)
+                at = (slice(None), slice(r * n, r * n + n), slice(c * n, c * n + n))
+                for q, a in zip(g, order):
+                    q[at] = np.transpose(links[a], order)   # zero past each grid's last cell: grids stay apart
+                inlet[at[1:]], outlet[at[1:]] = ends[axis]
+            system = _link_system(g, inlet, outlet)
+            del g
+            if system is None:
+                continue
+            phi = _solve_system(system, tol, maxiter)
+            current = system[5][1, 1:-1, 1:-1] * (1.0 - phi[1, 1:-1, 1:-1])
+            for w in range(b):
+                r, c = divmod(w, side)
+                # sigma = current * length / area, the grid's length n and area n^2
+                results[w, axis] = current[r * n:r * n + n, c * n:c * n + n].sum() / n
     return results

@@ -8,9 +8,11 @@ see paths, cheap beside the solver.
   level;
 - ``_faces_solved``: the coarse problem of the volume's cells of 4^3 voxels (2^``CELL_LEVELS``) joined through their
   faces, each conductance the fraction of the voxel pairs across the face that both conduct, solved by a float32
-  conjugate gradient (``_links_solved``) until the inlet and outlet currents agree to ``CELL_TOLERANCE``.
+  conjugate gradient (``_links_solved``) until the inlet and outlet currents agree to ``CELL_TOLERANCE``;
+  ``face_links`` gives the same problem as arrays.
 
-``whole_volume`` uses the renormalised field as the proxy of a volume's detours.
+``whole_volume`` uses the renormalised field and the cells joined through their faces as proxies of a volume's
+detours.
 """
 
 import numpy as np
@@ -547,6 +549,21 @@ def _face_links(x, packed):
                     for side in range(2):
                         ends[a, side, t] = 2 * outer[a, side, t] / face
     return g, ends, m
+
+
+def face_links(x):
+    """The coarse problem of ``_faces_solved`` as arrays, for a solve to any tolerance (``cell_grid.solve_links``):
+    (links (3, m0, m1, m2) float32, the conductance between each cell of 4^3 voxels and the next along each axis,
+    zero past the last; ends, per axis (inlet, outlet), the conductances of the first and last layer of cells
+    normal to it to the electrodes, 2-D over the other two axes in order) of a 0/1 volume."""
+    x = np.ascontiguousarray(x, dtype=np.uint8)
+    w = 1 << CELL_LEVELS
+    packed = w == 4 and x.shape[0] % 4 == 0 and x.shape[1] % 4 == 0 and x.shape[2] % 8 == 0
+    g, ends, m = _face_links(x, packed)
+    n, lo = m[0] * m[1] * m[2], m[1] * m[2]
+    links = g[:, lo:lo + n].reshape((3,) + tuple(m))
+    e = ends[:, :, lo:lo + n].reshape((3, 2) + tuple(m))
+    return links, [(np.take(e[a, 0], 0, axis=a), np.take(e[a, 1], m[a] - 1, axis=a)) for a in range(3)]
 
 
 @njit(cache=True, nogil=True)

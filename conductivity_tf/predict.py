@@ -535,7 +535,7 @@ def predict_whole(args, predictor, size, path, source, several=False):
                           "shape": list(source.shape), "cells": list(result.plan.cells),
                           "windows": result.plan.windows, "solved_fraction": result.solved_fraction,
                           "windows_without_path": result.without_path, "cautions": result.cautions,
-                          "detour_factors": result.detour_factors, "detour_cell_voxels": result.detour_cell_voxels,
+                          "detour_factors": result.detour_factors, "detour_proxies": result.detour_proxies,
                           "map": list(maps) if maps else None}), flush=True)
         return
     parts = []
@@ -547,9 +547,9 @@ def predict_whole(args, predictor, size, path, source, several=False):
         "solver" if args.exact_windows else "model", seconds), flush=True)
     if result.detour_factors is not None:
         print("  detours: the windows' combination raised {} along axes 0 / 1 / 2 for the current that leaves a "
-              "window and comes back (proxy cells of {} voxels)".format(
+              "window and comes back (from the {} proxy)".format(
                   " / ".join("x{:.3f}".format(f) for f in result.detour_factors),
-                  " / ".join("{0}^3".format(c) for c in result.detour_cell_voxels)), flush=True)
+                  " / ".join(result.detour_proxies)), flush=True)
     for note in result.cautions:
         print("  caution, " + note, flush=True)
     for reason in result.outside_domain:

@@ -22,10 +22,10 @@ conducts less than the same material inside a larger volume (its insulating side
 come back), and most where the window is small against the structure. An axis along which some windows carry no
 current while the whole does is such a case (measured: 29 % of the windows along the weak axis of a
 volume of stretched cells, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 %
-low), and ``cautions`` says so. ``--detours`` (``Detours``) corrects part of it from a proxy of the volume, its
-renormalised cells of 4^3 voxels solved whole and as sealed windows (cells of 2^3 voxels along an axis where those
-lose the structure's junctions): the method's error on poorly connected phases went from 6-12 % to 2-4 %, at three
-to six times the windows' time (about a full solve's where the finer cells are taken).
+low), and ``cautions`` says so. ``--detours`` (``Detours``) corrects most of it from two proxies of the volume on
+cells of 4^3 voxels, its cells joined through their faces and its renormalised cells, each solved whole and as
+sealed windows: the method's error went from 6-12 % to 0.2-1.1 % on the generator families' 256^3 volumes, and to
+3-4 % on a poorly connected electrode phase and along the weak axis of a volume of stretched cells.
 """
 
 import multiprocessing
@@ -44,18 +44,18 @@ from conductivity_tf.errors import UserError
 # solves) was 0.1-0.5 % with cell = window and 1-2 % with half-window cells (overlapping windows), which double
 # count the windows' insulating sides
 DEFAULT_CELL_FRACTION = 1.0
-# the detour correction's proxy: the volume renormalised twice (cells of 4^3 voxels; with 8^3 cells it corrected
-# poorly connected phases the wrong way), its coarse problems solved to this tolerance (at 1e-3 the factors were
-# up to 2 % off theirs at 1e-7, at 1e-5 within 0.2 %)
+# the detour correction's two proxies, both on cells of 4^3 voxels: the volume renormalised twice (with 8^3 cells it
+# corrected poorly connected phases the wrong way) and its cells joined through their faces (``coarse.face_links``);
+# their coarse problems solved to this tolerance (at 1e-3 the renormalised proxy's factors were up to 2 % off
+# theirs at 1e-7, at 1e-5 within 0.2 %)
 DETOUR_LEVELS = 2
 DETOUR_TOL = 1e-5
-# where the proxy's sealed windows, combined, keep less than this fraction of the windows' labels combined along an
-# axis, its cells have lost the structure's junctions (a fifth to a quarter along the weak axis of closed-cell
-# foams with thin walls, whose factor then overshot by 50-70 %; 0.5-0.8 on granular, electrode and blob volumes):
-# that axis's factor comes from a proxy of 2^3-voxel cells, which kept the ratio within 1-7 % where the 4^3 one
-# was 3-16 % off, unless its grid would have more than DETOUR_FINE_CELLS cells (~150 bytes each to solve)
+# where the renormalised proxy's sealed windows, combined, keep less than this fraction of the windows' labels
+# combined along an axis, its cells have lost the structure's junctions (a fifth to a quarter along the weak axis
+# of closed-cell foams with thin walls, whose factor then overshot by 50-70 %; 0.5-0.8 on granular, electrode and
+# blob volumes): that axis takes the faces proxy's factor alone
 DETOUR_FIDELITY = 0.5
-DETOUR_FINE_CELLS = 16_000_000
+PROXIES = ("faces", "renormalised")
 
 
 @dataclass
@@ -140,8 +140,8 @@ class WholeVolume:
     the layout, the fraction of windows the solver labelled, the porosity, the fraction of windows without a
     conducting path along each axis, the cautions about the method on this volume, and the reasons windows lie
     outside the model's training domain (one line per reason: how many windows, the range of their values; empty
-    when none does or nothing was checked); with ``--detours`` its factors and, per axis, the edge in voxels of the
-    proxy's cells they came from."""
+    when none does or nothing was checked); with ``--detours`` its factors and, per axis, the proxy each came from
+    (``PROXIES``)."""
     values: List[float]
     uncertainty: Optional[List[float]]
     field: np.ndarray
@@ -153,7 +153,7 @@ class WholeVolume:
     cautions: List[str]
     outside_domain: List[str]
     detour_factors: Optional[List[float]] = None
-    detour_cell_voxels: Optional[List[int]] = None
+    detour_proxies: Optional[List[str]] = None
 
     def interval(self, z):
         if self.uncertainty is None:
@@ -220,66 +220,57 @@ def predict_volume(source, labeller, window, cell=None, batch=64, progress=None,
     factors = None
     if proxy is not None:
         factors = proxy.factors(source, values)
-        notes += proxy.notes
         values = [v * f for v, f in zip(values, factors)]
         uncertainty = None if uncertainty is None else [u * f for u, f in zip(uncertainty, factors)]
     return WholeVolume(values, uncertainty, cells, spread, plan, solved, porosity, without_path, notes, flagged,
-                       factors, proxy.cell_voxels if proxy is not None else None)
+                       factors, proxy.chosen if proxy is not None else None)
 
 
 class Detours:
-    """The correction of the windows' insulating sides, from a proxy of the volume: each window conducts less than
-    the same material inside the whole, whose current can leave the window and come back. The proxy is the volume
-    renormalised ``DETOUR_LEVELS`` times (``coarse.renormalised_field``: cells of 4^3 voxels, which keep paths a
-    few voxels wide and their junctions). Its coarse problem solved whole (the detours in), against its windows each
-    solved sealed (``cell_grid.solve_cells_apart``) and combined as the windows' labels are, gives per axis the
-    factor by which sealing the windows lowered the proxy's whole; the windows' combination is multiplied by it.
-    Measured against full solves, it takes the method's error on poorly connected phases from 6-12 % to 2-4 %.
-    Where thin walls or throats carry the current, 4^3-voxel cells lose the junctions between them: the proxy's
-    sealed windows then keep far less than the windows' own labels, and its factor overshoots (by 50-70 % along the
-    weak axis of closed-cell foams with thin walls). Along such an axis the factor comes from a proxy of 2^3-voxel
-    cells (``DETOUR_FIDELITY``), eight times the cells."""
+    """The correction of the windows' insulating sides, from proxies of the volume: each window conducts less than
+    the same material inside the whole, whose current can leave the window and come back. A proxy's coarse problem
+    solved whole (the detours in), against its windows each solved sealed and combined as the windows' labels are,
+    gives per axis the factor by which sealing the windows lowered the proxy's whole; the windows' combination is
+    multiplied by it. Two proxies on cells of 4^3 voxels, each of which keeps less of the detours than the volume
+    (their factors came out at or below the exact one on every axis measured): the cells joined through their
+    faces (``coarse.face_links``: the conducting voxel pairs across each face; it keeps the junctions of thin walls
+    and throats, but takes a cell's interior as conducting, which joins large particles that touch at small
+    contacts) and the volume renormalised ``DETOUR_LEVELS`` times (``coarse.renormalised_field``: each cell one
+    conductivity per axis; it loses the junctions of thin walls, its sealed windows then keep under
+    ``DETOUR_FIDELITY`` of the windows' labels and its factor overshoots, so it counts only where they keep more).
+    Per axis the larger factor is taken."""
 
     def __init__(self, plan):
         self.plan = plan
-        self.windows = np.zeros(plan.cells + (3,))   # each window's sealed proxy value, in its cell
-        self.cell_voxels = [2 ** DETOUR_LEVELS] * 3   # per axis, the edge of the proxy's cells its factor came from
-        self.notes = []
+        # each window's sealed value in each proxy, in its cell
+        self.windows = {name: np.zeros(plan.cells + (3,)) for name in PROXIES}
+        self.chosen = [PROXIES[0]] * 3      # per axis, the proxy its factor came from
 
     def add(self, index, chunk):
-        """Renormalise a batch of windows (the labeller's) and keep their sealed values in their cells."""
-        self.windows[index[:, 0], index[:, 1], index[:, 2]] = _sealed(chunk, DETOUR_LEVELS)
+        """Both proxies of a batch of windows (the labeller's), solved sealed, kept in their cells."""
+        at = index[:, 0], index[:, 1], index[:, 2]
+        self.windows["renormalised"][at] = _sealed(chunk, DETOUR_LEVELS)
+        self.windows["faces"][at] = cell_grid.solve_links_apart([coarse.face_links(w) for w in chunk],
+                                                                tol=DETOUR_TOL)
 
-    def factors(self, source, labels=None):
-        """Per axis: the proxy's whole over its windows combined, at least 1 (1 where either carries no current).
-        Sealing the windows loses current: the exact windows' combination came out below the full solve on nearly
-        every axis measured, and proxy factors below 1 (0.994-0.998, on well-connected structures only) moved the
-        answer away from it. ``labels``, the windows' labels combined per axis: where the proxy's windows keep
-        less than ``DETOUR_FIDELITY`` of them, the factor comes from the finer proxy (``cell_voxels``)."""
-        whole = cell_grid.solve_cells(np.moveaxis(renormalised_volume(source, self.plan.window), 0, -1),
-                                    tol=DETOUR_TOL)
-        sealed = cell_grid.solve_cells(self.windows, self.plan.sizes, tol=DETOUR_TOL)
-        factors = [_factor(w, s) for w, s in zip(whole, sealed)]
-        lost = [a for a in range(3) if labels is not None and labels[a] > 0 and sealed[a] < DETOUR_FIDELITY * labels[a]]
-        if not lost:
-            return factors
-        level = DETOUR_LEVELS - 1
-        fine = int(np.prod([-(-n // 2 ** level) for n in source.shape]))
-        if fine > DETOUR_FINE_CELLS:
-            self.notes.append("axis {}: the detour proxy's windows keep under {:.0f} % of the windows' conductivity "
-                              "(its cells lose this structure's junctions), so its factor can overshoot; the finer "
-                              "proxy would need {:,} cells (at most {:,})".format(
-                                  " / ".join(map(str, lost)), 100 * DETOUR_FIDELITY, fine, DETOUR_FINE_CELLS))
-            return factors
-        windows_fine = np.zeros(self.plan.cells + (3,))   # all three axes: the combination uses every one
-        for index, chunk in windows(source, self.plan):
-            windows_fine[index[:, 0], index[:, 1], index[:, 2]] = _sealed(chunk, level)
-        whole = cell_grid.solve_cells(np.moveaxis(renormalised_volume(source, self.plan.window, level), 0, -1),
-                                    axes=lost, tol=DETOUR_TOL)
-        sealed = cell_grid.solve_cells(windows_fine, self.plan.sizes, axes=lost, tol=DETOUR_TOL)
-        for a, w, s in zip(lost, whole, sealed):
-            factors[a] = _factor(w, s)
-            self.cell_voxels[a] = 2 ** level
+    def factors(self, source, labels):
+        """Per axis: the larger of the proxies' factors (each its whole over its windows combined, at least 1; 1
+        where either carries no current), the renormalised proxy's only where its windows keep at least
+        ``DETOUR_FIDELITY`` of ``labels``, the windows' labels combined. Sealing the windows loses current: the
+        exact windows' combination came out below the full solve on nearly every axis measured, and factors below
+        1 (0.994-0.998, on well-connected structures only) moved the answer away from it."""
+        whole = {"renormalised": cell_grid.solve_cells(
+                     np.moveaxis(renormalised_volume(source, self.plan.window), 0, -1), tol=DETOUR_TOL),
+                 "faces": cell_grid.solve_links(*face_links_volume(source, self.plan.window), tol=DETOUR_TOL)}
+        sealed = {name: cell_grid.solve_cells(self.windows[name], self.plan.sizes, tol=DETOUR_TOL)
+                  for name in PROXIES}
+        factors = []
+        for a in range(3):
+            faces = _factor(whole["faces"][a], sealed["faces"][a])
+            faithful = labels[a] > 0 and sealed["renormalised"][a] >= DETOUR_FIDELITY * labels[a]
+            renormalised = _factor(whole["renormalised"][a], sealed["renormalised"][a]) if faithful else 1.0
+            self.chosen[a] = "renormalised" if renormalised > faces else "faces"
+            factors.append(max(faces, renormalised))
         return factors
 
 
@@ -291,6 +282,46 @@ def _sealed(chunk, levels):
 
 def _factor(whole, sealed):
     return max(1.0, float(whole / sealed)) if whole > 0 and sealed > 0 else 1.0
+
+
+def face_links_volume(source, window):
+    """``coarse.face_links`` of the whole volume, read in slabs of ``window`` slices rounded down to whole cells; the
+    conductances between two slabs' cells come from the two slices that meet there."""
+    w = 1 << coarse.CELL_LEVELS
+    step = max(w, window // w * w)
+    n = source.shape
+    m = tuple(-(-k // w) for k in n)
+    links = np.zeros((3,) + m, np.float32)
+    ends = [[None, None], [np.zeros((m[0], m[2]), np.float32) for _ in range(2)],
+            [np.zeros((m[0], m[1]), np.float32) for _ in range(2)]]
+    last = None      # the previous slab's last slice
+    for start in range(0, n[0], step):
+        slab = np.ascontiguousarray(source.read(start, min(start + step, n[0])), dtype=np.uint8)
+        part, faces = coarse.face_links(slab)
+        c = start // w
+        rows = slice(c, c + part.shape[1])
+        links[:, rows] = part
+        for a in (1, 2):
+            for side in range(2):
+                ends[a][side][rows] = faces[a][side]
+        if start == 0:
+            ends[0][0] = faces[0][0]
+        if start + step >= n[0]:
+            ends[0][1] = faces[0][1]
+        if last is not None:
+            links[0, c - 1] = _pairs_across(last, slab[0], w)
+        last = slab[-1].copy()
+    return links, [tuple(e) for e in ends]
+
+
+def _pairs_across(before, after, w):
+    """The fraction of the voxel pairs across two slices that both conduct, per square of w x w voxels (smaller at
+    the far sides)."""
+    both = (before & after).astype(np.float32)
+    starts = [np.arange(0, k, w) for k in both.shape]
+    pairs = np.add.reduceat(np.add.reduceat(both, starts[0], axis=0), starts[1], axis=1)
+    area = np.outer(np.diff(np.append(starts[0], both.shape[0])), np.diff(np.append(starts[1], both.shape[1])))
+    return pairs / area.astype(np.float32)
 
 
 def renormalised_volume(source, window, levels=DETOUR_LEVELS):

@@ -32,7 +32,7 @@ FAMILIES = [("blobs", dict(porosity=0.4, correlation_length=4)),
             ("foam", dict(porosity=0.8))]
 COLUMNS = ["volume", "shape", "porosity", "full_sigma", "full_s", "full_peak_mb", "whole_sigma", "whole_s",
            "whole_peak_mb", "speedup", "total_error_pct", "inside_90", "exact_sigma", "method_error_pct", "windows",
-           "detour_factors", "detour_cells", "detours_s", "detours_peak_mb", "detours_speedup",
+           "detour_factors", "detour_proxies", "detours_s", "detours_peak_mb", "detours_speedup",
            "detours_total_error_pct", "detours_inside_90", "detours_method_error_pct"]
 
 
@@ -92,7 +92,7 @@ def measure_one(job):
     getattr(labeller, "close", lambda: None)()
     return {"values": result.values, "uncertainty": result.uncertainty, "seconds": seconds,
             "windows": result.plan.windows, "porosity": result.porosity, "factors": result.detour_factors,
-            "cell_voxels": result.detour_cell_voxels}
+            "proxies": result.detour_proxies}
 
 
 def _child(job):
@@ -138,9 +138,9 @@ def run_whole_suite(args):
                 bar.update()
                 exact, _ = _child({"path": path, "method": "exact", "window": window})
                 bar.update()
-                # the detour factors depend on the labeller only through the choice of the proxy's cells along
-                # each axis (its windows against the labels'): the exact windows' combination times the model
-                # run's factors is the corrected method's own error
+                # the detour factors depend on the labeller only through whether the renormalised proxy counts
+                # along each axis (its windows against the labels'): the exact windows' combination times the
+                # model run's factors is the corrected method's own error
                 detours, detours_mb = _child({"path": path, "method": "model", "model": args.model, "detours": True})
                 bar.update()
                 corrected = [v * f for v, f in zip(exact["values"], detours["factors"])]
@@ -156,7 +156,7 @@ def run_whole_suite(args):
                              "method_error_pct": _error(exact["values"], full["values"]),
                              "windows": whole["windows"],
                              "detour_factors": " ".join("{:.3f}".format(f) for f in detours["factors"]),
-                             "detour_cells": " ".join("{}^3".format(c) for c in detours["cell_voxels"]),
+                             "detour_proxies": " ".join(detours["proxies"]),
                              "detours_s": detours["seconds"], "detours_peak_mb": detours_mb,
                              "detours_speedup": full["seconds"] / detours["seconds"],
                              "detours_total_error_pct": _error(detours["values"], full["values"]),
@@ -170,7 +170,7 @@ def run_whole_suite(args):
     print("errors: the largest over the three axes of |whole / full solve - 1| where the full solve's "
           "sigma_eff/sigma_0 > 0.02; method: exact window labels, total: the model's; inside_90: axes where the "
           "model's stated ~90 % interval holds the full solve; detours_*: the same with --detours (the factors "
-          "multiply the windows' combination along axes 0, 1, 2; detour_cells: the proxy's cells they came from)")
+          "multiply the windows' combination along axes 0, 1, 2; detour_proxies: the proxy each came from)")
     for row in rows:
         print("{}: the model's windows combined are {:.0f}x faster than the full solve (3 axes) at {:.0f} MB peak "
               "against {:.0f} MB; with --detours {:.0f}x at {:.0f} MB".format(
