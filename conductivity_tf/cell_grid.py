@@ -25,6 +25,18 @@ from conductivity_tf.errors import UserError
 from conductivity_tf.physics import _one_blas_thread, parse_axes
 
 
+@njit(inline="always")
+def _joining_both(parent, first, last, n0, n1, n2):
+    """(n0, n1, n2) bool: the cells whose cluster (root in the union-find ``parent``) touches both faces."""
+    keep = np.zeros((n0, n1, n2), np.bool_)
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                root = _find(parent, (i * n1 + j) * n2 + k)
+                keep[i, j, k] = first[root] and last[root]
+    return keep
+
+
 @njit(cache=True)
 def _spanning_cells_kernel(s, axis):
     n0, n1, n2 = s.shape[0], s.shape[1], s.shape[2]
@@ -66,13 +78,7 @@ def _spanning_cells_kernel(s, axis):
                         inlet[root] = True
                     else:
                         outlet[root] = True
-    keep = np.zeros((n0, n1, n2), np.bool_)
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                root = _find(parent, (i * n1 + j) * n2 + k)
-                keep[i, j, k] = inlet[root] and outlet[root]
-    return keep
+    return _joining_both(parent, inlet, outlet, n0, n1, n2)
 
 
 def _spanning_cells(s, axis):
@@ -187,13 +193,7 @@ def _spanning_links_kernel(g0, g1, g2, inlet, outlet):
                 first[_find(parent, j * n2 + k)] = True
             if outlet[j, k] > 0.0:
                 last[_find(parent, ((n0 - 1) * n1 + j) * n2 + k)] = True
-    keep = np.zeros((n0, n1, n2), np.bool_)
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                root = _find(parent, (i * n1 + j) * n2 + k)
-                keep[i, j, k] = first[root] and last[root]
-    return keep
+    return _joining_both(parent, first, last, n0, n1, n2)
 
 
 def _link_system(g, inlet, outlet):
