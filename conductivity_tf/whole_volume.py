@@ -232,7 +232,8 @@ class Detours:
     solved whole (the detours in), against its windows each solved sealed and combined as the windows' labels are,
     gives per axis the factor by which sealing the windows lowered the proxy's whole; the windows' combination is
     multiplied by it. Two proxies on cells of 4^3 voxels, each of which keeps less of the detours than the volume
-    (their factors came out at or below the exact one on every axis measured): the cells joined through their
+    (their factors came out at or below the exact one on every axis measured, but for the renormalised proxy's on
+    the axes the fidelity rule below leaves out, and the faces proxy's once by 0.1 %): the cells joined through their
     faces (``coarse.face_links``: the conducting voxel pairs across each face; it keeps the junctions of thin walls
     and throats, but takes a cell's interior as conducting, which joins large particles that touch at small
     contacts) and the volume renormalised ``DETOUR_LEVELS`` times (``coarse.renormalised_field``: each cell one
