@@ -37,8 +37,10 @@ from conductivity_tf.volumes import (
 )
 
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
-ZERO_WITHOUT_PATH_HELP = ("predict exactly 0 along axes with no conducting path between the two faces (labels the "
-                          "connected clusters: about 0.5 ms more per 64^3 volume on two cores)")
+ZERO_WITHOUT_PATH_HELP = ("predict exactly 0 along axes with no conducting path between the two faces, for a model "
+                          "without an error model, correction or training domain (labels the connected clusters: "
+                          "about 0.5 ms more per 64^3 volume on two cores); a model with one of those does it always, "
+                          "from the descriptors it computes anyway")
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_HELP = ("auto (default): bf16 on CPUs with native bfloat16 (AVX512-BF16 or AMX) when no GPU is visible, "
                   "else fp32; fp32; bf16 (1.65x faster on such CPUs, within about 1e-3 of fp32)")
@@ -157,12 +159,15 @@ class Predictor(object):
         return uncertainty_lib.evaluate(self.error_model, descriptions, values, self.axes, served)
 
     def __call__(self, volumes, batch_size=16, zero_without_path=False):
-        """(N, len(axes)) predictions. With ``zero_without_path`` an axis along which a volume has no
-        conducting path between its two faces is given exactly 0 (the network alone predicts a small
-        positive value there); that labels the clusters of each volume (``domain.describe_many``)."""
+        """(N, len(axes)) predictions. With ``zero_without_path``, or a correction (whose descriptors say it), an
+        axis along which a volume has no conducting path between its two faces is given exactly 0 (the network
+        alone predicts a small positive value there); that labels the clusters of each volume
+        (``domain.describe_many``)."""
         predicted, _ = self._run(volumes, batch_size)
         predicted, _, descriptions = self.corrected(volumes, predicted, None)
-        return self.zero_without_path(volumes, predicted, descriptions) if zero_without_path else predicted
+        if zero_without_path or descriptions is not None:
+            return self.zero_without_path(volumes, predicted, descriptions)
+        return predicted
 
     def zero_without_path(self, volumes, predicted, descriptions=None):
         """``predicted`` with exact zeros along the axes where a volume has no conducting path (none of its
@@ -178,19 +183,20 @@ class Predictor(object):
         ('model' or 'solver') and, per volume, the reasons it lies outside the model's training domain.
 
         ``max_error`` REL: where a value's relative uncertainty exceeds REL, the model states none, or the volume
-        lies outside the training domain, ``physics.solve`` answers instead; axes without a conducting path are
-        exact zeros (from the solver's cluster labels)."""
+        lies outside the training domain, ``physics.solve`` answers instead. Axes without a conducting path are
+        exact zeros with no uncertainty (from the solver's cluster labels), from ``--max-error``,
+        ``zero_without_path`` or, for a model with an error model, correction or training domain, always: its
+        descriptors, computed anyway, say where the network alone would state a small positive value."""
         volumes = np.asarray(volumes)
         values, served = self._run(volumes, batch_size)
         values = values.astype(np.float64)  # the solver's values go in as they are
-        checked = max_error is not None or zero_without_path
-        wanted = self.domain or self.error_model or self.correction or checked
+        wanted = self.domain or self.error_model or self.correction or max_error is not None or zero_without_path
         descriptions = domain_lib.describe_many(volumes) if wanted else None
         values, served, descriptions = self.corrected(volumes, values, served, descriptions)
         flags = [domain_lib.outside(d, self.domain) for d in descriptions] if self.domain else [[] for _ in volumes]
         uncertainty = self.stated_uncertainty(volumes, values, served, descriptions)
         source = np.full(values.shape, "model", dtype=object)
-        if checked:
+        if descriptions is not None:
             uncertainty = None if uncertainty is None else uncertainty.copy()
             no_path = domain_lib.without_path(descriptions, self.axes)
             for i, volume in enumerate(volumes):
@@ -313,12 +319,15 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
     manifest, predictor = _predictor_for(model_dir, data_path, precision)
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
     predicted, served = predictor._run(volumes)
-    wanted = predictor.error_model or predictor.correction or zero_without_path
+    wanted = predictor.domain or predictor.error_model or predictor.correction or zero_without_path
     descriptions = domain_lib.describe_many(volumes) if wanted else None
     predicted, served, descriptions = predictor.corrected(volumes, predicted, served, descriptions)
     uncertainty = predictor.stated_uncertainty(volumes, predicted, served, descriptions)
-    if zero_without_path:
-        predicted = predictor.zero_without_path(volumes, predicted, descriptions)
+    if descriptions is not None:       # as predict's output: exact zeros without a path, with no uncertainty
+        no_path = domain_lib.without_path(descriptions, predictor.axes)
+        predicted[no_path] = 0.0
+        if uncertainty is not None:
+            uncertainty = np.where(no_path, 0.0, uncertainty)
     truth = sigma[:, predictor.axes]
     metrics = {"split": split, "dataset": manifest["path"], "axes": predictor.axes, "precision": predictor.precision,
                "all": regression_metrics(truth, predicted),

@@ -367,9 +367,13 @@ def finish_run(cfg, base, manifest, out, train_seconds):
                                           valid_predicted, axes, None if scale is None else valid_spread * scale)
         if error_model is not None:
             uncertainty_lib.save(out, error_model)
-            stated = uncertainty_lib.evaluate(error_model, domain_lib.describe_many(test_volumes), predicted,
-                                              axes, None if scale is None else spread * scale)
-            metrics["uncertainty"] = dict(calibration_metrics(truth, predicted, stated),
+            described = domain_lib.describe_many(test_volumes)
+            stated = uncertainty_lib.evaluate(error_model, described, predicted, axes,
+                                              None if scale is None else spread * scale)
+            # as predict states them: exact zeros, with no uncertainty, along the axes without a conducting path
+            no_path = domain_lib.without_path(described, axes)
+            metrics["uncertainty"] = dict(calibration_metrics(truth, np.where(no_path, 0.0, predicted),
+                                                              np.where(no_path, 0.0, stated)),
                                           fitted_values=error_model["fitted_values"])
     write_text(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
     plots.parity_plot(os.path.join(out, "parity.png"), truth, predicted, porosity,
