@@ -197,18 +197,14 @@ class Predictor(object):
         uncertainty = self.stated_uncertainty(volumes, values, served, descriptions)
         source = np.full(values.shape, "model", dtype=object)
         if descriptions is not None:
-            uncertainty = None if uncertainty is None else uncertainty.copy()
             no_path = domain_lib.without_path(descriptions, self.axes)
+            values[no_path], source[no_path] = 0.0, "solver"
+            if uncertainty is not None:
+                uncertainty = np.where(no_path, 0.0, uncertainty)
+        if max_error is not None:
             for i, volume in enumerate(volumes):
-                solve = []
-                for j in range(len(self.axes)):
-                    if no_path[i, j]:
-                        values[i, j], source[i, j] = 0.0, "solver"
-                        if uncertainty is not None:
-                            uncertainty[i, j] = 0.0
-                    elif max_error is not None and (flags[i] or uncertainty is None or
-                                                    uncertainty[i, j] > max_error * values[i, j]):
-                        solve.append(j)
+                solve = [j for j in range(len(self.axes)) if not no_path[i, j] and (
+                    flags[i] or uncertainty is None or uncertainty[i, j] > max_error * values[i, j])]
                 if solve:
                     for j, result in zip(solve, physics.solve(volume, axes=[self.axes[j] for j in solve])):
                         values[i, j], source[i, j] = result.relative_conductivity, "solver"
