@@ -475,7 +475,7 @@ def foam(size, porosity=0.85, cell_size=12.0, struts=True, conducting="pores", u
     frame = lengths.max() / lengths  # distances in a frame where the cells are isotropic (a scale is immaterial)
     tree = scipy.spatial.cKDTree(seeds * frame)
     points = (np.indices(shape).reshape(3, -1).T + 0.5) * frame
-    distances, nearest = tree.query(points, k=3)
+    distances, nearest = tree.query(points, k=3, workers=-1)   # the same answer, on every core
     if uniform_thickness:
         # the distance, in voxels, from each voxel to the plane between its nearest seed and the second (third):
         # in the stretched frame that plane is (q - m) . n = 0, so in voxels it is p . (frame n) = m . n
