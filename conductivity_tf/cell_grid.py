@@ -132,11 +132,8 @@ def _solve_moved_cells(held, h, tol, maxiter):
     del s, keep
     cx, cy, cz, diag, bnd, rhs = assemble_cells(*fields, *h)
     del fields
-    x0 = np.zeros(diag.shape)
-    initial_guess(diag, x0)
-    solver = MultigridPCG(diag, cx, cy, cz, bnd, ws=Workspace())
-    phi, _, _ = solver.solve(rhs, x0=x0, maxiter=maxiter, tol=tol, offset=float(rhs.sum()))
-    return phi, (diag, cx, cy, cz, bnd, rhs)
+    system = (diag, cx, cy, cz, bnd, rhs)
+    return _solve_system(system, tol, maxiter), system
 
 
 def solve_cells_apart(conductivity, tol=1e-8, maxiter=1000):
@@ -221,6 +218,7 @@ def _link_system(g, inlet, outlet):
 
 
 def _solve_system(system, tol, maxiter):
+    """The potential (padded) of a padded system (diag, cx, cy, cz, bnd, rhs) by the multigrid-preconditioned CG."""
     diag, cx, cy, cz, bnd, rhs = system
     x0 = np.zeros(diag.shape)
     initial_guess(diag, x0)
