@@ -282,3 +282,20 @@ def test_combined_datasets_read_as_the_union_of_theirs(small, tmp_path):
     assert_one_line_error(run_module("conductivity_tf.dataset", "combine", small, odd, "--out", tmp_path / "x"),
                           "different edges")
     assert not (tmp_path / "x").exists()
+
+
+def test_flattened_blobs_conduct_least_across_their_plates():
+    # flattened64's blobs: the correlation length along the drawn axis is the others' over the flattening, so the
+    # structure is plate-like and conducts less across the plates than along them
+    spec = D.load_build_spec("flattened64", ["size=32"])
+    for index in range(3):
+        sample = D.make_sample(spec, index)
+        lengths = sample["params"]["correlation_length"]
+        thin = int(np.argmin(lengths))
+        wide = [n for a, n in enumerate(lengths) if a != thin]
+        assert sample["family"] == "blobs" and wide[0] == wide[1]
+        assert 1.5 <= wide[0] / lengths[thin] <= 5.0 + 1e-3 and 1.2 <= wide[0] <= 4.0
+        assert abs(sample["porosity"] - sample["params"]["porosity"]) < 0.01
+        sigma = sample["relative_conductivity"]
+        assert sigma[thin] < min(s for a, s in enumerate(sigma) if a != thin)
+    assert D.make_sample(spec, 1)["volume"].tobytes() == D.make_sample(spec, 1)["volume"].tobytes()

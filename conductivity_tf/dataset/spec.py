@@ -107,6 +107,11 @@ def make_sample(spec, index):
         a = params.pop("anisotropy")
         key = "correlation_length" if "correlation_length" in params else "cell_size"
         params[key] = [round(params[key] * a ** u, 4) for u in rng.uniform(-0.5, 0.5, 3)]
+    if "flattening" in params:  # blobs flattened along one axis (plate-like, layered): its length / flattening
+        flat, axis = params.pop("flattening"), int(params.pop("axis"))
+        lengths = np.broadcast_to(params["correlation_length"], (3,))
+        params["correlation_length"] = [round(float(n) / flat if a == axis else float(n), 4)
+                                        for a, n in enumerate(lengths)]
     for key in ("axis", "layers"):
         if key in params:
             params[key] = int(params[key])
