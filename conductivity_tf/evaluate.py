@@ -1,7 +1,8 @@
 """Evaluate a trained model on a dataset split:
 ``python -m conductivity_tf.evaluate --model RUN_DIR [--data DIR] [--split test] [--json]``; with ``--calibrate``
 first fits the run's training domain and error model from DIR (the dataset it was trained on) into RUN_DIR, the
-error model also from ``--calibration-data DIR ...`` (more datasets' validation splits)."""
+error model also from ``--calibration-data DIR ...`` (more datasets' validation splits); the correction from their
+train splits and those of ``--correction-data DIR ...``."""
 
 import argparse
 import json
@@ -33,6 +34,10 @@ def build_parser():
                              "paths (train splits of --data and --calibration-data; correction.json), which predict "
                              "then applies; without it a run's correction is removed (the error model is then the "
                              "uncorrected model's)")
+    parser.add_argument("--correction-data", nargs="+", default=[], metavar="DIR",
+                        help="with --correction: fit the correction on these datasets' train splits too, but not the "
+                             "error model on their validation splits (kinds of structure the correction should "
+                             "learn that would teach the error model to be surer than it is on others)")
     return parser
 
 
@@ -42,8 +47,11 @@ def main(argv=None):
     if (args.calibration_data or args.correction) and not args.calibrate:
         raise UserError("--{} is used by --calibrate; add --calibrate".format(
             "calibration-data" if args.calibration_data else "correction"))
+    if args.correction_data and not args.correction:
+        raise UserError("--correction-data is used by --calibrate --correction; add both")
     if args.calibrate:
-        calibrate(args.model, args.data, args.precision, args.calibration_data, args.correction)
+        calibrate(args.model, args.data, args.precision, args.calibration_data, args.correction,
+                  args.correction_data)
     metrics = evaluate(args.model, args.data, args.split, args.zero_without_path, args.precision)
     if args.json:
         print(json.dumps(metrics))

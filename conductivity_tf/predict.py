@@ -237,7 +237,7 @@ def _predictor_for(model_dir, data_path, precision, trusted=True):
     return manifest, predictor
 
 
-def calibrate(model_dir, data_path, precision="auto", calibration_data=(), correction=False):
+def calibrate(model_dir, data_path, precision="auto", calibration_data=(), correction=False, correction_data=()):
     """Fit what a trained model states about trust from the dataset it was trained on, as training does, and keep
     it in its run directory: the training domain (train split, ``domain.json``), with ``correction`` the correction
     of its predictions (train splits, ``correction.json``; removed without it) and the error model of its
@@ -245,7 +245,10 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
     model are also fitted on the train and validation splits of the ``calibration_data`` datasets: structures
     unlike the training families, where the model errs more, teach the correction the sign of its error there and
     make the uncertainty grow. With ``correction`` the domain is that of every train split fitted on (the
-    network's and the correction's), so that structures the correction has learnt are not flagged."""
+    network's and the correction's), so that structures the correction has learnt are not flagged. The
+    ``correction_data`` datasets' train splits are fitted on by the correction (and count in its domain) but their
+    validation splits not by the error model: structures the corrected model predicts well would teach it to be surer
+    than it is on others."""
     manifest, predictor = _predictor_for(model_dir, data_path, precision, trusted=False)
     if not manifest["counts"].get("validation"):
         raise UserError("the error model is fitted on the validation split, which {} does not have; use the "
@@ -257,8 +260,14 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
             if not more["counts"].get(split):
                 raise UserError("--calibration-data {} has no {} split to fit {} on".format(path, split, use))
         extra.append(more)
+    learnt = []
+    for path in correction_data if correction else ():
+        more = _predictor_for(model_dir, path, precision, trusted=False)[0]
+        if not more["counts"].get("train"):
+            raise UserError("--correction-data {} has no train split to fit the correction on".format(path))
+        learnt.append(more)
     train = {"descriptions": [], "truth": [], "values": [], "families": []}
-    for fitted_on in [manifest] + (extra if correction else []):
+    for fitted_on in [manifest] + (extra + learnt if correction else []):
         volumes, sigma, _, families = dataset_lib.load_arrays(fitted_on["path"], "train")
         described = domain_lib.describe_many(volumes)
         if not correction:
@@ -278,7 +287,7 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
                                                   predictor.axes)
     if predictor.correction is not None:
         predictor.correction["train_splits_of"] = [os.path.basename(os.path.normpath(m["path"]))
-                                                   for m in [manifest] + extra]
+                                                   for m in [manifest] + extra + learnt]
         correction_lib.save(predictor.run_dir, predictor.correction)
     elif os.path.isfile(os.path.join(predictor.run_dir, correction_lib.CORRECTION_FILE)):
         os.remove(os.path.join(predictor.run_dir, correction_lib.CORRECTION_FILE))   # not one of another fit

@@ -151,6 +151,8 @@ CASES = [
      None),
     ("evaluate on a missing dataset", "conductivity_tf.evaluate", ["--data", "{dir}/no_dataset"], ["no_dataset"],
      None),
+    ("correction data without the correction", "conductivity_tf.evaluate",
+     ["--calibrate", "--correction-data", "{dir}"], ["--correction-data", "--calibrate --correction"], None),
     ("dataset info of a non-dataset", "conductivity_tf.dataset", ["info", "{dir}"], ["manifest"], None),
     ("benchmark CSV is a directory", "conductivity_tf.benchmark", ["solver", "--csv", "{dir}"], ["--csv"], None),
     ("compare with a missing CSV", "conductivity_tf.benchmark", ["compare", "{dir}/absent.csv"], ["absent.csv"],

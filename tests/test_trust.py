@@ -614,9 +614,13 @@ def test_calibrate_with_correction_keeps_it_and_predict_applies_it(ensemble_run,
     from conductivity_tf.predict import Predictor
 
     (tmp_path / "spec.yaml").write_text(UNSEEN_SPEC.replace("samples: 96", "samples: 160"))
-    other = tmp_path / "spheroids"
+    other, learnt = tmp_path / "spheroids", tmp_path / "flakes"
     proc = run_module("conductivity_tf.dataset", "build", "--config", tmp_path / "spec.yaml", "--out", other,
                       "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    # a dataset the correction is fitted on but not the error model
+    proc = run_module("conductivity_tf.dataset", "build", "--config", tmp_path / "spec.yaml", "--out", learnt,
+                      "--quiet", "samples=64", "seed=12", "families.spheroids.params.aspect=[0.1,0.2]")
     assert proc.returncode == 0, proc.stderr
     run, data = str(tmp_path / "run"), ensemble_run.replace("/run", "/data")
     shutil.copytree(ensemble_run, run)
@@ -627,14 +631,16 @@ def test_calibrate_with_correction_keeps_it_and_predict_applies_it(ensemble_run,
     assert_one_line_error(run_module("conductivity_tf.predict", "--model", run, tmp_path / "cube.npy"),
                           "no longer computes", "cells solved", "--calibrate --correction")
     proc = run_module("conductivity_tf.evaluate", "--model", run, "--data", data, "--precision", "fp32",
-                      "--calibrate", "--correction", "--calibration-data", other)
+                      "--calibrate", "--correction", "--calibration-data", other, "--correction-data", learnt)
     assert proc.returncode == 0, proc.stderr
     fitted = correction.load(run)
-    assert fitted["train_splits_of"] == ["data", "spheroids"] and fitted["features"] == correction.FEATURES
+    assert fitted["train_splits_of"] == ["data", "spheroids", "flakes"] and fitted["features"] == correction.FEATURES
     # the domain is that of every train split the network or its correction was fitted on
-    both = np.concatenate([dataset.load_arrays(path, "train")[0] for path in (data, str(other))])
-    assert domain.load(run) == domain.training_domain(domain.describe_many(both)) != domain.load(ensemble_run)
-    assert uncertainty.load(run)["validation_splits_of"] == ["data", "spheroids"]
+    every = np.concatenate([dataset.load_arrays(path, "train")[0] for path in (data, str(other), str(learnt))])
+    assert domain.load(run) == domain.training_domain(domain.describe_many(every)) != domain.load(ensemble_run)
+    assert uncertainty.load(run)["validation_splits_of"] == ["data", "spheroids"]      # not the flakes'
+    assert uncertainty.load(run)["fitted_values"] == sum(
+        int((dataset.load_arrays(str(path), "validation")[1] > 1e-6).sum()) for path in (data, other))
     # predict states the network's values times the correction's factors, and the ensemble's spread with them
     predictor = Predictor(run, "fp32")
     volumes = np.concatenate([_family("blobs", correlation_length=1.8)[:3], _family("spheroids", radius=1.0,
