@@ -10,9 +10,8 @@ prediction,
 trained on the logarithm of the solver's value over the model's (``FEATURES``); the corrected value is the
 prediction times its exponential. Several members, trained from different seeds, are averaged. It is fitted on
 the train splits of the model's dataset and of broader ones (``evaluate --calibrate --calibration-data`` and
-``--correction-data``), never
-on a validation or test split, costs the descriptors the domain check computes anyway plus two small matrix
-products, and is kept in a run directory's ``correction.json``.
+``--correction-data``), never on a validation or test split, costs the descriptors the domain check computes anyway
+plus two small matrix products, and is kept in a run directory's ``correction.json``.
 """
 
 import os
