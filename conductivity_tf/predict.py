@@ -231,10 +231,16 @@ class Prediction(object):
 def _predictor_for(model_dir, data_path, precision, trusted=True):
     manifest = dataset_lib.load_manifest(data_path)  # the cheap check first
     predictor = Predictor(model_dir, precision, trusted)
+    return _manifest_for(predictor, data_path, manifest), predictor
+
+
+def _manifest_for(predictor, data_path, manifest=None):
+    """The manifest of a dataset ``predictor`` can be evaluated on (its cubes of the model's size)."""
+    manifest = manifest or dataset_lib.load_manifest(data_path)
     if manifest["sample_size"] != predictor.size:
         raise UserError("the dataset {} holds {}^3 samples but the model takes {}^3; evaluate on a dataset of that "
                         "size".format(manifest["path"], manifest["sample_size"], predictor.size))
-    return manifest, predictor
+    return manifest
 
 
 def calibrate(model_dir, data_path, precision="auto", calibration_data=(), correction=False, correction_data=()):
@@ -255,14 +261,14 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
                         "dataset the model was trained on".format(manifest["path"]))
     extra = []
     for path in calibration_data:
-        more = _predictor_for(model_dir, path, precision, trusted=False)[0]   # each dataset's checks first
+        more = _manifest_for(predictor, path)   # each dataset's checks first
         for split, use in [("validation", "the error model")] + ([("train", "the correction")] if correction else []):
             if not more["counts"].get(split):
                 raise UserError("--calibration-data {} has no {} split to fit {} on".format(path, split, use))
         extra.append(more)
     learnt = []
     for path in correction_data if correction else ():
-        more = _predictor_for(model_dir, path, precision, trusted=False)[0]
+        more = _manifest_for(predictor, path)
         if not more["counts"].get("train"):
             raise UserError("--correction-data {} has no train split to fit the correction on".format(path))
         learnt.append(more)
