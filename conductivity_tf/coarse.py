@@ -457,14 +457,24 @@ def _add_cells(out, at, words, a, b, count):
         out[at + 2 * q + 1] += ((w >> np.uint64(32)) * _BYTES4 >> np.uint64(24)) & _BYTE
 
 
+@njit(inline="always")
+def _add_rows(out, at, words, a, b, count, w):
+    """``_add_cells`` for cells of ``w`` = 4 voxels, and for w = 8 one cell a word (its byte sum in the top byte
+    of one product)."""
+    if w == 4:
+        _add_cells(out, at, words, a, b, count)
+    else:
+        for q in range(count):
+            out[at + q] += ((words[a + q] & words[b + q]) * _H01) >> np.uint64(56)
+
+
 @njit(cache=True, nogil=True)
-def _face_links(x, packed):
+def _face_links(x, packed, w):
     """The coarse problem of ``_faces_solved``: (conductances g (3, size), electrode conductances ends
-    (3, 2, size), cells per side m) of a C-contiguous 0/1 uint8 volume's cells of 4^3 voxels. With ``packed``
-    (sides multiples of 4, the last one of 8) the voxel pairs across the cells' faces and their outer layers are
-    counted on the rows as words of eight voxels (``_add_cells``; 4x the voxel loop below); the same values either
-    way."""
-    w = 1 << CELL_LEVELS
+    (3, 2, size), cells per side m) of a C-contiguous 0/1 uint8 volume's cells of w^3 voxels. With ``packed``
+    (w 4 or 8, the sides multiples of w, the last one of 8) the voxel pairs across the cells' faces and their
+    outer layers are counted on the rows as words of eight voxels (``_add_rows``; 4x the voxel loop below); the
+    same values either way."""
     shape = x.shape
     m = ((shape[0] + w - 1) // w, (shape[1] + w - 1) // w, (shape[2] + w - 1) // w)
     steps = (m[1] * m[2], m[2], 1)
@@ -480,26 +490,28 @@ def _face_links(x, packed):
                 row = lo + (i // w) * steps[0] + (j // w) * steps[1]
                 at = (i * shape[1] + j) * per_row
                 if i % w == w - 1 and i + 1 < shape[0]:
-                    _add_cells(counts[0], row, words, at, at + shape[1] * per_row, per_row)
+                    _add_rows(counts[0], row, words, at, at + shape[1] * per_row, per_row, w)
                 if j % w == w - 1 and j + 1 < shape[1]:
-                    _add_cells(counts[1], row, words, at, at + per_row, per_row)
+                    _add_rows(counts[1], row, words, at, at + per_row, per_row, w)
                 if i == 0:
-                    _add_cells(sides[0, 0], row, words, at, at, per_row)
+                    _add_rows(sides[0, 0], row, words, at, at, per_row, w)
                 if i == shape[0] - 1:
-                    _add_cells(sides[0, 1], row, words, at, at, per_row)
+                    _add_rows(sides[0, 1], row, words, at, at, per_row, w)
                 if j == 0:
-                    _add_cells(sides[1, 0], row, words, at, at, per_row)
+                    _add_rows(sides[1, 0], row, words, at, at, per_row, w)
                 if j == shape[1] - 1:
-                    _add_cells(sides[1, 1], row, words, at, at, per_row)
+                    _add_rows(sides[1, 1], row, words, at, at, per_row, w)
                 first, last = words[at], words[at + per_row - 1]
                 sides[2, 0, row] += first & _ONE
                 sides[2, 1, row + m[2] - 1] += last >> np.uint64(56)
-                for q in range(per_row):   # the pairs across the faces normal to axis 2: bytes 3 & 4, 7 & next 0
+                cells = 8 // w    # per word
+                for q in range(per_row):   # the pairs across the faces normal to axis 2: bytes 3 & 4 (w 4), 7 & next 0
                     word = words[at + q]
-                    counts[2, row + 2 * q] += (word >> np.uint64(24)) & (word >> np.uint64(32)) & _ONE
+                    if w == 4:
+                        counts[2, row + 2 * q] += (word >> np.uint64(24)) & (word >> np.uint64(32)) & _ONE
                     if q + 1 < per_row:
-                        counts[2, row + 2 * q + 1] += (word >> np.uint64(56)) & words[at + q + 1] & _ONE
-        # every cell is whole: 4^2 voxel pairs across each inner face, 4^2 voxels in each outer layer
+                        counts[2, row + cells * q + cells - 1] += (word >> np.uint64(56)) & words[at + q + 1] & _ONE
+        # every cell is whole: w^2 voxel pairs across each inner face, w^2 voxels in each outer layer
         g = (counts / np.float32(w * w)).astype(np.float32)
         ends = (2 * sides / np.float32(w * w)).astype(np.float32)
         return g, ends, m
@@ -551,19 +563,23 @@ def _face_links(x, packed):
     return g, ends, m
 
 
-def face_links(x):
+def face_links(x, cell=4):
     """The coarse problem of ``_faces_solved`` as arrays, for a solve to any tolerance (``cell_grid.solve_links``):
-    (links (3, m0, m1, m2) float32, the conductance between each cell of 4^3 voxels and the next along each axis,
-    zero past the last; ends, per axis (inlet, outlet), the conductances of the first and last layer of cells
+    (links (3, m0, m1, m2) float32, the conductance between each cell of ``cell``^3 voxels and the next along each
+    axis, zero past the last; ends, per axis (inlet, outlet), the conductances of the first and last layer of cells
     normal to it to the electrodes, 2-D over the other two axes in order) of a 0/1 volume."""
     x = np.ascontiguousarray(x, dtype=np.uint8)
-    w = 1 << CELL_LEVELS
-    packed = w == 4 and x.shape[0] % 4 == 0 and x.shape[1] % 4 == 0 and x.shape[2] % 8 == 0
-    g, ends, m = _face_links(x, packed)
+    g, ends, m = _face_links(x, _packed(x.shape, cell), cell)
     n, lo = m[0] * m[1] * m[2], m[1] * m[2]
     links = g[:, lo:lo + n].reshape((3,) + tuple(m))
     e = ends[:, :, lo:lo + n].reshape((3, 2) + tuple(m))
     return links, [(np.take(e[a, 0], 0, axis=a), np.take(e[a, 1], m[a] - 1, axis=a)) for a in range(3)]
+
+
+@njit(inline="always")
+def _packed(shape, w):
+    """Whether ``_face_links`` can count a volume of ``shape``'s rows as words for cells of w voxels."""
+    return (w == 4 or w == 8) and shape[0] % w == 0 and shape[1] % w == 0 and shape[2] % 8 == 0
 
 
 @njit(cache=True, nogil=True)
@@ -576,6 +592,5 @@ def _faces_solved(x):
     lose the junctions between them; the pairs across the faces keep them. Cells at the far sides of a volume whose
     edge is not a multiple of 4 are smaller."""
     w = 1 << CELL_LEVELS
-    packed = w == 4 and x.shape[0] % 4 == 0 and x.shape[1] % 4 == 0 and x.shape[2] % 8 == 0
-    g, ends, m = _face_links(x, packed)
+    g, ends, m = _face_links(x, _packed(x.shape, w), w)
     return _links_solved(g, ends, m)

@@ -371,12 +371,12 @@ def build_parser():
                         help="volumes larger than the model's cube: label every window with the physics solver "
                              "instead of the model (the combination's own error, as a reference)")
     parser.add_argument("--workers", type=int, help="processes for --exact-windows (default: every core)")
-    parser.add_argument("--detours", action="store_true",
-                        help="volumes larger than the model's cube: correct the whole for the current that leaves a "
-                             "window and comes back, which each window's insulating sides cut (estimated on the "
-                             "volume renormalised to 4^3-voxel cells, 2^3 along an axis where those lose the "
-                             "structure's junctions; three to six times the time, about a full solve's where the "
-                             "2^3 cells are taken; for poorly connected phases)")
+    parser.add_argument("--detours", nargs="?", const="fine", choices=whole_volume.DETOURS,
+                        help="volumes larger than the model's cube: how to correct the whole for the current that "
+                             "leaves a window and comes back, which each window's insulating sides cut: 'coarse' "
+                             "(the default: estimated on the volume's cells of 8^3 voxels joined through their "
+                             "faces, about a third more time), 'fine' (--detours alone: two proxies on cells of 4^3 "
+                             "voxels, three to six times the windows' time; for poorly connected phases) or 'off'")
     parser.add_argument("--devices", help="volumes larger than the model's cube: spread the windows over these "
                                           "devices with MirroredStrategy, e.g. /gpu:0,/gpu:1 (or /cpu:0,/cpu:1)")
     parser.add_argument("--max-error", type=float, metavar="REL",
@@ -535,7 +535,7 @@ def predict_whole(args, predictor, size, path, source, several=False):
               disable=args.json or not sys.stderr.isatty(), file=sys.stderr) as bar:
         try:
             result = whole_volume.predict_volume(source, labeller, size, args.cell, args.batch_size, bar.update,
-                                                 detours=args.detours)
+                                                 detours=args.detours or whole_volume.DEFAULT_DETOURS)
         finally:
             getattr(labeller, "close", lambda: None)()
     seconds = time.perf_counter() - t0
@@ -555,7 +555,8 @@ def predict_whole(args, predictor, size, path, source, several=False):
                           "shape": list(source.shape), "cells": list(result.plan.cells),
                           "windows": result.plan.windows, "solved_fraction": result.solved_fraction,
                           "windows_without_path": result.without_path, "cautions": result.cautions,
-                          "detour_factors": result.detour_factors, "detour_proxies": result.detour_proxies,
+                          "detours": result.detours, "detour_factors": result.detour_factors,
+                          "detour_proxies": result.detour_proxies,
                           "map": list(maps) if maps else None}), flush=True)
         return
     parts = []
@@ -567,9 +568,9 @@ def predict_whole(args, predictor, size, path, source, several=False):
         "solver" if args.exact_windows else "model", seconds), flush=True)
     if result.detour_factors is not None:
         print("  detours: the windows' combination raised {} along axes 0 / 1 / 2 for the current that leaves a "
-              "window and comes back (from the {} proxy)".format(
+              "window and comes back (from the {} proxy, --detours {})".format(
                   " / ".join("x{:.3f}".format(f) for f in result.detour_factors),
-                  " / ".join(result.detour_proxies)), flush=True)
+                  " / ".join(result.detour_proxies), result.detours), flush=True)
     for note in result.cautions:
         print("  caution, " + note, flush=True)
     for reason in result.outside_domain:

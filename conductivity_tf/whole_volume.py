@@ -22,10 +22,13 @@ conducts less than the same material inside a larger volume (its insulating side
 come back), and most where the window is small against the structure. An axis along which some windows carry no
 current while the whole does is such a case (measured: 29 % of the windows along the weak axis of a
 volume of stretched cells, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 %
-low), and ``cautions`` says so. ``--detours`` (``Detours``) corrects most of it from two proxies of the volume on
-cells of 4^3 voxels, its cells joined through their faces and its renormalised cells, each solved whole and as
-sealed windows: the method's error went from 6-12 % to 0.2-1.1 % on the generator families' 256^3 volumes, and to
-3-4 % on a poorly connected electrode phase and along the weak axis of a volume of stretched cells.
+low), and ``cautions`` says so. ``Detours`` corrects most of it from proxies of the volume solved whole and as
+sealed windows. By default (``detours="coarse"``) one proxy, the volume's cells of 8^3 voxels joined through their
+faces: it costs about a third of the windows' time, and the method's error went from 0.2-12 % to 0.2-2.2 % on the
+generator families' 256^3 volumes. ``--detours`` (``"fine"``) takes two proxies on cells of 4^3 voxels, the cells
+joined through their faces and the renormalised cells, at three to six times the windows' time: 0.2-1.1 % there,
+and 3-4 % on a poorly connected electrode phase and along the weak axis of a volume of stretched cells, where the
+coarse proxy leaves 4 and 12 %.
 """
 
 import multiprocessing
@@ -50,6 +53,13 @@ DEFAULT_CELL_FRACTION = 1.0
 # theirs at 1e-7, at 1e-5 within 0.2 %)
 DETOUR_LEVELS = 2
 DETOUR_TOL = 1e-5
+# what predict_volume's ``detours`` takes: no correction, the coarse proxy (the default) or the two fine ones; the
+# coarse proxy's cells have this many voxels a side (the fine ones 2^DETOUR_LEVELS): the cells joined through their
+# faces on 8^3 voxels came within 2.2 % of the full solve on the nine generator families' 256^3 volumes (within
+# 1.1 % on 4^3 voxels) at an eighth of the unknowns, their two solves 0.03-0.06 s against 0.23-0.4 s there
+DETOURS = ("off", "coarse", "fine")
+DEFAULT_DETOURS = "coarse"
+COARSE_CELL = 8
 # where the renormalised proxy's sealed windows, combined, keep less than this fraction of the windows' labels
 # combined along an axis, its cells have lost the structure's junctions (a fifth to a quarter along the weak axis
 # of closed-cell foams with thin walls, whose factor then overshot by 50-70 %; 0.5-0.8 on granular, electrode and
@@ -140,8 +150,8 @@ class WholeVolume:
     the layout, the fraction of windows the solver labelled, the porosity, the fraction of windows without a
     conducting path along each axis, the cautions about the method on this volume, and the reasons windows lie
     outside the model's training domain (one line per reason: how many windows, the range of their values; empty
-    when none does or nothing was checked); with ``--detours`` its factors and, per axis, the proxy each came from
-    (``PROXIES``)."""
+    when none does or nothing was checked); the detour correction taken (``DETOURS``), and unless "off" its
+    factors and, per axis, the proxy each came from (``PROXIES``)."""
     values: List[float]
     uncertainty: Optional[List[float]]
     field: np.ndarray
@@ -154,6 +164,7 @@ class WholeVolume:
     outside_domain: List[str]
     detour_factors: Optional[List[float]] = None
     detour_proxies: Optional[List[str]] = None
+    detours: str = "off"
 
     def interval(self, z):
         if self.uncertainty is None:
@@ -208,11 +219,22 @@ def combine(field, spread, plan, axes=(0, 1, 2)):
     return [float(v) for v in values], [float(h - lo) / 2.0 for h, lo in zip(high, low)]
 
 
-def predict_volume(source, labeller, window, cell=None, batch=64, progress=None, detours=False):
-    """The whole volume's ``WholeVolume`` from windows labelled by ``labeller``; with ``detours``, corrected for
-    the current that leaves a window and comes back (``Detours``)."""
+def detour_mode(detours):
+    """One of ``DETOURS`` from a mode's name, or from True ("fine", what ``--detours`` alone asks for) and False
+    ("off")."""
+    if detours is True or detours is False:
+        return "fine" if detours else "off"
+    if detours not in DETOURS:
+        raise UserError("--detours {} is not one of {}".format(detours, ", ".join(DETOURS)))
+    return detours
+
+
+def predict_volume(source, labeller, window, cell=None, batch=64, progress=None, detours=DEFAULT_DETOURS):
+    """The whole volume's ``WholeVolume`` from windows labelled by ``labeller``, corrected for the current that
+    leaves a window and comes back as ``detours`` says (``DETOURS``; ``Detours``)."""
+    detours = detour_mode(detours)
     plan = layout(source.shape, window, cell)
-    proxy = Detours(plan) if detours else None
+    proxy = Detours(plan, detours) if detours != "off" else None
     cells, spread, solved, porosity, flagged = label(source, plan, labeller, batch, progress,
                                                      proxy.add if proxy else None)
     values, uncertainty = combine(cells, spread, plan)
@@ -223,7 +245,7 @@ def predict_volume(source, labeller, window, cell=None, batch=64, progress=None,
         values = [v * f for v, f in zip(values, factors)]
         uncertainty = None if uncertainty is None else [u * f for u, f in zip(uncertainty, factors)]
     return WholeVolume(values, uncertainty, cells, spread, plan, solved, porosity, without_path, notes, flagged,
-                       factors, proxy.chosen if proxy is not None else None)
+                       factors, proxy.chosen if proxy is not None else None, detours)
 
 
 class Detours:
@@ -231,27 +253,32 @@ class Detours:
     the same material inside the whole, whose current can leave the window and come back. A proxy's coarse problem
     solved whole (the detours in), against its windows each solved sealed and combined as the windows' labels are,
     gives per axis the factor by which sealing the windows lowered the proxy's whole; the windows' combination is
-    multiplied by it. Two proxies on cells of 4^3 voxels, each of which keeps less of the detours than the volume
-    (their factors came out at or below the exact one on every axis measured, but for the renormalised proxy's on
-    the axes the fidelity rule below leaves out, and the faces proxy's once by 0.1 %): the cells joined through their
-    faces (``coarse.face_links``: the conducting voxel pairs across each face; it keeps the junctions of thin walls
-    and throats, but takes a cell's interior as conducting, which joins large particles that touch at small
-    contacts) and the volume renormalised ``DETOUR_LEVELS`` times (``coarse.renormalised_field``: each cell one
-    conductivity per axis; it loses the junctions of thin walls, its sealed windows then keep under
-    ``DETOUR_FIDELITY`` of the windows' labels and its factor overshoots, so it counts only where they keep more).
-    Per axis the larger factor is taken."""
+    multiplied by it. With ``mode`` "fine", two proxies on cells of 4^3 voxels, each of which keeps less of the
+    detours than the volume (their factors came out at or below the exact one on every axis measured, but for the
+    renormalised proxy's on the axes the fidelity rule below leaves out, and the faces proxy's once by 0.1 %): the
+    cells joined through their faces (``coarse.face_links``: the conducting voxel pairs across each face; it keeps
+    the junctions of thin walls and throats, but takes a cell's interior as conducting, which joins large particles
+    that touch at small contacts) and the volume renormalised ``DETOUR_LEVELS`` times
+    (``coarse.renormalised_field``: each cell one conductivity per axis; it loses the junctions of thin walls, its
+    sealed windows then keep under ``DETOUR_FIDELITY`` of the windows' labels and its factor overshoots, so it
+    counts only where they keep more). Per axis the larger factor is taken. With "coarse", the cells joined through
+    their faces on cells of ``COARSE_CELL``^3 voxels alone (an eighth of the unknowns; it keeps less of the detours,
+    and its factor, mostly below the fine one, came out up to 2 % above the exact one on three of 72 axes)."""
 
-    def __init__(self, plan):
+    def __init__(self, plan, mode="fine"):
         self.plan = plan
+        self.names = PROXIES if mode == "fine" else PROXIES[:1]
+        self.cell = 1 << DETOUR_LEVELS if mode == "fine" else COARSE_CELL
         # each window's sealed value in each proxy, in its cell
-        self.windows = {name: np.zeros(plan.cells + (3,)) for name in PROXIES}
+        self.windows = {name: np.zeros(plan.cells + (3,)) for name in self.names}
         self.chosen = [PROXIES[0]] * 3      # per axis, the proxy its factor came from
 
     def add(self, index, chunk):
-        """Both proxies of a batch of windows (the labeller's), solved sealed, kept in their cells."""
+        """The proxies of a batch of windows (the labeller's), solved sealed, kept in their cells."""
         at = index[:, 0], index[:, 1], index[:, 2]
-        self.windows["renormalised"][at] = _sealed(chunk, DETOUR_LEVELS)
-        self.windows["faces"][at] = cell_grid.solve_links_apart([coarse.face_links(w) for w in chunk],
+        if "renormalised" in self.windows:
+            self.windows["renormalised"][at] = _sealed(chunk, DETOUR_LEVELS)
+        self.windows["faces"][at] = cell_grid.solve_links_apart([coarse.face_links(w, self.cell) for w in chunk],
                                                                 tol=DETOUR_TOL)
 
     def factors(self, source, labels):
@@ -260,15 +287,18 @@ class Detours:
         ``DETOUR_FIDELITY`` of ``labels``, the windows' labels combined. Sealing the windows loses current: the
         exact windows' combination came out below the full solve on nearly every axis measured, and factors below
         1 (0.994-0.998, on well-connected structures only) moved the answer away from it."""
-        whole = {"renormalised": cell_grid.solve_cells(
-                     np.moveaxis(renormalised_volume(source, self.plan.window), 0, -1), tol=DETOUR_TOL),
-                 "faces": cell_grid.solve_links(*face_links_volume(source, self.plan.window), tol=DETOUR_TOL)}
+        whole = {"faces": cell_grid.solve_links(*face_links_volume(source, self.plan.window, self.cell),
+                                                tol=DETOUR_TOL)}
+        if "renormalised" in self.names:
+            whole["renormalised"] = cell_grid.solve_cells(
+                np.moveaxis(renormalised_volume(source, self.plan.window), 0, -1), tol=DETOUR_TOL)
         sealed = {name: cell_grid.solve_cells(self.windows[name], self.plan.sizes, tol=DETOUR_TOL)
-                  for name in PROXIES}
+                  for name in self.names}
         factors = []
         for a in range(3):
             faces = _factor(whole["faces"][a], sealed["faces"][a])
-            faithful = labels[a] > 0 and sealed["renormalised"][a] >= DETOUR_FIDELITY * labels[a]
+            faithful = ("renormalised" in self.names and labels[a] > 0
+                        and sealed["renormalised"][a] >= DETOUR_FIDELITY * labels[a])
             renormalised = _factor(whole["renormalised"][a], sealed["renormalised"][a]) if faithful else 1.0
             self.chosen[a] = "renormalised" if renormalised > faces else "faces"
             factors.append(max(faces, renormalised))
@@ -285,10 +315,11 @@ def _factor(whole, sealed):
     return max(1.0, float(whole / sealed)) if whole > 0 and sealed > 0 else 1.0
 
 
-def face_links_volume(source, window):
-    """``coarse.face_links`` of the whole volume, read in slabs of ``window`` slices rounded down to whole cells; the
-    conductances between two slabs' cells come from the two slices that meet there."""
-    w = 1 << coarse.CELL_LEVELS
+def face_links_volume(source, window, cell=1 << DETOUR_LEVELS):
+    """``coarse.face_links`` of the whole volume's cells of ``cell``^3 voxels, read in slabs of ``window`` slices
+    rounded down to whole cells; the conductances between two slabs' cells come from the two slices that meet
+    there."""
+    w = cell
     step = max(w, window // w * w)
     n = source.shape
     m = tuple(-(-k // w) for k in n)
@@ -298,7 +329,7 @@ def face_links_volume(source, window):
     last = None      # the previous slab's last slice
     for start in range(0, n[0], step):
         slab = np.ascontiguousarray(source.read(start, min(start + step, n[0])), dtype=np.uint8)
-        part, faces = coarse.face_links(slab)
+        part, faces = coarse.face_links(slab, w)
         c = start // w
         rows = slice(c, c + part.shape[1])
         links[:, rows] = part
@@ -343,7 +374,15 @@ def renormalised_volume(source, window, levels=DETOUR_LEVELS):
     return field
 
 
-def cautions(field, values, window, detours=False):
+# what the cautions add per detour correction (measured with exact windows, the model's own error apart)
+_CAUTIONS = {"fine": ", and even corrected for detours the value can be off (measured on such volumes: within 9 %)",
+             "coarse": ", and even corrected for detours by the coarse proxy the value can be low (measured on such "
+                       "volumes: by up to 16 %; --detours fine: within 9 %)",
+             "off": ", and the whole-volume value is likely low (by 6-61 % on such volumes measured; --detours "
+                    "corrects most of it)"}
+
+
+def cautions(field, values, window, detours="off"):
     """The fraction of windows with no conducting path along each axis, and a caution for every axis whose
     whole conducts although some of its windows do not (windows below a representative volume of the phase)."""
     without_path = [float(np.mean(field[..., a] <= 0.0)) for a in range(3)]
@@ -354,10 +393,7 @@ def cautions(field, values, window, detours=False):
                          "the windows are small against this structure{}; for the exact value solve the volume with "
                          "python -m conductivity_tf.physics".format(
                              axis, 100.0 * fraction, window,
-                             ", and even corrected for detours the value can be off (measured on such volumes: "
-                             "within 9 % with exact windows, the model's own error apart)" if detours
-                             else ", and the whole-volume value is likely low (by 6-61 % on such volumes measured; "
-                             "--detours corrects part of it)"))
+                             _CAUTIONS[detours]))
     return without_path, notes
 
 

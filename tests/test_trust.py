@@ -694,10 +694,12 @@ def _faces_reference(x, axis, w=4):
 
 
 def test_the_cells_faces_counted_on_words_of_eight_voxels_give_the_voxel_loops_problem():
-    # the packed count (rows as words of eight voxels) and the voxel loop give the same conductances, bit for bit
-    for shape, seed in (((64, 64, 64), 3), ((32, 40, 48), 4), ((8, 12, 16), 5)):
+    # the packed count (rows as words of eight voxels) and the voxel loop give the same conductances, bit for bit,
+    # for cells of 4^3 voxels (two a word) and of 8^3 (one a word; the whole-volume detours' coarse proxy)
+    for shape, seed, w in (((64, 64, 64), 3, 4), ((32, 40, 48), 4, 4), ((8, 12, 16), 5, 4), ((64, 64, 64), 3, 8),
+                           ((16, 40, 24), 6, 8)):
         volume = np.ascontiguousarray(microstructure.blobs(shape, porosity=0.3, correlation_length=1.5, seed=seed))
-        packed, looped = coarse._face_links(volume, True), coarse._face_links(volume, False)
+        packed, looped = coarse._face_links(volume, True, w), coarse._face_links(volume, False, w)
         assert packed[2] == looped[2]
         for a, b in zip(packed[:2], looped[:2]):
             assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b) and a.max() > 0

@@ -1,8 +1,8 @@
 """``benchmark whole``: whole volumes, side by side on the same files: the full solve (``physics.solve``, three
-axes) against the model's windows combined by physics (``whole_volume``), and the same combination with exact
-window labels (the method's own error). Each method runs in a process of its own, so its peak resident memory
-(the kernel's VmHWM of that process) is its own; its time is the work after start-up (the model loaded, numba
-compiled on a small volume first)."""
+axes) against the model's windows combined by physics (``whole_volume``) with each detour correction (the default
+coarse one, none, the fine one), and the same combination with exact window labels (the method's own error). Each
+method runs in a process of its own, so its peak resident memory (the kernel's VmHWM of that process) is its own;
+its time is the work after start-up (the model loaded, numba compiled on a small volume first)."""
 
 import json
 import os
@@ -31,9 +31,10 @@ FAMILIES = [("blobs", dict(porosity=0.4, correlation_length=4)),
             ("granular", dict(porosity=0.2)),
             ("foam", dict(porosity=0.8))]
 COLUMNS = ["volume", "shape", "porosity", "full_sigma", "full_s", "full_peak_mb", "whole_sigma", "whole_s",
-           "whole_peak_mb", "speedup", "total_error_pct", "inside_90", "exact_sigma", "method_error_pct", "windows",
-           "detour_factors", "detour_proxies", "detours_s", "detours_peak_mb", "detours_speedup",
-           "detours_total_error_pct", "detours_inside_90", "detours_method_error_pct"]
+           "whole_peak_mb", "speedup", "total_error_pct", "inside_90", "method_error_pct", "detour_factors",
+           "exact_sigma", "windows", "plain_s", "plain_speedup", "plain_total_error_pct", "plain_method_error_pct",
+           "fine_factors", "fine_proxies", "fine_s", "fine_peak_mb", "fine_speedup", "fine_total_error_pct",
+           "fine_inside_90", "fine_method_error_pct"]
 
 
 def _cases(args, folder):
@@ -87,7 +88,7 @@ def measure_one(job):
         labeller = whole_volume.model_labeller(predictor)
     t0 = time.perf_counter()
     result = whole_volume.predict_volume(source, labeller, size, job.get("cell"), batch=BATCH,
-                                         detours=job.get("detours", False))
+                                         detours=job.get("detours", "off"))
     seconds = time.perf_counter() - t0
     getattr(labeller, "close", lambda: None)()
     return {"values": result.values, "uncertainty": result.uncertainty, "seconds": seconds,
@@ -115,6 +116,40 @@ def _inside_90(values, uncertainty, reference):
     return "{}/{}".format(sum(checked), len(checked))
 
 
+def _row(name, shape, runs):
+    """The table's row of one volume from its runs {key: (result, peak MB)}: the full solve, the model's windows
+    with the default detour correction ("whole"), without ("plain"), with the fine one, and the exact windows."""
+    (full, full_mb), (whole, whole_mb), (plain, _), (exact, _), (fine, fine_mb) = (
+        runs[k] for k in ("full", "whole", "plain", "exact", "fine"))
+    reference = full["values"]
+
+    def corrected(factors):
+        # the detour factors depend on the labeller only through whether the fine correction's renormalised proxy
+        # counts along each axis (its windows against the labels'): the exact windows' combination times the model
+        # run's factors is the corrected method's own error
+        return [v * f for v, f in zip(exact["values"], factors)]
+
+    return {"volume": name, "shape": "x".join(map(str, shape)), "porosity": whole["porosity"],
+            "full_sigma": " ".join("{:.4f}".format(v) for v in reference),
+            "full_s": full["seconds"], "full_peak_mb": full_mb,
+            "whole_sigma": " ".join("{:.4f}".format(v) for v in whole["values"]),
+            "whole_s": whole["seconds"], "whole_peak_mb": whole_mb, "speedup": full["seconds"] / whole["seconds"],
+            "total_error_pct": _error(whole["values"], reference),
+            "inside_90": _inside_90(whole["values"], whole["uncertainty"], reference),
+            "method_error_pct": _error(corrected(whole["factors"]), reference),
+            "detour_factors": " ".join("{:.3f}".format(f) for f in whole["factors"]),
+            "exact_sigma": " ".join("{:.4f}".format(v) for v in exact["values"]), "windows": whole["windows"],
+            "plain_s": plain["seconds"], "plain_speedup": full["seconds"] / plain["seconds"],
+            "plain_total_error_pct": _error(plain["values"], reference),
+            "plain_method_error_pct": _error(exact["values"], reference),
+            "fine_factors": " ".join("{:.3f}".format(f) for f in fine["factors"]),
+            "fine_proxies": " ".join(fine["proxies"]), "fine_s": fine["seconds"], "fine_peak_mb": fine_mb,
+            "fine_speedup": full["seconds"] / fine["seconds"],
+            "fine_total_error_pct": _error(fine["values"], reference),
+            "fine_inside_90": _inside_90(fine["values"], fine["uncertainty"], reference),
+            "fine_method_error_pct": _error(corrected(fine["factors"]), reference)}
+
+
 def run_whole_suite(args):
     if args.one:
         job = json.loads(args.one)
@@ -128,52 +163,33 @@ def run_whole_suite(args):
     with tempfile.TemporaryDirectory() as folder:
         cases = _cases(args, folder)
         window = model_size(args.model)
-        with tqdm(total=4 * len(cases), desc="whole-volume benchmark", unit="run", file=sys.stderr) as bar:
+        with tqdm(total=5 * len(cases), desc="whole-volume benchmark", unit="run", file=sys.stderr) as bar:
             for name, path in cases:
                 shape = np.load(path, mmap_mode="r").shape
                 bar.set_postfix_str(name)
-                full, full_mb = _child({"path": path, "method": "full"})
-                bar.update()
-                whole, whole_mb = _child({"path": path, "method": "model", "model": args.model})
-                bar.update()
-                exact, _ = _child({"path": path, "method": "exact", "window": window})
-                bar.update()
-                # the detour factors depend on the labeller only through whether the renormalised proxy counts
-                # along each axis (its windows against the labels'): the exact windows' combination times the
-                # model run's factors is the corrected method's own error
-                detours, detours_mb = _child({"path": path, "method": "model", "model": args.model, "detours": True})
-                bar.update()
-                corrected = [v * f for v, f in zip(exact["values"], detours["factors"])]
-                rows.append({"volume": name, "shape": "x".join(map(str, shape)), "porosity": whole["porosity"],
-                             "full_sigma": " ".join("{:.4f}".format(v) for v in full["values"]),
-                             "full_s": full["seconds"], "full_peak_mb": full_mb,
-                             "whole_sigma": " ".join("{:.4f}".format(v) for v in whole["values"]),
-                             "whole_s": whole["seconds"], "whole_peak_mb": whole_mb,
-                             "speedup": full["seconds"] / whole["seconds"],
-                             "total_error_pct": _error(whole["values"], full["values"]),
-                             "inside_90": _inside_90(whole["values"], whole["uncertainty"], full["values"]),
-                             "exact_sigma": " ".join("{:.4f}".format(v) for v in exact["values"]),
-                             "method_error_pct": _error(exact["values"], full["values"]),
-                             "windows": whole["windows"],
-                             "detour_factors": " ".join("{:.3f}".format(f) for f in detours["factors"]),
-                             "detour_proxies": " ".join(detours["proxies"]),
-                             "detours_s": detours["seconds"], "detours_peak_mb": detours_mb,
-                             "detours_speedup": full["seconds"] / detours["seconds"],
-                             "detours_total_error_pct": _error(detours["values"], full["values"]),
-                             "detours_inside_90": _inside_90(detours["values"], detours["uncertainty"],
-                                                             full["values"]),
-                             "detours_method_error_pct": _error(corrected, full["values"])})
+                runs = {}
+                for key, job in (("full", {"method": "full"}),
+                                 ("whole", {"method": "model", "detours": whole_volume.DEFAULT_DETOURS}),
+                                 ("plain", {"method": "model", "detours": "off"}),
+                                 ("exact", {"method": "exact", "window": window}),
+                                 ("fine", {"method": "model", "detours": "fine"})):
+                    job.update(path=path, model=args.model)
+                    runs[key] = _child(job)
+                    bar.update()
+                rows.append(_row(name, shape, runs))
     print(markdown_table(rows, COLUMNS))
     if args.csv:
         write_csv(args.csv, rows, COLUMNS)
     print()
     print("errors: the largest over the three axes of |whole / full solve - 1| where the full solve's "
-          "sigma_eff/sigma_0 > 0.02; method: exact window labels, total: the model's; inside_90: axes where the "
-          "model's stated ~90 % interval holds the full solve; detours_*: the same with --detours (the factors "
-          "multiply the windows' combination along axes 0, 1, 2; detour_proxies: the proxy each came from)")
+          "sigma_eff/sigma_0 > 0.02; method: exact window labels, total: the model's; whole_*, speedup, "
+          "total_error_pct, inside_90, method_error_pct: predict's default (the coarse detour correction, whose "
+          "factors multiply the windows' combination along axes 0, 1, 2); plain_*: --detours off; fine_*: "
+          "--detours fine (fine_proxies: the proxy each factor came from); inside_90: axes where the model's stated "
+          "~90 % interval holds the full solve")
     for row in rows:
         print("{}: the model's windows combined are {:.0f}x faster than the full solve (3 axes) at {:.0f} MB peak "
-              "against {:.0f} MB; with --detours {:.0f}x at {:.0f} MB".format(
-                  row["volume"], row["speedup"], row["whole_peak_mb"], row["full_peak_mb"], row["detours_speedup"],
-                  row["detours_peak_mb"]))
+              "against {:.0f} MB (--detours off {:.0f}x; --detours fine {:.0f}x at {:.0f} MB)".format(
+                  row["volume"], row["speedup"], row["whole_peak_mb"], row["full_peak_mb"], row["plain_speedup"],
+                  row["fine_speedup"], row["fine_peak_mb"]))
     return 0
