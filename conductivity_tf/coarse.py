@@ -567,13 +567,54 @@ def face_links(x, cell=4):
     """The coarse problem of ``_faces_solved`` as arrays, for a solve to any tolerance (``cell_grid.solve_links``):
     (links (3, m0, m1, m2) float32, the conductance between each cell of ``cell``^3 voxels and the next along each
     axis, zero past the last; ends, per axis (inlet, outlet), the conductances of the first and last layer of cells
-    normal to it to the electrodes, 2-D over the other two axes in order) of a 0/1 volume."""
+    normal to it to the electrodes, 2-D over the other two axes in order) of a 0/1 volume. A volume whose sides
+    are not whole words of cells is counted on words too, padded with insulating voxels (``_padded_links``)."""
     x = np.ascontiguousarray(x, dtype=np.uint8)
+    if not _packed(x.shape, cell) and cell in (4, 8):
+        padded = _padded_links(x, cell)
+        if padded is not None:
+            return padded
     g, ends, m = _face_links(x, _packed(x.shape, cell), cell)
     n, lo = m[0] * m[1] * m[2], m[1] * m[2]
     links = g[:, lo:lo + n].reshape((3,) + tuple(m))
     e = ends[:, :, lo:lo + n].reshape((3, 2) + tuple(m))
     return links, [(np.take(e[a, 0], 0, axis=a), np.take(e[a, 1], m[a] - 1, axis=a)) for a in range(3)]
+
+
+def _extents(n, w):
+    """The voxels of each of the ceil(n / w) cells along a side of n voxels."""
+    return np.minimum(w, n - np.arange(0, n, w))
+
+
+def _padded_links(x, w):
+    """``face_links`` of a volume whose sides are not multiples of the cell (or the last of 8) from its copy padded
+    with insulating voxels up to them, counted on words: the padding adds no conducting pair, so the counts are the
+    volume's; they are divided by the true areas of the last, smaller cells' faces, and the outer layers are summed
+    from the volume itself. The same values as the voxel loop (tested); None where the padding would add a cell."""
+    shape = x.shape
+    target = [-(-n // w) * w for n in shape]
+    target[2] = -(-target[2] // 8) * 8
+    if -(-target[2] // w) != -(-shape[2] // w):
+        return None
+    padded = np.zeros(target, np.uint8)
+    padded[:shape[0], :shape[1], :shape[2]] = x
+    g, _, m = _face_links(padded, True, w)
+    n, lo = m[0] * m[1] * m[2], m[1] * m[2]
+    counts = g[:, lo:lo + n].reshape((3,) + tuple(m)) * np.float32(w * w)    # exact: w^2 is a power of two
+    extents = [_extents(k, w).astype(np.float32) for k in shape]
+    links = np.empty_like(counts)
+    ends = []
+    for a in range(3):
+        b, c = [d for d in range(3) if d != a]
+        area = np.expand_dims(np.outer(extents[b], extents[c]), a)       # voxel pairs across each face
+        links[a] = counts[a] / area
+        starts = [np.arange(0, shape[b], w), np.arange(0, shape[c], w)]
+        faces = []
+        for layer in (np.take(x, 0, axis=a), np.take(x, shape[a] - 1, axis=a)):
+            outer = np.add.reduceat(np.add.reduceat(layer.astype(np.int64), starts[0], axis=0), starts[1], axis=1)
+            faces.append((2 * outer / np.outer(extents[b], extents[c]).astype(np.int64)).astype(np.float32))
+        ends.append(tuple(faces))
+    return links, ends
 
 
 @njit(inline="always")
