@@ -62,6 +62,9 @@ def build_parser():
             p.add_argument("--volumes", nargs="+", metavar="VOLUME",
                            help="measure these volumes (.npy, TIFF or a .zip of one; each phase conducting in turn) "
                                 "instead of one generated volume per family")
+            p.add_argument("--repeats", type=int, default=3,
+                           help="time the full solve and each of the model's runs this many times in its process "
+                                "and take the median (default 3: this machine's noise spikes single runs)")
             p.add_argument("--one", help=argparse.SUPPRESS)
         if name == "surrogate":
             p.add_argument("--tiles", nargs="+", metavar="VOLUME",

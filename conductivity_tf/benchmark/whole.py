@@ -2,7 +2,8 @@
 axes) against the model's windows combined by physics (``whole_volume``) with each detour correction (the default
 coarse one, none, the fine one), and the same combination with exact window labels (the method's own error). Each
 method runs in a process of its own, so its peak resident memory (the kernel's VmHWM of that process) is its own;
-its time is the work after start-up (the model loaded, numba compiled on a small volume first)."""
+its time is the work after start-up (the model loaded, numba compiled on a small volume first), the median of
+``--repeats`` runs for the full solve and the model's windows."""
 
 import json
 import os
@@ -65,16 +66,25 @@ def _cases(args, folder):
     return cases
 
 
+def _timed(work, repeats):
+    """(work()'s last result, the median of its wall times over ``repeats`` runs)."""
+    seconds = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        result = work()
+        seconds.append(time.perf_counter() - t0)
+    return result, float(np.median(seconds))
+
+
 def measure_one(job):
-    """One method on one volume, in this process: its row (values, seconds)."""
-    path, method = job["path"], job["method"]
+    """One method on one volume, in this process: its row (values, seconds: the median over ``repeats`` runs)."""
+    path, method, repeats = job["path"], job["method"], job.get("repeats", 1)
     kernels.compile_kernels()  # every numba kernel (both solver paths, the descriptors) loaded outside the timing
     source = volumes.open_volume(path)
     if method == "full":
         volume = np.load(path)
-        t0 = time.perf_counter()
-        values = [r.relative_conductivity for r in physics.solve(volume)]
-        return {"values": values, "seconds": time.perf_counter() - t0}
+        values, seconds = _timed(lambda: [r.relative_conductivity for r in physics.solve(volume)], repeats)
+        return {"values": values, "seconds": seconds}
     if method == "exact":
         labeller, size = whole_volume.exact_labeller(job.get("workers")), job["window"]
     else:
@@ -86,10 +96,9 @@ def measure_one(job):
             # (as the solver's kernels are compiled outside it)
             predictor.predict(np.zeros((batch,) + (size,) * 3, np.uint8), batch_size=batch)
         labeller = whole_volume.model_labeller(predictor)
-    t0 = time.perf_counter()
-    result = whole_volume.predict_volume(source, labeller, size, job.get("cell"), batch=BATCH,
-                                         detours=job.get("detours", "off"))
-    seconds = time.perf_counter() - t0
+    result, seconds = _timed(lambda: whole_volume.predict_volume(source, labeller, size, job.get("cell"), batch=BATCH,
+                                                                 detours=job.get("detours", "off")),
+                             repeats if method == "model" else 1)
     getattr(labeller, "close", lambda: None)()
     return {"values": result.values, "uncertainty": result.uncertainty, "seconds": seconds,
             "windows": result.plan.windows, "porosity": result.porosity, "factors": result.detour_factors,
@@ -173,7 +182,7 @@ def run_whole_suite(args):
                                  ("plain", {"method": "model", "detours": "off"}),
                                  ("exact", {"method": "exact", "window": window}),
                                  ("fine", {"method": "model", "detours": "fine"})):
-                    job.update(path=path, model=args.model)
+                    job.update(path=path, model=args.model, repeats=args.repeats)
                     runs[key] = _child(job)
                     bar.update()
                 rows.append(_row(name, shape, runs))
