@@ -263,7 +263,8 @@ class Detours:
     sealed windows then keep under ``DETOUR_FIDELITY`` of the windows' labels and its factor overshoots, so it
     counts only where they keep more). Per axis the larger factor is taken. With "coarse", the cells joined through
     their faces on cells of ``COARSE_CELL``^3 voxels alone (an eighth of the unknowns; it keeps less of the detours,
-    and its factor, mostly below the fine one, came out up to 2 % above the exact one on three of 72 axes)."""
+    and its factor, below the fine one on 52 of 73 axes measured, came out above the exact one by more than 0.5 %
+    on 7 of them, by 2.0 % at most)."""
 
     def __init__(self, plan, mode="fine"):
         self.plan = plan
