@@ -5,7 +5,7 @@ sides) on cells instead of voxels: the coarse problem of a whole volume's window
 renormalised proxy (``--detours``), and the reference of the model's slice-combining head. Same discretisation and
 multigrid-preconditioned CG as the voxel solver (``_discretisation.assemble_cells``, ``_multigrid``). The same
 problem on cells joined by their own conductances (``solve_links``): the cells joined through their faces
-(``coarse.face_links``), the other proxy of ``--detours``.
+(``faces.face_links``), the other proxy of ``--detours``.
 
 >>> import numpy as np
 >>> from conductivity_tf import cell_grid
@@ -231,7 +231,7 @@ def solve_links(links, ends, axes=None, tol=1e-8, maxiter=1000):
     """sigma_eff along each axis in ``axes`` of a grid of unit cells joined by their own conductances: ``links``
     (3, n0, n1, n2), the conductance between each cell and the next along each axis (zero past the last), ``ends``
     per axis (inlet, outlet), the conductances of its first and last layer to the electrodes (2-D over the other two
-    axes in order), as ``coarse.face_links`` gives them; ``solve``'s boundary conditions. A list of floats."""
+    axes in order), as ``faces.face_links`` gives them; ``solve``'s boundary conditions. A list of floats."""
     results = []
     with _one_blas_thread():
         for axis in parse_axes(axes):

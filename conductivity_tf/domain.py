@@ -34,12 +34,12 @@ from conductivity_tf.coarse import (
     _NONE,
     _ONE,
     CELL_LEVELS,
-    _faces_solved,
     _popcount,
     _renormalised,
     _tortuosity,
     renormalised_field,
 )
+from conductivity_tf.faces import _faces_solved
 from conductivity_tf.fileio import read_json, write_json
 
 DESCRIPTORS = {

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import scipy.ndimage
 
-from conductivity_tf import cell_grid, coarse, domain, physics
+from conductivity_tf import cell_grid, coarse, domain, faces, physics
 
 KERNEL_PATHS = ("general", "binary")
 
@@ -29,7 +29,7 @@ def compile_kernels(paths=KERNEL_PATHS):
             physics.solve(phases, sigma={0: 0.0, 1: 1.0, 2: 0.1})
             physics.solve(phases > 0, axes=[0], rtol=1e-6, return_potential=True)
             cell_grid.solve_cells(rng.random((4, 5, 6, 3)) + 0.1)
-            cell_grid.solve_links(*coarse.face_links(phases > 0))
+            cell_grid.solve_links(*faces.face_links(phases > 0))
             physics.spanning_channels(phases[None] > 0)
             domain.describe_many(phases[None])
             for sides in (phases, phases[:-1]):      # sides all multiples of 4, and not

@@ -40,7 +40,7 @@ from typing import List, Optional
 import numba
 import numpy as np
 
-from conductivity_tf import cell_grid, coarse, physics
+from conductivity_tf import cell_grid, coarse, faces, physics
 from conductivity_tf.errors import UserError
 
 # cell = window, windows side by side: on fine structures the method's error (exact window labels against full
@@ -48,7 +48,7 @@ from conductivity_tf.errors import UserError
 # count the windows' insulating sides
 DEFAULT_CELL_FRACTION = 1.0
 # the detour correction's two proxies, both on cells of 4^3 voxels: the volume renormalised twice (with 8^3 cells it
-# corrected poorly connected phases the wrong way) and its cells joined through their faces (``coarse.face_links``);
+# corrected poorly connected phases the wrong way) and its cells joined through their faces (``faces.face_links``);
 # their coarse problems solved to this tolerance (at 1e-3 the renormalised proxy's factors were up to 2 % off
 # theirs at 1e-7, at 1e-5 within 0.2 %)
 DETOUR_LEVELS = 2
@@ -256,7 +256,7 @@ class Detours:
     multiplied by it. With ``mode`` "fine", two proxies on cells of 4^3 voxels, each of which keeps less of the
     detours than the volume (their factors came out at or below the exact one on every axis measured, but for the
     renormalised proxy's on the axes the fidelity rule below leaves out, and the faces proxy's once by 0.1 %): the
-    cells joined through their faces (``coarse.face_links``: the conducting voxel pairs across each face; it keeps
+    cells joined through their faces (``faces.face_links``: the conducting voxel pairs across each face; it keeps
     the junctions of thin walls and throats, but takes a cell's interior as conducting, which joins large particles
     that touch at small contacts) and the volume renormalised ``DETOUR_LEVELS`` times
     (``coarse.renormalised_field``: each cell one conductivity per axis; it loses the junctions of thin walls, its
@@ -279,7 +279,7 @@ class Detours:
         at = index[:, 0], index[:, 1], index[:, 2]
         if "renormalised" in self.windows:
             self.windows["renormalised"][at] = _sealed(chunk, DETOUR_LEVELS)
-        self.windows["faces"][at] = cell_grid.solve_links_apart([coarse.face_links(w, self.cell) for w in chunk],
+        self.windows["faces"][at] = cell_grid.solve_links_apart([faces.face_links(w, self.cell) for w in chunk],
                                                                 tol=DETOUR_TOL)
 
     def factors(self, source, labels):
@@ -297,12 +297,12 @@ class Detours:
                   for name in self.names}
         factors = []
         for a in range(3):
-            faces = _factor(whole["faces"][a], sealed["faces"][a])
+            joined = _factor(whole["faces"][a], sealed["faces"][a])
             faithful = ("renormalised" in self.names and labels[a] > 0
                         and sealed["renormalised"][a] >= DETOUR_FIDELITY * labels[a])
             renormalised = _factor(whole["renormalised"][a], sealed["renormalised"][a]) if faithful else 1.0
-            self.chosen[a] = "renormalised" if renormalised > faces else "faces"
-            factors.append(max(faces, renormalised))
+            self.chosen[a] = "renormalised" if renormalised > joined else "faces"
+            factors.append(max(joined, renormalised))
         return factors
 
 
@@ -317,7 +317,7 @@ def _factor(whole, sealed):
 
 
 def face_links_volume(source, window, cell=1 << DETOUR_LEVELS):
-    """``coarse.face_links`` of the whole volume's cells of ``cell``^3 voxels, read in slabs of ``window`` slices
+    """``faces.face_links`` of the whole volume's cells of ``cell``^3 voxels, read in slabs of ``window`` slices
     rounded down to whole cells; the conductances between two slabs' cells come from the two slices that meet
     there."""
     w = cell
@@ -330,17 +330,17 @@ def face_links_volume(source, window, cell=1 << DETOUR_LEVELS):
     last = None      # the previous slab's last slice
     for start in range(0, n[0], step):
         slab = np.ascontiguousarray(source.read(start, min(start + step, n[0])), dtype=np.uint8)
-        part, faces = coarse.face_links(slab, w)
+        part, outer = faces.face_links(slab, w)
         c = start // w
         rows = slice(c, c + part.shape[1])
         links[:, rows] = part
         for a in (1, 2):
             for side in range(2):
-                ends[a][side][rows] = faces[a][side]
+                ends[a][side][rows] = outer[a][side]
         if start == 0:
-            ends[0][0] = faces[0][0]
+            ends[0][0] = outer[0][0]
         if start + step >= n[0]:
-            ends[0][1] = faces[0][1]
+            ends[0][1] = outer[0][1]
         if last is not None:
             links[0, c - 1] = _pairs_across(last, slab[0], w)
         last = slab[-1].copy()

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conductivity_tf import coarse, domain, metrics, microstructure, physics
+from conductivity_tf import coarse, domain, faces, metrics, microstructure, physics
 from tests.conftest import assert_one_line_error, run_module
 
 SPEC = """
@@ -699,7 +699,7 @@ def test_the_cells_faces_counted_on_words_of_eight_voxels_give_the_voxel_loops_p
     for shape, seed, w in (((64, 64, 64), 3, 4), ((32, 40, 48), 4, 4), ((8, 12, 16), 5, 4), ((64, 64, 64), 3, 8),
                            ((16, 40, 24), 6, 8)):
         volume = np.ascontiguousarray(microstructure.blobs(shape, porosity=0.3, correlation_length=1.5, seed=seed))
-        packed, looped = coarse._face_links(volume, True, w), coarse._face_links(volume, False, w)
+        packed, looped = faces._face_links(volume, True, w), faces._face_links(volume, False, w)
         assert packed[2] == looped[2]
         for a, b in zip(packed[:2], looped[:2]):
             assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b) and a.max() > 0
@@ -707,10 +707,10 @@ def test_the_cells_faces_counted_on_words_of_eight_voxels_give_the_voxel_loops_p
     # last cells' smaller faces and the outer layers counted apart; the voxel loop's problem, bit for bit
     for shape, seed, w in (((21, 30, 45), 7, 8), ((13, 17, 19), 8, 8), ((12, 18, 22), 9, 4)):
         volume = np.ascontiguousarray(microstructure.blobs(shape, porosity=0.3, correlation_length=1.5, seed=seed))
-        g, ends, m = coarse._face_links(volume, False, w)
+        g, ends, m = faces._face_links(volume, False, w)
         n, lo = m[0] * m[1] * m[2], m[1] * m[2]
         e = ends[:, :, lo:lo + n].reshape((3, 2) + tuple(m))
-        padded = coarse._padded_links(volume, w)
+        padded = faces._padded_links(volume, w)
         assert padded is not None and np.array_equal(padded[0], g[:, lo:lo + n].reshape((3,) + tuple(m)))
         for a in range(3):
             for side, layer in ((0, 0), (1, m[a] - 1)):

@@ -134,11 +134,11 @@ def _links_reference(links, ends, axis):
 
 
 def test_the_cells_joined_by_their_own_conductances_solved_as_a_direct_solve_of_their_graph():
-    from conductivity_tf import cell_grid, coarse
+    from conductivity_tf import cell_grid, faces
 
     rng = np.random.default_rng(4)
     v = microstructure.blobs(48, porosity=0.3, correlation_length=2, seed=8)[:, :44, :40]   # sides not all x8
-    links, ends = coarse.face_links(v)
+    links, ends = faces.face_links(v)
     assert links.shape == (3, 12, 11, 10)
     solved = cell_grid.solve_links(links, ends)
     reference = [_links_reference(links, ends, a) for a in range(3)]
