@@ -265,13 +265,13 @@ def _padded_links(x, w):
     ends = []
     for a in range(3):
         b, c = [d for d in range(3) if d != a]
-        area = np.expand_dims(np.outer(extents[b], extents[c]), a)       # voxel pairs across each face
-        links[a] = counts[a] / area
+        area = np.outer(extents[b], extents[c])       # voxel pairs across each face, voxels of each outer square
+        links[a] = counts[a] / np.expand_dims(area, a)
         starts = [np.arange(0, shape[b], w), np.arange(0, shape[c], w)]
         faces = []
         for layer in (np.take(x, 0, axis=a), np.take(x, shape[a] - 1, axis=a)):
             outer = np.add.reduceat(np.add.reduceat(layer.astype(np.int64), starts[0], axis=0), starts[1], axis=1)
-            faces.append((2 * outer / np.outer(extents[b], extents[c]).astype(np.int64)).astype(np.float32))
+            faces.append((2 * outer / area).astype(np.float32))
         ends.append(tuple(faces))
     return links, ends
 
