@@ -277,7 +277,7 @@ class Detours:
     def add(self, index, chunk):
         """The proxies of a batch of windows (the labeller's), solved sealed, kept in their cells."""
         at = index[:, 0], index[:, 1], index[:, 2]
-        if "renormalised" in self.windows:
+        if "renormalised" in self.names:
             self.windows["renormalised"][at] = _sealed(chunk, DETOUR_LEVELS)
         self.windows["faces"][at] = cell_grid.solve_links_apart([faces.face_links(w, self.cell) for w in chunk],
                                                                 tol=DETOUR_TOL)
