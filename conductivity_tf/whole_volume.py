@@ -110,15 +110,17 @@ def layout(shape, window, cell=None):
     return Layout(tuple(int(n) for n in shape), int(window), edges, origins)
 
 
-def windows(source, plan, batch=64, counted=None):
+def windows(source, plan, batch=64, counted=None, slabs=None):
     """Yield (cell indices (b, 3), windows (b, S, S, S) uint8) in batches, reading ``source`` one slab of S slices
     per layer of cells along axis 0. ``counted`` (a one-element list) gets the conducting voxels added up, each
-    voxel once (every slab holds its layer of cells)."""
+    voxel once (every slab holds its layer of cells); ``slabs(start, slab)`` is called with every slab read."""
     s = plan.window
     index, chunk = [], []
     for i, o0 in enumerate(plan.origins[0]):
         slab = source.read(int(o0), int(o0) + s)
         check_binary(slab, source.name)
+        if slabs is not None:
+            slabs(int(o0), slab)
         if counted is not None:
             counted[0] += int(np.count_nonzero(slab[plan.edges[0][i] - o0:plan.edges[0][i + 1] - o0]))
         for j, o1 in enumerate(plan.origins[1]):
@@ -172,15 +174,15 @@ class WholeVolume:
         return [[max(0.0, v - z * u), v + z * u] for v, u in zip(self.values, self.uncertainty)]
 
 
-def label(source, plan, labeller, batch=64, progress=None, each=None):
+def label(source, plan, labeller, batch=64, progress=None, each=None, slabs=None):
     """The cell field (cells + (3,)) from the windows' labels, its uncertainty (or None), the fraction of windows
     the solver labelled, the porosity and the reasons windows lie outside the training domain (``outside``).
-    ``each(index, chunk)`` is called with every batch of windows too."""
+    ``each(index, chunk)`` is called with every batch of windows too, ``slabs(start, slab)`` with every slab read."""
     cells = np.zeros(plan.cells + (3,))
     spread = None
     solved, counted = 0, [0]
     flagged = {}      # descriptor -> the values of the windows outside the domain by it
-    for index, chunk in windows(source, plan, batch, counted):
+    for index, chunk in windows(source, plan, batch, counted, slabs):
         values, uncertainty, from_solver, flags = labeller(chunk)
         if each is not None:
             each(index, chunk)
@@ -236,7 +238,7 @@ def predict_volume(source, labeller, window, cell=None, batch=64, progress=None,
     plan = layout(source.shape, window, cell)
     proxy = Detours(plan, detours) if detours != "off" else None
     cells, spread, solved, porosity, flagged = label(source, plan, labeller, batch, progress,
-                                                     proxy.add if proxy else None)
+                                                     proxy.add if proxy else None, proxy.slab if proxy else None)
     values, uncertainty = combine(cells, spread, plan)
     without_path, notes = cautions(cells, values, window, detours)
     factors = None
@@ -273,6 +275,7 @@ class Detours:
         # each window's sealed value in each proxy, in its cell
         self.windows = {name: np.zeros(plan.cells + (3,)) for name in self.names}
         self.chosen = [PROXIES[0]] * 3      # per axis, the proxy its factor came from
+        self.whole = WholeLinks(plan.shape, self.cell)     # the faces proxy of the whole, from the windows' slabs
 
     def add(self, index, chunk):
         """The proxies of a batch of windows (the labeller's), solved sealed, kept in their cells."""
@@ -282,14 +285,17 @@ class Detours:
         self.windows["faces"][at] = cell_grid.solve_links_apart([faces.face_links(w, self.cell) for w in chunk],
                                                                 tol=DETOUR_TOL)
 
+    def slab(self, start, slab):
+        """A slab the windows were cut from, counted into the whole's faces proxy."""
+        self.whole.add(start, slab)
+
     def factors(self, source, labels):
         """Per axis: the larger of the proxies' factors (each its whole over its windows combined, at least 1; 1
         where either carries no current), the renormalised proxy's only where its windows keep at least
         ``DETOUR_FIDELITY`` of ``labels``, the windows' labels combined. Sealing the windows loses current: the
         exact windows' combination came out below the full solve on nearly every axis measured, and factors below
         1 (0.994-0.998, on well-connected structures only) moved the answer away from it."""
-        whole = {"faces": cell_grid.solve_links(*face_links_volume(source, self.plan.window, self.cell),
-                                                tol=DETOUR_TOL)}
+        whole = {"faces": cell_grid.solve_links(*self.whole.result(), tol=DETOUR_TOL)}
         if "renormalised" in self.names:
             whole["renormalised"] = cell_grid.solve_cells(
                 np.moveaxis(renormalised_volume(source, self.plan.window), 0, -1), tol=DETOUR_TOL)
@@ -318,33 +324,69 @@ def _factor(whole, sealed):
 
 def face_links_volume(source, window, cell=1 << DETOUR_LEVELS):
     """``faces.face_links`` of the whole volume's cells of ``cell``^3 voxels, read in slabs of ``window`` slices
-    rounded down to whole cells; the conductances between two slabs' cells come from the two slices that meet
-    there."""
-    w = cell
-    step = max(w, window // w * w)
-    n = source.shape
-    m = tuple(-(-k // w) for k in n)
-    links = np.zeros((3,) + m, np.float32)
-    ends = [[None, None], [np.zeros((m[0], m[2]), np.float32) for _ in range(2)],
-            [np.zeros((m[0], m[1]), np.float32) for _ in range(2)]]
-    last = None      # the previous slab's last slice
-    for start in range(0, n[0], step):
-        slab = np.ascontiguousarray(source.read(start, min(start + step, n[0])), dtype=np.uint8)
-        part, outer = faces.face_links(slab, w)
-        c = start // w
+    rounded down to whole cells (``WholeLinks``)."""
+    whole = WholeLinks(source.shape, cell)
+    step = max(cell, window // cell * cell)
+    for start in range(0, source.shape[0], step):
+        whole.add(start, source.read(start, min(start + step, source.shape[0])))
+    return whole.result()
+
+
+class WholeLinks:
+    """``faces.face_links`` of a whole volume's cells of ``cell``^3 voxels from its slabs along axis 0, given to
+    ``add`` in order, each starting at or before where the previous one ended (they may overlap, as the windows'
+    slabs do): the slices are counted once, in pieces of whole layers of cells; the slices a slab holds past its
+    last whole layer are kept for the next piece, and the conductances between two pieces' cells come from the two
+    slices that meet there. Memory: the links, and fewer than ``cell`` slices kept."""
+
+    def __init__(self, shape, cell):
+        self.shape, self.cell = tuple(int(n) for n in shape), int(cell)
+        m = tuple(-(-k // self.cell) for k in self.shape)
+        self.links = np.zeros((3,) + m, np.float32)
+        self.ends = [[None, None], [np.zeros((m[0], m[2]), np.float32) for _ in range(2)],
+                     [np.zeros((m[0], m[1]), np.float32) for _ in range(2)]]
+        self.done = 0       # the slices counted: whole layers of cells, but at the volume's end
+        self.rest = np.zeros((0,) + self.shape[1:], np.uint8)   # the slices from ``done`` on held so far
+        self.last = None    # the last slice counted
+
+    def add(self, start, slab):
+        n, w = self.shape[0], self.cell
+        stop, known = start + len(slab), self.done + len(self.rest)
+        if start > known:
+            raise ValueError("slices {}..{} were not given before the slab from {}".format(known, start - 1, start))
+        if stop <= known:
+            return      # the slices kept hold this slab's
+        # the slices from ``done`` on: the kept ones before this slab, then the slab's (a view where it holds them all)
+        held = np.concatenate([self.rest[:start - self.done], slab]) if start > self.done else slab[self.done - start:]
+        end = n if stop >= n else stop // w * w     # the end of the last whole layer held
+        if end > self.done:
+            self._count(np.ascontiguousarray(held[:end - self.done], dtype=np.uint8), end)
+            held = held[end - self.done:]
+            self.done = end
+        self.rest = np.array(held)
+
+    def _count(self, piece, end):
+        w = self.cell
+        part, outer = faces.face_links(piece, w)
+        c = self.done // w
         rows = slice(c, c + part.shape[1])
-        links[:, rows] = part
+        self.links[:, rows] = part
         for a in (1, 2):
             for side in range(2):
-                ends[a][side][rows] = outer[a][side]
-        if start == 0:
-            ends[0][0] = outer[0][0]
-        if start + step >= n[0]:
-            ends[0][1] = outer[0][1]
-        if last is not None:
-            links[0, c - 1] = _pairs_across(last, slab[0], w)
-        last = slab[-1].copy()
-    return links, [tuple(e) for e in ends]
+                self.ends[a][side][rows] = outer[a][side]
+        if self.done == 0:
+            self.ends[0][0] = outer[0][0]
+        if end == self.shape[0]:
+            self.ends[0][1] = outer[0][1]
+        if self.last is not None:
+            self.links[0, c - 1] = _pairs_across(self.last, piece[0], w)
+        self.last = piece[-1].copy()
+
+    def result(self):
+        """(links, ends) as ``faces.face_links`` gives them, once every slice is counted."""
+        if self.done < self.shape[0]:
+            raise ValueError("slices {}..{} were not given".format(self.done, self.shape[0] - 1))
+        return self.links, [tuple(e) for e in self.ends]
 
 
 def _pairs_across(before, after, w):

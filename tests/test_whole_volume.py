@@ -147,6 +147,21 @@ def test_the_cells_joined_by_their_own_conductances_solved_as_a_direct_solve_of_
     slabs, slab_ends = W.face_links_volume(volumes.VolumeSource.of(v), window=16)
     assert np.allclose(slabs, links, rtol=1e-6, atol=0)
     assert all(np.array_equal(p, q) for a in range(3) for p, q in zip(slab_ends[a], ends[a]))
+    # and from the overlapping slabs the windows are cut from (origins 0, 6, 16, 26, 32; cells of 4 and of 8)
+    for cell in (4, 8):
+        plan = W.layout(v.shape, 16, cell=10)
+        assert any(o % cell for o in plan.origins[0])              # slabs not aligned to the cells
+        whole = W.WholeLinks(v.shape, cell)
+        for o in plan.origins[0]:
+            whole.add(int(o), v[o:o + 16])
+        fed, fed_ends = whole.result()
+        links_c, ends_c = faces.face_links(v, cell)
+        assert np.array_equal(fed, links_c)
+        assert all(np.array_equal(p, q) for a in range(3) for p, q in zip(fed_ends[a], ends_c[a]))
+    gap = W.WholeLinks(v.shape, 8)
+    gap.add(0, v[:16])
+    with pytest.raises(ValueError, match="slices 16..19 were not given"):
+        gap.add(20, v[20:36])
     # grids side by side, unjoined, are each their own
     grids = []
     for _ in range(3):
