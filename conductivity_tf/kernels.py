@@ -30,6 +30,7 @@ def compile_kernels(paths=KERNEL_PATHS):
             physics.solve(phases > 0, axes=[0], rtol=1e-6, return_potential=True)
             cell_grid.solve_cells(rng.random((4, 5, 6, 3)) + 0.1)
             cell_grid.solve_links(*faces.face_links(phases > 0))
+            faces.sealed_faces(np.stack([phases[:16, :16, :16] > 0] * 2), 8)
             physics.spanning_channels(phases[None] > 0)
             domain.describe_many(phases[None])
             for sides in (phases, phases[:-1]):      # sides all multiples of 4, and not

@@ -282,8 +282,7 @@ class Detours:
         at = index[:, 0], index[:, 1], index[:, 2]
         if "renormalised" in self.names:
             self.windows["renormalised"][at] = _sealed(chunk, DETOUR_LEVELS)
-        self.windows["faces"][at] = cell_grid.solve_links_apart([faces.face_links(w, self.cell) for w in chunk],
-                                                                tol=DETOUR_TOL)
+        self.windows["faces"][at] = faces.sealed_faces(chunk, self.cell)
 
     def slab(self, start, slab):
         """A slab the windows were cut from, counted into the whole's faces proxy."""
@@ -320,16 +319,6 @@ def _sealed(chunk, levels):
 
 def _factor(whole, sealed):
     return max(1.0, float(whole / sealed)) if whole > 0 and sealed > 0 else 1.0
-
-
-def face_links_volume(source, window, cell=1 << DETOUR_LEVELS):
-    """``faces.face_links`` of the whole volume's cells of ``cell``^3 voxels, read in slabs of ``window`` slices
-    rounded down to whole cells (``WholeLinks``)."""
-    whole = WholeLinks(source.shape, cell)
-    step = max(cell, window // cell * cell)
-    for start in range(0, source.shape[0], step):
-        whole.add(start, source.read(start, min(start + step, source.shape[0])))
-    return whole.result()
 
 
 class WholeLinks:

@@ -136,16 +136,18 @@ def _links_reference(links, ends, axis):
 def test_the_cells_joined_by_their_own_conductances_solved_as_a_direct_solve_of_their_graph():
     from conductivity_tf import cell_grid, faces
 
-    rng = np.random.default_rng(4)
     v = microstructure.blobs(48, porosity=0.3, correlation_length=2, seed=8)[:, :44, :40]   # sides not all x8
     links, ends = faces.face_links(v)
     assert links.shape == (3, 12, 11, 10)
     solved = cell_grid.solve_links(links, ends)
     reference = [_links_reference(links, ends, a) for a in range(3)]
     assert min(reference) > 0.005 and solved == pytest.approx(reference, rel=1e-6)
-    # read slab by slab (16, 16, 16 slices) it is the same problem as the volume's in memory
-    slabs, slab_ends = W.face_links_volume(volumes.VolumeSource.of(v), window=16)
-    assert np.allclose(slabs, links, rtol=1e-6, atol=0)
+    # counted slab by slab (16, 16, 16 slices) it is the same problem as the volume's in memory
+    source, whole = volumes.VolumeSource.of(v), W.WholeLinks(v.shape, 4)
+    for start in range(0, 48, 16):
+        whole.add(start, source.read(start, start + 16))
+    slabs, slab_ends = whole.result()
+    assert np.array_equal(slabs, links)
     assert all(np.array_equal(p, q) for a in range(3) for p, q in zip(slab_ends[a], ends[a]))
     # and from the overlapping slabs the windows are cut from (origins 0, 6, 16, 26, 32; cells of 4 and of 8)
     for cell in (4, 8):
@@ -162,20 +164,24 @@ def test_the_cells_joined_by_their_own_conductances_solved_as_a_direct_solve_of_
     gap.add(0, v[:16])
     with pytest.raises(ValueError, match="slices 16..19 were not given"):
         gap.add(20, v[20:36])
-    # grids side by side, unjoined, are each their own
-    grids = []
-    for _ in range(3):
-        g = rng.random((3, 6, 6, 6)) * (rng.random((3, 6, 6, 6)) < 0.7)
-        for a in range(3):
-            np.moveaxis(g[a], a, 0)[-1] = 0.0          # nothing past the last cell
-        faces = [tuple(rng.random((6, 6)) * (rng.random((6, 6)) < 0.7) for _ in range(2)) for _ in range(3)]
-        grids.append((g, faces))
-    apart = cell_grid.solve_links_apart(grids)
-    for (g, faces), row in zip(grids, apart):
-        assert row == pytest.approx([_links_reference(g, faces, a) for a in range(3)], rel=1e-4)   # the inlet current
     cut = links.copy()
     cut[0, 5] = 0.0                                      # no conductance across one layer: no path along axis 0
     assert cell_grid.solve_links(cut, ends, axes=[0]) == [0.0] == [_links_reference(cut, ends, 0)]
+
+
+def test_sealed_windows_of_the_faces_proxy_solved_apart_as_the_multigrid_solves_them():
+    from conductivity_tf import cell_grid, faces
+
+    chunk = np.stack([microstructure.blobs(32, porosity=p, correlation_length=2, seed=s)
+                      for p, s in ((0.5, 1), (0.3, 2), (0.25, 3), (0.2, 4))])
+    chunk[3, 16:, :, :] = 0                     # no path along axis 0 in the last window: its dead ends conduct
+    for cell in (4, 8):
+        got = faces.sealed_faces(chunk, cell)
+        reference = np.array([cell_grid.solve_links(*faces.face_links(w, cell), tol=1e-9) for w in chunk])
+        assert got[3, 0] == 0.0 and reference[3, 0] == 0.0 and got[3, 1] > 0.005
+        assert np.count_nonzero(reference) >= 10
+        assert np.allclose(got, reference, rtol=2e-3, atol=0)
+        assert np.array_equal(got[1], faces.sealed_faces(chunk[1:2], cell)[0])   # each window on its own
 
 
 def test_windows_without_a_path_where_the_whole_conducts_are_a_caution():
