@@ -235,9 +235,7 @@ def face_links(x, cell=4):
     are not whole words of cells is counted on words too, padded with insulating voxels (``_padded_links``)."""
     x = np.ascontiguousarray(x, dtype=np.uint8)
     if not _packed(x.shape, cell) and cell in (4, 8):
-        padded = _padded_links(x, cell)
-        if padded is not None:
-            return padded
+        return _padded_links(x, cell)
     g, ends, m = _face_links(x, _packed(x.shape, cell), cell)
     n, lo = m[0] * m[1] * m[2], m[1] * m[2]
     links = g[:, lo:lo + n].reshape((3,) + tuple(m))
@@ -254,17 +252,18 @@ def _padded_links(x, w):
     """``face_links`` of a volume whose sides are not multiples of the cell (or the last of 8) from its copy padded
     with insulating voxels up to them, counted on words: the padding adds no conducting pair, so the counts are the
     volume's; they are divided by the true areas of the last, smaller cells' faces, and the outer layers are summed
-    from the volume itself. The same values as the voxel loop (tested); None where the padding would add a cell."""
+    from the volume itself. The same values as the voxel loop (tested). Where the padding up to a whole word adds
+    a layer of cells (cells of 4 voxels, a side of 8k + 1 to 8k + 4), that layer, all padding, is left out: no pair
+    conducts across its face."""
     shape = x.shape
     target = [-(-n // w) * w for n in shape]
     target[2] = -(-target[2] // 8) * 8
-    if -(-target[2] // w) != -(-shape[2] // w):
-        return None
     padded = np.zeros(target, np.uint8)
     padded[:shape[0], :shape[1], :shape[2]] = x
     g, _, m = _face_links(padded, True, w)
     n, lo = m[0] * m[1] * m[2], m[1] * m[2]
-    counts = g[:, lo:lo + n].reshape((3,) + tuple(m)) * np.float32(w * w)    # exact: w^2 is a power of two
+    cells = [-(-k // w) for k in shape]
+    counts = g[:, lo:lo + n].reshape((3,) + tuple(m))[:, :, :, :cells[2]] * np.float32(w * w)   # w^2: exact
     extents = [_extents(k, w).astype(np.float32) for k in shape]
     links = np.empty_like(counts)
     ends = []

@@ -704,14 +704,16 @@ def test_the_cells_faces_counted_on_words_of_eight_voxels_give_the_voxel_loops_p
         for a, b in zip(packed[:2], looped[:2]):
             assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b) and a.max() > 0
     # sides that are not whole words of cells: counted on words of the volume padded with insulating voxels, the
-    # last cells' smaller faces and the outer layers counted apart; the voxel loop's problem, bit for bit
-    for shape, seed, w in (((21, 30, 45), 7, 8), ((13, 17, 19), 8, 8), ((12, 18, 22), 9, 4)):
+    # last cells' smaller faces and the outer layers counted apart (and for cells of 4 the layer of cells the words'
+    # padding adds along the last axis, 20 -> 24 and 36 -> 40, left out); the voxel loop's problem, bit for bit
+    for shape, seed, w in (((21, 30, 45), 7, 8), ((13, 17, 19), 8, 8), ((12, 18, 22), 9, 4), ((12, 18, 20), 10, 4),
+                           ((9, 12, 36), 11, 4)):
         volume = np.ascontiguousarray(microstructure.blobs(shape, porosity=0.3, correlation_length=1.5, seed=seed))
         g, ends, m = faces._face_links(volume, False, w)
         n, lo = m[0] * m[1] * m[2], m[1] * m[2]
         e = ends[:, :, lo:lo + n].reshape((3, 2) + tuple(m))
         padded = faces._padded_links(volume, w)
-        assert padded is not None and np.array_equal(padded[0], g[:, lo:lo + n].reshape((3,) + tuple(m)))
+        assert np.array_equal(padded[0], g[:, lo:lo + n].reshape((3,) + tuple(m)))
         for a in range(3):
             for side, layer in ((0, 0), (1, m[a] - 1)):
                 expected = np.take(e[a, side], layer, axis=a)
