@@ -282,7 +282,11 @@ class Detours:
         at = index[:, 0], index[:, 1], index[:, 2]
         if "renormalised" in self.names:
             self.windows["renormalised"][at] = _sealed(chunk, DETOUR_LEVELS)
-        self.windows["faces"][at] = faces.sealed_faces(chunk, self.cell)
+        if self.cell == COARSE_CELL:
+            self.windows["faces"][at] = faces.sealed_faces(chunk, self.cell)
+        else:   # the float32 conjugate gradient stalls on some windows' 16^3 cells: one multigrid system per batch
+            self.windows["faces"][at] = cell_grid.solve_links_apart(
+                [faces.face_links(w, self.cell) for w in chunk], tol=DETOUR_TOL)
 
     def slab(self, start, slab):
         """A slab the windows were cut from, counted into the whole's faces proxy."""

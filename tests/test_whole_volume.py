@@ -160,6 +160,18 @@ def test_the_cells_joined_by_their_own_conductances_solved_as_a_direct_solve_of_
         links_c, ends_c = faces.face_links(v, cell)
         assert np.array_equal(fed, links_c)
         assert all(np.array_equal(p, q) for a in range(3) for p, q in zip(fed_ends[a], ends_c[a]))
+    # grids side by side, unjoined, are each their own
+    rng = np.random.default_rng(4)
+    grids = []
+    for _ in range(3):
+        g = rng.random((3, 6, 6, 6)) * (rng.random((3, 6, 6, 6)) < 0.7)
+        for a in range(3):
+            np.moveaxis(g[a], a, 0)[-1] = 0.0          # nothing past the last cell
+        sides = [tuple(rng.random((6, 6)) * (rng.random((6, 6)) < 0.7) for _ in range(2)) for _ in range(3)]
+        grids.append((g, sides))
+    apart = cell_grid.solve_links_apart(grids)
+    for (g, sides), row in zip(grids, apart):
+        assert row == pytest.approx([_links_reference(g, sides, a) for a in range(3)], rel=1e-4)   # the inlet current
     gap = W.WholeLinks(v.shape, 8)
     gap.add(0, v[:16])
     with pytest.raises(ValueError, match="slices 16..19 were not given"):
