@@ -24,8 +24,9 @@ current while the whole does is such a case (measured: 29 % of the windows along
 volume of stretched cells, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 %
 low), and ``cautions`` says so. ``Detours`` corrects most of it from proxies of the volume solved whole and as
 sealed windows. By default (``detours="coarse"``) one proxy, the volume's cells of 8^3 voxels joined through their
-faces: it costs about a third of the windows' time, and the method's error went from 0.2-12 % to 0.2-2.2 % on the
-generator families' 256^3 volumes. ``--detours`` (``"fine"``) takes two proxies on cells of 4^3 voxels, the cells
+faces (the windows' solved apart on numba's threads, the whole's counted from the windows' slabs): it costs about
+a quarter of the windows' time, and the method's error went from 0.2-12 % to 0.2-2.2 % on the generator families'
+256^3 volumes. ``--detours`` (``"fine"``) takes two proxies on cells of 4^3 voxels, the cells
 joined through their faces and the renormalised cells, at three to six times the windows' time: 0.2-1.1 % there,
 and 3-4 % on a poorly connected electrode phase and along the weak axis of a volume of stretched cells, where the
 coarse proxy leaves 4 and 12 %.
