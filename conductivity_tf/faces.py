@@ -8,7 +8,9 @@ taken as conducting.
   (``_links_solved``) until the inlet and outlet currents agree to ``CELL_TOLERANCE``;
 - ``face_links``: the same problem as arrays, for ``cell_grid.solve_links`` to any tolerance, the pairs counted on
   the rows as words of eight voxels (``_face_links``; volumes whose sides are not whole words padded,
-  ``_padded_links``).
+  ``_padded_links``);
+- ``sealed_faces``: a batch of windows' problems, each solved by the same conjugate gradient to
+  ``SEALED_TOLERANCE``, the windows over numba's threads (the sealed windows of ``whole_volume``'s coarse proxy).
 """
 
 import numpy as np
