@@ -365,8 +365,9 @@ def build_parser():
                              "axes) to OUT (.npy or .tif; with several volumes, each volume's name is added) and "
                              "slices of it to OUT's .png")
     parser.add_argument("--cell", type=int, help="volumes larger than the model's cube: cells of at most this many "
-                                                 "voxels a side, each labelled by the window centred on it "
-                                                 "(default: the model's cube, windows side by side)")
+                                                 "voxels a side (up to the model's cube), each labelled by the "
+                                                 "window centred on it (default: the model's cube, windows side by "
+                                                 "side)")
     parser.add_argument("--exact-windows", action="store_true",
                         help="volumes larger than the model's cube: label every window with the physics solver "
                              "instead of the model (the combination's own error, as a reference)")

@@ -97,6 +97,9 @@ def layout(shape, window, cell=None):
     cell = int(cell or round(window * DEFAULT_CELL_FRACTION))
     if cell < 1:
         raise UserError("--cell {} must be a positive number of voxels".format(cell))
+    if cell > window:
+        raise UserError("--cell {} is larger than the model's {}^3 window: each cell is labelled by the window centred "
+                        "on it, which must hold the whole cell; give --cell {} or less".format(cell, window, window))
     if min(shape) < window:
         raise UserError("a volume of shape {} is smaller than the model's {}^3 cube along an axis; the whole-volume "
                         "prediction needs every side >= {}".format("x".join(map(str, shape)), window, window))

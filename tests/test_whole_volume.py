@@ -290,6 +290,9 @@ def test_a_truncated_npy_or_a_non_binary_volume_is_one_clear_error(tmp_path):
     grey = v * 3
     with pytest.raises(UserError, match="not binary"):
         W.predict_volume(volumes.VolumeSource.of(grey, "grey.npy"), W.exact_labeller(1), window=16)
+    # cells larger than the window would leave slices no window reads (uncounted, unlabelled)
+    with pytest.raises(UserError, match="--cell 24 is larger than the model's 16.3 window"):
+        W.predict_volume(volumes.VolumeSource.of(v), W.exact_labeller(1), window=16, cell=24)
 
 
 def test_windows_spread_over_two_logical_cpus_give_the_one_device_answer(tmp_path):
