@@ -172,6 +172,15 @@ def test_the_cells_joined_by_their_own_conductances_solved_as_a_direct_solve_of_
     apart = cell_grid.solve_links_apart(grids)
     for (g, sides), row in zip(grids, apart):
         assert row == pytest.approx([_links_reference(g, sides, a) for a in range(3)], rel=1e-4)   # the inlet current
+    # slabs starting past the last whole layer counted (the slices between kept from the slab before)
+    for cell in (4, 8):
+        whole = W.WholeLinks(v.shape, cell)
+        for start, stop in ((0, 13), (10, 26), (20, 36), (34, 48)):
+            whole.add(start, v[start:stop])
+        fed, fed_ends = whole.result()
+        links_c, ends_c = faces.face_links(v, cell)
+        assert np.array_equal(fed, links_c)
+        assert all(np.array_equal(p, q) for a in range(3) for p, q in zip(fed_ends[a], ends_c[a]))
     gap = W.WholeLinks(v.shape, 8)
     gap.add(0, v[:16])
     with pytest.raises(ValueError, match="slices 16..19 were not given"):
