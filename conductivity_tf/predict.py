@@ -149,14 +149,15 @@ class Predictor(object):
         factor = correction_lib.factor(self.correction, descriptions, values, self.axes)
         return values * factor, None if served is None else served * factor, descriptions
 
-    def stated_uncertainty(self, volumes, values, served, descriptions=None):
-        """The (N, len(axes)) uncertainty stated with ``values``: the run's error model (``uncertainty.py``) where
-        it has one, else the ensemble's calibrated spread ``served`` (None for a single network without one)."""
+    def stated_uncertainty(self, volumes, values, served, descriptions=None, network=None):
+        """The (N, len(axes)) uncertainty stated with ``values``: the run's error model (``uncertainty.py``; of
+        the corrected values, whose ``network`` values before the correction it may need) where it has one, else
+        the ensemble's calibrated spread ``served`` (None for a single network without one)."""
         if self.error_model is None:
             return served
         if descriptions is None:
             descriptions = domain_lib.describe_many(volumes)
-        return uncertainty_lib.evaluate(self.error_model, descriptions, values, self.axes, served)
+        return uncertainty_lib.evaluate(self.error_model, descriptions, values, self.axes, served, network)
 
     def __call__(self, volumes, batch_size=16, zero_without_path=False):
         """(N, len(axes)) predictions. With ``zero_without_path``, or a correction (whose descriptors say it), an
@@ -189,12 +190,12 @@ class Predictor(object):
         descriptors, computed anyway, say where the network alone would state a small positive value."""
         volumes = np.asarray(volumes)
         values, served = self._run(volumes, batch_size)
-        values = values.astype(np.float64)  # the solver's values go in as they are
+        values = network = values.astype(np.float64)  # the solver's values go in as they are
         wanted = self.domain or self.error_model or self.correction or max_error is not None or zero_without_path
         descriptions = domain_lib.describe_many(volumes) if wanted else None
         values, served, descriptions = self.corrected(volumes, values, served, descriptions)
         flags = [domain_lib.outside(d, self.domain) for d in descriptions] if self.domain else [[] for _ in volumes]
-        uncertainty = self.stated_uncertainty(volumes, values, served, descriptions)
+        uncertainty = self.stated_uncertainty(volumes, values, served, descriptions, network)
         source = np.full(values.shape, "model", dtype=object)
         if descriptions is not None:
             no_path = domain_lib.without_path(descriptions, self.axes)
@@ -307,14 +308,20 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
         served.append(spread)
         families.append(np.asarray(kinds))
     served = None if served[0] is None else np.concatenate(served)
-    predicted = np.concatenate(predicted)
+    predicted, truth = np.concatenate(predicted), np.concatenate(truth)
     if predictor.correction is not None:
-        # each validation value corrected as by a correction that never saw its family: the error model then
-        # states how far the corrected model errs on a kind of structure new to it, as a tomogram is
-        factor = correction_lib.held_out_factors(train, descriptions, predicted, np.concatenate(families),
-                                                 predictor.axes)
-        predicted, served = predicted * factor, None if served is None else served * factor
-    error_model = uncertainty_lib.fit(descriptions, np.concatenate(truth), predicted, predictor.axes, served)
+        # the errors' shape from the validation values corrected as predict corrects them; the scale from the same
+        # values corrected as by a correction that never saw their family, so that the interval holds on a kind of
+        # structure new to it, as a tomogram is
+        factor = correction_lib.factor(predictor.correction, descriptions, predicted, predictor.axes)
+        held_out = correction_lib.held_out_factors(train, descriptions, predicted, np.concatenate(families),
+                                                   predictor.axes)
+        error_model = uncertainty_lib.fit(
+            descriptions, truth, predicted * factor, predictor.axes, None if served is None else served * factor,
+            network=predicted, held_out=predicted * held_out,
+            held_out_spread=None if served is None else served * held_out)
+    else:
+        error_model = uncertainty_lib.fit(descriptions, truth, predicted, predictor.axes, served)
     if error_model is None:
         raise UserError("the validation split of {} has too few conducting values to fit an error model".format(
             manifest["path"]))
@@ -330,10 +337,11 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
     manifest, predictor = _predictor_for(model_dir, data_path, precision)
     volumes, sigma, porosity, families = dataset_lib.load_arrays(data_path, split)
     predicted, served = predictor._run(volumes)
+    network = predicted
     wanted = predictor.domain or predictor.error_model or predictor.correction or zero_without_path
     descriptions = domain_lib.describe_many(volumes) if wanted else None
     predicted, served, descriptions = predictor.corrected(volumes, predicted, served, descriptions)
-    uncertainty = predictor.stated_uncertainty(volumes, predicted, served, descriptions)
+    uncertainty = predictor.stated_uncertainty(volumes, predicted, served, descriptions, network)
     if descriptions is not None:       # as predict's output: exact zeros without a path, with no uncertainty
         no_path = domain_lib.without_path(descriptions, predictor.axes)
         predicted[no_path] = 0.0
@@ -482,13 +490,14 @@ def replicated_labeller(model_dir, devices):
         mean, spread = members_summary(np, raw)
         spread = None if spread is None else spread * scale
         descriptions = domain_lib.describe_many(chunk)
+        network = mean
         if correction is not None:   # as Predictor.corrected
             factor = correction_lib.factor(correction, descriptions, mean, [0, 1, 2])
             mean, spread = mean * factor, None if spread is None else spread * factor
         flags = [domain_lib.outside(d, trained_on) for d in descriptions] if trained_on else None
         # as Predictor states it: the run's error model where it has one, else the ensemble's calibrated spread
         uncertainty = spread if error_model is None else uncertainty_lib.evaluate(
-            error_model, descriptions, mean, [0, 1, 2], spread)
+            error_model, descriptions, mean, [0, 1, 2], spread, network)
         # and as the one-device labeller: exact zeros along the axes a window has no conducting path
         without_path = domain_lib.without_path(descriptions)
         mean = np.where(without_path, 0.0, mean)

@@ -11,6 +11,12 @@ ensemble, of its members' relative spread (``FEATURES``). Its scale is then fitt
 it holds 90 % of the validation values: one calibrated standard deviation, like the ensemble's. It costs the
 descriptors only (about a millisecond per 64^3 volume on two cores, computed anyway for the training-domain check).
 A run directory keeps it in ``uncertainty.json``.
+
+A model with a correction (``correction.py``) has two more features, how close the value comes to the porosity's
+share and how far the correction moved the network's value (``CORRECTED_FEATURES``); the weights are fitted on the
+validation splits corrected as predict corrects them, which ranks the errors as predict's values make them, and the
+scale on the same values corrected as by a correction that never saw their family, so that the interval holds on
+kinds of structure new to the correction, as a tomogram is.
 """
 
 import os
@@ -29,63 +35,80 @@ FEATURES = ["constant", "log porosity", "log mean chord of the conducting phase 
             "log disagreement of the prediction with the renormalised conductivity",
             "log disagreement of the prediction with the conductivity of the cells joined through their faces"]
 SPREAD_FEATURE = "log relative spread of the ensemble's members"
+HEADROOM_FEATURE = "log headroom of the prediction: one minus the predicted fraction of the porosity that conducts"
+FACTOR_FEATURE = "log size of the correction's factor, |log(value / the network's value)|"
+# a corrected model's error model (``fit`` with ``network``): the features above and these two
+CORRECTED_FEATURES = FEATURES + [HEADROOM_FEATURE, FACTOR_FEATURE]
 FLOOR = 1e-3   # relative errors and fractions below this are taken as this (their logarithms stay finite)
 
 
-def features(descriptions, values, axes, spread=None, names=None):
+def features(descriptions, values, axes, spread=None, names=None, network=None):
     """(N * len(axes), F) features of N described volumes (``domain.describe``) and their (N, len(axes)) predicted
-    values (and the ensemble's spread), one row per value: those named in ``names`` (all by default; an error
-    model fitted before a feature was added keeps its own). The disagreement is |log(value / renormalised)|: where
-    the network (corrected) and the renormalisation of the volume's blocks part, one of them is far off."""
+    values (and the ensemble's spread), one row per value: those named in ``names`` (``FEATURES``, and the spread's,
+    by default; an error model fitted before a feature was added keeps its own). The disagreement is |log(value /
+    renormalised)|: where the network (corrected) and the renormalisation of the volume's blocks part, one of them is
+    far off. ``network``: the network's own (N, len(axes)) values before the correction, for ``FACTOR_FEATURE``."""
     values = np.asarray(values, float)
+    network = values if network is None else np.asarray(network, float)
     rows = []
     for i, description in enumerate(descriptions):
         porosity = max(description["porosity"], FLOOR)
         for j, axis in enumerate(axes):
+            conducting = min(max(values[i, j] / porosity, FLOOR), 1.0)
             row = [1.0, np.log(porosity), np.log(max(description["axis_chords"][axis], FLOOR)),
                    np.log(max(description["insulating_chord"], FLOOR)), np.log(max(description["anisotropy"], 1.0)),
-                   np.log(max(description["axis_spanning"][axis], FLOOR)),
-                   np.log(min(max(values[i, j] / porosity, FLOOR), 1.0)),
+                   np.log(max(description["axis_spanning"][axis], FLOOR)), np.log(conducting),
                    np.log(abs(np.log(max(values[i, j], FLOOR) / max(description["axis_renormalised"][axis], FLOOR)))
                           + 0.05),
                    np.log(abs(np.log(max(values[i, j], FLOOR) / max(description["axis_faces"][axis], FLOOR))) + 0.05)]
             if spread is not None:
                 row.append(np.log(max(float(spread[i, j]), 0.0) / max(values[i, j], FLOOR) + FLOOR))
+            row += [np.log(max(1.0 - conducting, FLOOR)),
+                    np.log(abs(np.log(max(values[i, j], FLOOR) / max(network[i, j], FLOOR))) + 0.01)]
             rows.append(row)
-    x = np.array(rows, float).reshape(len(rows), -1)
-    if names is None:
-        return x
-    every = FEATURES + ([SPREAD_FEATURE] if spread is not None else [])
+    every = FEATURES + ([SPREAD_FEATURE] if spread is not None else []) + [HEADROOM_FEATURE, FACTOR_FEATURE]
+    x = np.array(rows, float).reshape(len(rows), len(every))
+    names = names or every[:len(FEATURES) + (spread is not None)]
     return x[:, [every.index(name) for name in names]]
 
 
-def fit(descriptions, truth, values, axes, spread=None):
+def fit(descriptions, truth, values, axes, spread=None, network=None, held_out=None, held_out_spread=None):
     """The error model of a model's (N, len(axes)) predicted ``values`` against the solver's ``truth`` (the
     validation split): least squares of the log relative error over the conducting values, then the scale that
-    makes +-Z90 of it hold 90 % of them. A dict, as ``uncertainty.json`` keeps it; None with fewer than four
-    conducting values per feature."""
+    makes +-Z90 of it hold 90 % of them. For a corrected model (``network``: its values before the correction) the
+    features are ``CORRECTED_FEATURES``, and the scale is fitted on the ``held_out`` values instead (the same volumes
+    corrected as by a correction that never saw their family; ``held_out_spread`` an ensemble's spread with them):
+    the weights rank the errors as predict's values make them, the scale holds on kinds of structure new to the
+    correction. A dict, as ``uncertainty.json`` keeps it; None with fewer than four conducting values per feature."""
     truth, values = np.asarray(truth, float), np.asarray(values, float)
-    x = features(descriptions, values, axes, spread)
+    names = (FEATURES if network is None else CORRECTED_FEATURES) + ([SPREAD_FEATURE] if spread is not None else [])
+    x = features(descriptions, values, axes, spread, names, network)
     live = truth.ravel() > 1e-6
     if live.sum() < 4 * x.shape[1]:  # too few to fit one
         return None
     predicted = np.maximum(values.ravel(), FLOOR * FLOOR)
     relative = np.abs(values.ravel() - truth.ravel()) / predicted
     weights = np.linalg.lstsq(x[live], np.log(relative[live] + FLOOR), rcond=None)[0]
-    typical = predicted * np.exp(x @ weights)
-    scale = float(np.quantile(np.abs(values.ravel() - truth.ravel())[live] / typical[live], 0.9) / Z90)
-    return {"features": FEATURES + ([SPREAD_FEATURE] if spread is not None else []),
-            "weights": [float(w) for w in weights], "scale": scale, "fitted_values": int(live.sum())}
+    model = {"features": names, "weights": [float(w) for w in weights], "scale": 1.0,
+             "fitted_values": int(live.sum())}
+    if held_out is not None:
+        values, spread = np.asarray(held_out, float), held_out_spread
+    typical = evaluate(model, descriptions, values, axes, spread, network).ravel()
+    model["scale"] = float(np.quantile(np.abs(values.ravel() - truth.ravel())[live] / typical[live], 0.9) / Z90)
+    return model
 
 
-def evaluate(model, descriptions, values, axes, spread=None):
+def evaluate(model, descriptions, values, axes, spread=None, network=None):
     """(N, len(axes)) uncertainty (one calibrated standard deviation) of the predicted ``values`` by the error
-    model ``model`` (a dict from ``fit``)."""
+    model ``model`` (a dict from ``fit``; one fitted for a corrected model needs the ``network``'s own values before
+    the correction)."""
     values = np.asarray(values, float)
     uses_spread = SPREAD_FEATURE in model["features"]
     if uses_spread and spread is None:
         raise ValueError("this error model was fitted with an ensemble's spread, which these predictions lack")
-    x = features(descriptions, values, axes, spread if uses_spread else None, model["features"])
+    if FACTOR_FEATURE in model["features"] and network is None:
+        raise ValueError("this error model was fitted on the correction's factor: give the network's own values")
+    x = features(descriptions, values, axes, spread if uses_spread else None, model["features"], network)
     typical = np.maximum(values.ravel(), FLOOR * FLOOR) * np.exp(x @ np.asarray(model["weights"], float))
     return (model["scale"] * typical).reshape(values.shape)
 
@@ -98,6 +121,7 @@ def load(directory):
     """The error model a run directory keeps, or None (a run from before error models)."""
     model = read_json(os.path.join(directory, UNCERTAINTY_FILE))
     if model is not None:
-        refuse_removed_inputs("the error model", directory, model["features"], FEATURES + [SPREAD_FEATURE],
+        refuse_removed_inputs("the error model", directory, model["features"],
+                              FEATURES + [SPREAD_FEATURE, HEADROOM_FEATURE, FACTOR_FEATURE],
                               " (with --correction if the run has a correction.json)")
     return model

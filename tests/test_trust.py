@@ -237,6 +237,46 @@ def test_the_error_model_learns_where_errors_are_large_and_states_a_calibrated_d
     assert uncertainty.fit(described[:5], truth[:5], values[:5], [0, 1, 2]) is None   # too few to fit
 
 
+def test_the_corrected_models_error_model_ranks_by_the_known_errors_and_holds_on_the_held_out_ones():
+    from conductivity_tf import uncertainty
+
+    rng = np.random.default_rng(2)
+
+    def draw(count):
+        described = _described(rng, count)
+        network = rng.uniform(0.05, 0.5, (count, 3))
+        values = network * rng.uniform(0.8, 1.25, network.shape)          # the correction's factors
+        spanning = np.array([d["axis_spanning"] for d in described])
+        # corrected as predict corrects: relative errors 0.02 / spanning; as a correction that never saw the
+        # family would: the same values off by a further 10 % (one standard deviation)
+        truth = values * (1.0 + rng.normal(0.0, 1.0, values.shape) * 0.02 / spanning)
+        held_out = values * np.exp(rng.normal(0.0, 0.1, values.shape))
+        return described, network, values, truth, held_out
+
+    described, network, values, truth, held_out = draw(3000)
+    model = uncertainty.fit(described, truth, values, [0, 1, 2], network=network, held_out=held_out)
+    assert model["features"] == uncertainty.CORRECTED_FEATURES and model["fitted_values"] == 9000
+    spanning_weight = model["weights"][uncertainty.FEATURES.index(
+        "log fraction of the conducting phase joining the faces normal to the axis")]
+    assert spanning_weight == pytest.approx(-1.0, abs=0.1)   # the weights are the known errors'
+    # the scale is the held-out values': larger than the known values' own
+    assert model["scale"] > 1.5 * uncertainty.fit(described, truth, values, [0, 1, 2], network=network)["scale"]
+    described, network, values, truth, held_out = draw(3000)          # fresh volumes
+    stated = uncertainty.evaluate(model, described, values, [0, 1, 2], network=network)
+    # its scale holds 90 % of the held-out values ...
+    assert metrics.calibration_metrics(truth, held_out, stated)["coverage_90"] == pytest.approx(0.9, abs=0.03)
+    # ... so more of the known ones, whose errors it ranks as the errors go
+    known = metrics.calibration_metrics(truth, values, stated)
+    assert known["coverage_90"] > 0.95 and known["spearman_error_uncertainty"] > 0.4
+    few = np.array([[d["axis_spanning"][a] < 0.1 for a in range(3)] for d in described])
+    open_ = np.array([[d["axis_spanning"][a] > 0.9 for a in range(3)] for d in described])
+    assert np.median((stated / values)[few]) > 3 * np.median((stated / values)[open_])
+    with pytest.raises(ValueError, match="network's own values"):
+        uncertainty.evaluate(model, described, values, [0, 1, 2])
+    assert uncertainty.fit(described[:5], truth[:5], values[:5], [0, 1, 2], network=network[:5],
+                           held_out=held_out[:5]) is None                 # too few to fit
+
+
 def test_calibrate_refits_a_runs_trust_files_from_its_dataset(ensemble_run, tmp_path):
     import shutil
 
