@@ -321,14 +321,24 @@ def test_windows_spread_over_two_logical_cpus_give_the_one_device_answer(tmp_pat
     assert min(one["uncertainty"]) > 0
     assert mirrored["uncertainty"] == pytest.approx(one["uncertainty"], rel=1e-3)
     # the default coarse detour correction and --detours (fine): the same windows' combination times each one's
-    # factors (at least 1), the uncertainty scaled with it
+    # factors (at least 1), the windows' uncertainty scaled with it and what each correction leaves of the method's
+    # own error added in quadrature
     fine = answers["detours"]
     assert one["detours"] == "coarse" and fine["detours"] == "fine"
     assert one["detour_proxies"] == ["faces"] * 3 and set(fine["detour_proxies"]) <= set(W.PROXIES)
     assert len(fine["detour_factors"]) == 3 and min(fine["detour_factors"] + one["detour_factors"]) >= 1.0
-    for key in ("relative_conductivity", "uncertainty"):
-        assert [v / f for v, f in zip(fine[key], fine["detour_factors"])] == pytest.approx(
-            [v / f for v, f in zip(one[key], one["detour_factors"])], rel=1e-9)
+    assert [v / f for v, f in zip(fine["relative_conductivity"], fine["detour_factors"])] == pytest.approx(
+        [v / f for v, f in zip(one["relative_conductivity"], one["detour_factors"])], rel=1e-9)
+    windows = {}
+    for mode, answer in (("coarse", one), ("fine", fine)):
+        method = [v * W.method_uncertainty(f, mode) for v, f in zip(answer["relative_conductivity"],
+                                                                      answer["detour_factors"])]
+        assert min(u - m for u, m in zip(answer["uncertainty"], method)) > 0
+        windows[mode] = [np.sqrt(u * u - m * m) / f for u, m, f in zip(answer["uncertainty"], method,
+                                                                        answer["detour_factors"])]
+    assert windows["fine"] == pytest.approx(windows["coarse"], rel=1e-6)
+    assert W.method_uncertainty(1.0, "coarse") == pytest.approx(W.METHOD_SLOPE["coarse"] * W.METHOD_OFFSET)
+    assert W.method_uncertainty(2.0, "fine") > W.method_uncertainty(1.1, "fine") > W.method_uncertainty(1.0, "fine")
 
 
 def test_the_whole_volume_benchmark_counts_the_axes_whose_interval_holds_the_full_solve():
