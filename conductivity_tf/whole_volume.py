@@ -15,21 +15,21 @@ uncertainty and ``--max-error`` fallback per window), or exactly by ``physics.so
 read slab by slab (``volumes.VolumeSource``) and the windows go to the labeller in batches, so memory holds one
 slab of S slices, a batch of windows and the coarse grid, whatever the volume's size.
 
-The uncertainty of the whole comes from the windows': the coarse problem solved again with every cell's
-conductivity one standard deviation lower and higher (errors taken as fully correlated, the cautious bound);
-half the difference is the stated standard deviation. It does not include the method's own error: a window
-conducts less than the same material inside a larger volume (its insulating sides cut the paths that leave and
-come back), and most where the window is small against the structure. An axis along which some windows carry no
-current while the whole does is such a case (measured: 29 % of the windows along the weak axis of a
-volume of stretched cells, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 %
-low), and ``cautions`` says so. ``Detours`` corrects most of it from proxies of the volume solved whole and as
-sealed windows. By default (``detours="coarse"``) one proxy, the volume's cells of 8^3 voxels joined through their
-faces (the windows' solved apart on numba's threads, the whole's counted from the windows' slabs): it costs about
-a quarter of the windows' time, and the method's error went from 0.2-12 % to 0.2-2.2 % on the generator families'
-256^3 volumes. ``--detours`` (``"fine"``) takes two proxies on cells of 4^3 voxels, the cells
-joined through their faces and the renormalised cells, at three to six times the windows' time: 0.2-1.1 % there,
-and 3-4 % on a poorly connected electrode phase and along the weak axis of a volume of stretched cells, where the
-coarse proxy leaves 4 and 12 %.
+The uncertainty of the whole comes from the windows': the coarse problem solved again with every cell's conductivity
+one standard deviation lower and higher (errors taken as fully correlated, the cautious bound); half the difference
+is the stated standard deviation. With a detour correction (below) it also includes, in quadrature, what the
+correction leaves of the method's own error (``method_uncertainty``); without one it does not include that error: a
+window conducts less than the same material inside a larger volume (its insulating sides cut the paths that leave
+and come back), and most where the window is small against the structure. An axis along which some windows carry no
+current while the whole does is such a case (measured: 29 % of the windows along the weak axis of a volume of
+stretched cells, whose whole came out 61 % low; 5-8 % on a poorly connected electrode phase, 6-9 % low), and
+``cautions`` says so. ``Detours`` corrects most of it from proxies of the volume solved whole and as sealed windows.
+By default (``detours="coarse"``) one proxy, the volume's cells of 8^3 voxels joined through their faces (the
+windows' solved apart on numba's threads, the whole's counted from the windows' slabs): it costs about a quarter of
+the windows' time, and the method's error went from 0.2-12 % to 0.2-2.2 % on the generator families' 256^3 volumes.
+``--detours`` (``"fine"``) takes two proxies on cells of 4^3 voxels, the cells joined through their faces and the
+renormalised cells, at three to six times the windows' time: 0.2-1.1 % there, and 3-4 % on a poorly connected
+electrode phase and along the weak axis of a volume of stretched cells, where the coarse proxy leaves 4 and 12 %.
 """
 
 import multiprocessing
