@@ -95,7 +95,11 @@ def test_bfloat16_is_the_default_where_the_cpu_has_it_and_agrees_with_fp32():
     if not cpu_bfloat16_convolutions():
         pytest.skip("this TensorFlow has no bfloat16 CPU convolutions (TensorFlow 2.6): fp32 only")
     fp32 = Predictor(precision="fp32")(volumes)
-    bf16 = Predictor(precision="bf16")(volumes)
+    in_bf16 = Predictor(precision="bf16")
+    assert in_bf16.serve_blocks is not None   # the shipped network is fed its first convolution's blocks ...
+    bf16 = in_bf16(volumes)
+    in_bf16.serve_blocks = None
+    assert np.array_equal(in_bf16(volumes), bf16)   # ... and predicts what its bfloat16 signature does, to the bit
     assert np.any(bf16 != fp32)
     if native_bfloat16():  # oneDNN's bfloat16 kernels, which accumulate in float32
         np.testing.assert_allclose(bf16, fp32, atol=2e-3)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conductivity_tf import microstructure
 from tests.conftest import ROOT, assert_one_line_error, build_dataset, run_module
 
 TINY = ["model.widths=[4,8]", "model.head_units=8", "data.size=16", "train.batch_size=8", "train.epochs=2",
@@ -447,3 +448,58 @@ def test_a_network_that_sees_the_spanning_clusters_predicts_through_the_predicto
     assert predictor.inputs == "spanning"
     np.testing.assert_allclose(predictor(volumes), expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(predictor(volumes.astype(np.float32)), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_first_convolutions_blocks_are_laid_out_as_its_kernel():
+    from conductivity_tf import serving
+
+    volumes = (np.random.default_rng(3).random((3, 16, 16, 16)) < 0.4).astype(np.uint8)
+    for k in (2, 4, 8):
+        blocks, ones = serving.stem_blocks(volumes, k)
+        c = 16 // k
+        expected = volumes.reshape(3, c, k, c, k, c, k).transpose(0, 1, 3, 5, 2, 4, 6).reshape(3, c, c, c, k ** 3)
+        assert np.array_equal(blocks, expected)
+        assert np.array_equal(ones, volumes.reshape(3, -1).sum(axis=1))
+
+
+def test_the_blocks_signature_predicts_what_the_bfloat16_signature_predicts(run_dir, tmp_path):
+    """A network whose first convolution reads each block of voxels once (kernel = stride) is exported with a
+    signature fed those blocks; predict uses it in bfloat16 and states the bfloat16 signature's values to the bit.
+    The fixture's run (kernel 3, stride 2) has none and predicts as before."""
+    import shutil
+
+    from conductivity_tf import config as config_lib
+    from conductivity_tf import serving
+    from conductivity_tf.keras_compat import cpu_bfloat16_convolutions
+    from conductivity_tf.model import build_model
+    from conductivity_tf.predict import Predictor
+
+    if not cpu_bfloat16_convolutions():
+        pytest.skip("this TensorFlow has no bfloat16 CPU convolutions (TensorFlow 2.6): no bfloat16 signatures")
+    assert Predictor(run_dir, "bf16").serve_blocks is None
+    blocks_run = str(tmp_path / "blocks")
+    shutil.copytree(run_dir, blocks_run)
+    with open(os.path.join(blocks_run, "config.yaml")) as handle:
+        raw = yaml.safe_load(handle)
+    raw["model"]["stem_kernel"] = raw["model"]["stem_stride"] = 2
+    with open(os.path.join(blocks_run, "config.yaml"), "w") as handle:
+        yaml.safe_dump(raw, handle)
+    cfg = config_lib.load_config(os.path.join(blocks_run, "config.yaml"))
+    base = build_model(cfg.model, cfg.data.size, len(cfg.data.axes))
+    rng = np.random.default_rng(1)
+    norms = [layer for layer in base.layers if "_norm" in layer.name and len(layer.get_weights()) == 4]
+    assert len(norms) == len(cfg.model.widths)
+    for layer in norms:   # batch norms far from the identity, so that their folding is exercised
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 0.3, beta.shape),
+                           rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 2, var.shape)])
+    base.save_weights(os.path.join(blocks_run, "model.weights.h5"))
+    serving.reexport(blocks_run)
+    predictor = Predictor(blocks_run, "bf16")
+    assert predictor.serve_blocks is not None and predictor.stem == 2
+    volumes = np.stack([microstructure.generate(family, 16, seed=40 + i) for i, family in
+                        enumerate(("blobs", "fibres", "overlapping_spheres", "graded"))]).astype(np.uint8)
+    fed_blocks = predictor._run(volumes)[0]
+    predictor.serve_blocks = None
+    fed_volumes = predictor._run(volumes)[0]
+    assert np.array_equal(fed_blocks, fed_volumes) and fed_volumes.std() > 0
