@@ -300,8 +300,10 @@ def describe_many(volumes, chunk=256):
     out = []
     with ThreadPoolExecutor(max(1, min(numba.get_num_threads(), len(volumes)))) as pool:
         for begin in range(0, len(volumes), chunk):
-            conducting = np.ascontiguousarray(volumes[begin:begin + chunk] > 0).view(np.uint8)
-            out += [_description(volumes.shape[1:], *counts) for counts in pool.map(_counts, conducting)]
+            part = volumes[begin:begin + chunk]
+            if not (part.dtype == np.uint8 and part.flags.c_contiguous and part.max(initial=0) <= 1):
+                part = np.ascontiguousarray(part > 0).view(np.uint8)    # 0/1 bytes as they are: no copy
+            out += [_description(volumes.shape[1:], *counts) for counts in pool.map(_counts, part)]
     return out
 
 
