@@ -8,7 +8,8 @@ import argparse
 import json
 
 from conductivity_tf.errors import UserError, run_cli
-from conductivity_tf.predict import PRECISION_HELP, PRECISIONS, ZERO_WITHOUT_PATH_HELP, calibrate, evaluate
+from conductivity_tf.predict import ZERO_WITHOUT_PATH_HELP, calibrate, evaluate
+from conductivity_tf.serving import PRECISION_HELP, PRECISIONS
 
 
 def build_parser():

@@ -13,7 +13,8 @@ from conductivity_tf import domain, microstructure, physics, plots, real_structu
 from conductivity_tf.benchmark.common import markdown_table, say, windows_throughput, write_csv
 from conductivity_tf.errors import UserError
 from conductivity_tf.model import build_model, inference_copy, network_input
-from conductivity_tf.predict import Predictor, resolve_precision
+from conductivity_tf.predict import Predictor
+from conductivity_tf.serving import resolve_precision
 
 
 def run_surrogate_suite(args):
