@@ -141,7 +141,7 @@ def blocks_signature(module, size):
     return signature, size // int(signature.structured_input_signature[1]["blocks"].shape[1])
 
 
-def serve_blocks(signature, volumes, k, tf):
+def run_blocks(signature, volumes, k, tf):
     """``blocks_signature``'s outputs for an (N, n, n, n) batch of 0/1 uint8 volumes."""
     blocks, ones = stem_blocks(volumes, k)
     porosity = (ones / float(np.prod(volumes.shape[1:]))).astype(np.float32)
@@ -186,7 +186,6 @@ def reexport(run_dir):
     exports them; the weights are left as they are)."""
     base, cfg = _keras_base(os.path.join(run_dir, "config.yaml"), os.path.join(run_dir, "model.weights.h5"))
     export(base, run_dir, cfg.model, _calibration_scale(run_dir), weights=False)
-
 
 
 def keras_model(config_path, weights_path):
