@@ -5,13 +5,14 @@ current (barely connected phases, elongated features across the axis) it errs by
 of its error follows the structure. The correction is a small multilayer perceptron of the volume's descriptors
 along each axis (``domain.describe``: porosity, chords, the fraction joining the faces, the series bound of the
 spanning clusters, the geodesic tortuosity, the renormalised conductivity, the conductivity of the coarse problem of
-its cells of 4^3 voxels, and of those cells joined through their faces' voxel pairs) and of the model's own
-prediction,
-trained on the logarithm of the solver's value over the model's (``FEATURES``); the corrected value is the
-prediction times its exponential. Several members, trained from different seeds, are averaged. It is fitted on
-the train splits of the model's dataset and of broader ones (``evaluate --calibrate --calibration-data`` and
-``--correction-data``), never on a validation or test split, costs the descriptors the domain check computes anyway
-plus two small matrix products, and is kept in a run directory's ``correction.json``.
+its cells of 4^3 voxels, and of those cells joined through their faces' voxel pairs, with and without each
+junction capped by its cells' renormalised conductivities) and of the model's own prediction, trained on the
+logarithm of the solver's value over the model's (``FEATURES``); the corrected value is the prediction times its
+exponential. Several members, trained from different seeds, half of them blind to the capped junctions, are
+averaged. It is fitted on the train splits of the model's dataset and of broader ones (``evaluate --calibrate
+--calibration-data`` and ``--correction-data``), never on a validation or test split, costs the descriptors the
+domain check computes anyway plus a few small matrix products, and is kept in a run directory's
+``correction.json``.
 """
 
 import os
@@ -31,7 +32,14 @@ FEATURES = ["log porosity", "log mean chord of the conducting phase along the ax
             "log predicted fraction of the porosity that conducts",
             "log series bound of the spanning clusters along the axis", "log geodesic tortuosity along the axis",
             "log renormalised conductivity along the axis",
-            "log conductivity of the 4^3-voxel cells joined through their faces along the axis"]
+            "log conductivity of the 4^3-voxel cells joined through their faces along the axis",
+            "log conductivity of those cells, each junction capped by its cells' renormalised ones, along the axis",
+            "log fraction of the junctions' conductance the capping keeps along the axis"]
+# half the members read the capped junctions too, half not (``fit``): seeing them, the correction finds the
+# barely connected phases (the shared electrode's active phase) better and the open ones a little worse; the
+# members' mean keeps most of both
+CAPPED = FEATURES[-2:]
+MEMBER_INPUTS = ([name for name in FEATURES if name not in CAPPED], FEATURES)
 FLOOR = 1e-4      # values and fractions below this are taken as this (their logarithms stay finite)
 LARGEST = 3.0     # the correction's logarithm is clipped to +-LARGEST (a factor of 20 at most)
 
@@ -39,12 +47,13 @@ LARGEST = 3.0     # the correction's logarithm is clipped to +-LARGEST (a factor
 def features(descriptions, values, axes, names=None):
     """(N * len(axes), F) features of N described volumes (``domain.describe``) and their (N, len(axes)) predicted
     values, one row per value: those of ``FEATURES`` named in ``names`` (all of them by default; a correction
-    fitted before a feature was added keeps its own)."""
+    fitted before a feature was added keeps its own); NaN for the capped junctions where the descriptions leave them
+    out (``domain.describe_many(..., capped=False)``)."""
     values = np.maximum(np.asarray(values, float).reshape(len(descriptions), len(axes)), FLOOR)
-    per_volume = {key: np.array([d[key] for d in descriptions], float).reshape(len(descriptions), -1)
-                  for key in ("porosity", "insulating_chord", "anisotropy", "spanning", "axis_chords",
-                              "axis_spanning", "axis_series", "axis_tortuosity", "axis_renormalised",
-                              "axis_faces")}
+    keys = ("porosity", "insulating_chord", "anisotropy", "spanning", "axis_chords", "axis_spanning", "axis_series",
+            "axis_tortuosity", "axis_renormalised", "axis_faces", "axis_capped", "axis_capped_kept")
+    per_volume = {key: np.array([d.get(key, [np.nan] * 3) for d in descriptions], float).reshape(len(descriptions), -1)
+                  for key in keys}
     porosity = np.maximum(per_volume["porosity"], FLOOR)
     chords = np.log(np.maximum(per_volume["axis_chords"], FLOOR))
     columns = []
@@ -60,7 +69,9 @@ def features(descriptions, values, axes, names=None):
             np.log(np.maximum(per_volume["axis_series"][:, [axis]], FLOOR)),
             np.log(np.maximum(per_volume["axis_tortuosity"][:, [axis]], 1.0)),
             np.log(np.maximum(per_volume["axis_renormalised"][:, [axis]], FLOOR)),
-            np.log(np.maximum(per_volume["axis_faces"][:, [axis]], FLOOR))]))
+            np.log(np.maximum(per_volume["axis_faces"][:, [axis]], FLOOR)),
+            np.log(np.maximum(per_volume["axis_capped"][:, [axis]], FLOOR)),
+            np.log(np.maximum(per_volume["axis_capped_kept"][:, [axis]], FLOOR))]))
     # one row per value, the volume's axes in turn (as values.ravel())
     x = np.stack(columns, axis=1).reshape(len(descriptions) * len(axes), len(FEATURES))
     return x if names is None else x[:, [FEATURES.index(name) for name in names]]
@@ -69,10 +80,10 @@ def features(descriptions, values, axes, names=None):
 def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learning_rate=0.002, seed=0,
         keras=None):
     """The correction of a model's (N, len(axes)) predicted ``values`` towards the solver's ``truth`` (train
-    splits): ``members`` perceptrons of two hidden layers of ``width`` (GELU), each fitted for ``epochs`` (Adam,
-    cosine decay from ``learning_rate`` to 0) on the squared error of log(truth / value) over the values that
-    conduct. A dict, as ``correction.json`` keeps it; None
-    with fewer than 100 conducting values."""
+    splits): ``members`` perceptrons of two hidden layers of ``width`` (GELU) for each of ``MEMBER_INPUTS``, each fitted
+    for ``epochs`` (Adam, cosine decay from ``learning_rate`` to 0) on the squared error of log(truth / value) over
+    the values that conduct. A dict, as ``correction.json`` keeps it (``member_features``: the features each member
+    reads); None with fewer than 100 conducting values."""
     from conductivity_tf import keras_compat
 
     keras = keras or keras_compat.keras
@@ -85,18 +96,23 @@ def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learn
     target = np.log(truth[live] / values.ravel()[live])
     mean, scale = x[live].mean(axis=0), x[live].std(axis=0) + 1e-9
     inputs = ((x[live] - mean) / scale).astype(np.float32)
-    layers = []
-    for member in range(members):
-        keras_compat.set_random_seed(seed + member)   # the same fit from the same values, run after run
-        net = keras.Sequential([keras.layers.Dense(width, activation="gelu", input_shape=(len(FEATURES),)),
-                                keras.layers.Dense(width, activation="gelu"), keras.layers.Dense(1)])
-        steps = epochs * -(-int(live.sum()) // 256)
-        rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps)   # to 0: no step's noise left at the end
-        net.compile(optimizer=keras.optimizers.Adam(rate), loss="mse")
-        net.fit(inputs, target.astype(np.float32), batch_size=256, epochs=epochs, verbose=0, shuffle=True)
-        layers.append([[w.tolist() for w in layer.get_weights()] for layer in net.layers])
+    layers, reads = [], []
+    for names in MEMBER_INPUTS:
+        columns = [FEATURES.index(name) for name in names]
+        for member in range(members):
+            keras_compat.set_random_seed(seed + member)   # the same fit from the same values, run after run
+            net = keras.Sequential([keras.layers.Dense(width, activation="gelu", input_shape=(len(names),)),
+                                    keras.layers.Dense(width, activation="gelu"), keras.layers.Dense(1)])
+            steps = epochs * -(-int(live.sum()) // 256)
+            # to 0: no step's noise left at the end
+            rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+            net.compile(optimizer=keras.optimizers.Adam(rate), loss="mse")
+            net.fit(inputs[:, columns], target.astype(np.float32), batch_size=256, epochs=epochs, verbose=0,
+                    shuffle=True)
+            layers.append([[w.tolist() for w in layer.get_weights()] for layer in net.layers])
+            reads.append(list(names))
     return {"features": FEATURES, "mean": mean.tolist(), "scale": scale.tolist(), "members": layers,
-            "fitted_values": int(live.sum())}
+            "member_features": reads, "fitted_values": int(live.sum())}
 
 
 def held_out_factors(train, descriptions, values, families, axes, members=1):
@@ -124,20 +140,26 @@ def _gelu(x):
 
 def factor(model, descriptions, values, axes):
     """(N, len(axes)) factors the correction ``model`` (a dict from ``fit``) multiplies the predicted ``values``
-    by: the exponential of its members' mean output."""
+    by: the exponential of its members' mean output (each member reading its ``member_features``, or all). Where
+    the descriptions leave out the capped junctions, the members that read them are left out of the mean."""
     values = np.asarray(values, float)
     if not len(values):
         return np.ones_like(values)
     x = features(descriptions, values, axes, model["features"])
     x = (x - np.asarray(model["mean"])) / np.asarray(model["scale"])
     outputs = []
-    for layers in model["members"]:
-        h = x
+    reads = model.get("member_features") or [model["features"]] * len(model["members"])
+    for layers, names in zip(model["members"], reads):
+        h = x[:, [model["features"].index(name) for name in names]]
+        if np.isnan(h).any():
+            continue
         for k, (weights, bias) in enumerate(layers):
             h = h @ np.asarray(weights) + np.asarray(bias)
             if k < len(layers) - 1:
                 h = _gelu(h)
         outputs.append(h[:, 0])
+    if not outputs:
+        raise ValueError("every member of the correction reads the capped junctions, which the descriptions leave out")
     return np.exp(np.clip(np.mean(outputs, axis=0), -LARGEST, LARGEST)).reshape(values.shape)
 
 

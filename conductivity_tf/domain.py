@@ -14,8 +14,10 @@ bound of the spanning clusters (``axis_series``: slices in series, each filled a
 the geodesic tortuosity (``axis_tortuosity``: the shortest path from face to face over the straight one) and a
 renormalised conductivity (``axis_renormalised``: 2x2x2 blocks merged level by level) and the conductivity of
 the coarse problem of the volume's cells of 4^3 voxels joined through the voxel pairs across their faces
-(``axis_faces``), which the error model of ``uncertainty`` and the correction of ``correction`` use; the last three
-come from ``coarse``.
+(``axis_faces``), the same problem with each junction capped by the harmonic mean of its two cells' renormalised
+conductivities (``axis_capped``) and the fraction of the junctions' conductance the capping keeps
+(``axis_capped_kept``), which the error model of ``uncertainty`` and the correction of ``correction`` use; the last
+five come from ``coarse`` and ``faces``.
 
 ``training_domain`` takes the central 99 % of each over the training split (for a run with a correction, over
 every train split the network or its correction was fitted on: ``predict.calibrate``); ``outside`` names every
@@ -39,7 +41,7 @@ from conductivity_tf.coarse import (
     _tortuosity,
     renormalised_field,
 )
-from conductivity_tf.faces import _faces_solved
+from conductivity_tf.faces import _faces_and_capped
 from conductivity_tf.fileio import read_json, write_json
 
 DESCRIPTORS = {
@@ -125,7 +127,8 @@ def _structure(x):
     touching both faces normal to each axis (3,), those voxels per slice normal to each axis (3, largest side),
     the coarse geodesic tortuosity along each axis (3,), ``_tortuosity``, the renormalised conductivity along each
     axis (3,), ``_renormalised``, and the conductivity of the volume's cells of 4^3 voxels joined through their
-    faces' voxel pairs along each axis (3,), ``_faces_solved``).
+    faces' voxel pairs along each axis (3,), then capped by the cells' renormalised conductivities, with the fraction
+    the capping keeps (3,) each, ``_faces_and_capped``).
 
     The runs of conducting voxels along the last axis are the nodes of a union-find; a run joins the runs it
     overlaps in the rows before it along axes 0 and 1, which is 6-connectivity. Along a line the runs of the two
@@ -241,12 +244,14 @@ def _structure(x):
     return ones, starts, spanning, slices
 
 
-def _counts(x):
+def _counts(x, capped=True):
     """Everything the descriptors of a 0/1 uint8 volume come from: ``_structure``'s counts, then the coarse
     estimates (``coarse``: the geodesic tortuosity, the renormalised conductivity, the cells joined through their
-    faces), each its own kernel. Joined in one kernel (or one parallel loop) the kernels would be compiled again
-    together, which took numba 0.56 (the SDK images' stack) three minutes."""
-    return _structure(x) + (_tortuosity(x), _renormalised(renormalised_field(x, CELL_LEVELS)), _faces_solved(x))
+    faces, with ``capped`` also capped by the cells), each its own kernel. Joined in one kernel (or one parallel
+    loop) the kernels would be compiled again together, which took numba 0.56 (the SDK images' stack) three
+    minutes."""
+    cells = renormalised_field(x, CELL_LEVELS)
+    return _structure(x) + (_tortuosity(x), _renormalised(cells)) + _faces_and_capped(x, cells, capped)
 
 
 def _mean_chords(voxels, starts):
@@ -267,8 +272,9 @@ def _series(slices, shape):
     return out
 
 
-def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised, faces):
-    """The descriptors' dict from ``_structure``'s counts (plain Python numbers: this runs once per volume)."""
+def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised, faces, capped, kept):
+    """The descriptors' dict from ``_structure``'s counts (plain Python numbers: this runs once per volume); without
+    the capped junctions where they were not solved (NaN)."""
     size, ones = int(np.prod(shape)), int(ones)
     series = _series(slices, shape)
     starts, spanning = starts.tolist(), spanning.tolist()
@@ -276,13 +282,16 @@ def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised
     finite = [c for c in chords if c != float("inf")] or [float(shape[0])]
     insulating = [c for c in _mean_chords(size - ones, starts[0]) if c != float("inf")] or [float(shape[0])]
     fractions = [s / ones if ones else 0.0 for s in spanning]
-    return {"porosity": ones / size, "conducting_chord": sum(finite) / len(finite),
+    described = {"porosity": ones / size, "conducting_chord": sum(finite) / len(finite),
             "insulating_chord": sum(insulating) / len(insulating), "anisotropy": max(finite) / min(finite),
             "spanning": min(fractions),
             # per axis, for the error model (uncertainty.py)
             "axis_chords": [c if c != float("inf") else 0.0 for c in chords],
             "axis_spanning": fractions, "axis_series": series, "axis_tortuosity": [float(t) for t in tortuosity],
             "axis_renormalised": [float(r) for r in renormalised], "axis_faces": [float(f) for f in faces]}
+    if not np.isnan(capped[0]):
+        described.update(axis_capped=[float(c) for c in capped], axis_capped_kept=[float(k) for k in kept])
+    return described
 
 
 def describe(volume):
@@ -291,9 +300,11 @@ def describe(volume):
     return _description(conducting.shape, *_counts(conducting.view(np.uint8)))
 
 
-def describe_many(volumes, chunk=256):
+def describe_many(volumes, chunk=256, capped=True):
     """``describe`` of each volume of an (N, n0, n1, n2) batch, the volumes spread over numba's threads (the
-    kernels release the GIL; ``chunk`` at a time, so that a dataset's split is not copied whole)."""
+    kernels release the GIL; ``chunk`` at a time, so that a dataset's split is not copied whole). Without
+    ``capped``, the descriptions leave out ``axis_capped`` and ``axis_capped_kept`` (their solve is about a quarter
+    of the time)."""
     volumes = np.asarray(volumes)
     if volumes.ndim != 4:
         raise ValueError("describe_many takes a batch (N, n0, n1, n2) of volumes, not shape {}".format(volumes.shape))
@@ -303,7 +314,8 @@ def describe_many(volumes, chunk=256):
             part = volumes[begin:begin + chunk]
             if not (part.dtype == np.uint8 and part.flags.c_contiguous and part.max(initial=0) <= 1):
                 part = np.ascontiguousarray(part > 0).view(np.uint8)    # 0/1 bytes as they are: no copy
-            out += [_description(volumes.shape[1:], *counts) for counts in pool.map(_counts, part)]
+            out += [_description(volumes.shape[1:], *counts)
+                    for counts in pool.map(lambda x: _counts(x, capped), part)]
     return out
 
 

@@ -4,8 +4,10 @@ detour proxies), two neighbouring cells joined by the fraction of the voxel pair
 conduct, a face cell to the electrode by twice the conducting fraction of its outer voxel layer, the cells' interiors
 taken as conducting.
 
-- ``_faces_solved``: sigma_eff along each axis on 4^3-voxel cells, solved by a float32 conjugate gradient
-  (``_links_solved``) until the inlet and outlet currents agree to ``CELL_TOLERANCE``;
+- ``_faces_and_capped``: sigma_eff along each axis on 4^3-voxel cells, solved by a float32 conjugate gradient
+  (``_links_solved``) until the inlet and outlet currents agree to ``CELL_TOLERANCE``, and the same problem with
+  each junction capped by its two cells' renormalised conductivities (``_capped_links``), for ``domain``'s
+  descriptors;
 - ``face_links``: the same problem as arrays, for ``cell_grid.solve_links`` to any tolerance, the pairs counted on
   the rows as words of eight voxels (``_face_links``; volumes whose sides are not whole words padded,
   ``_padded_links``);
@@ -138,7 +140,7 @@ def _add_rows(out, at, words, a, b, count, w):
 
 @njit(cache=True, nogil=True)
 def _face_links(x, packed, w):
-    """The coarse problem of ``_faces_solved``: (conductances g (3, size), electrode conductances ends
+    """The coarse problem of ``_faces_and_capped``: (conductances g (3, size), electrode conductances ends
     (3, 2, size), cells per side m) of a C-contiguous 0/1 uint8 volume's cells of w^3 voxels. With ``packed``
     (w 4 or 8, the sides multiples of w, the last one of 8) the voxel pairs across the cells' faces and their
     outer layers are counted on the rows as words of eight voxels (``_add_rows``; 4x the voxel loop below); the
@@ -232,7 +234,7 @@ def _face_links(x, packed, w):
 
 
 def face_links(x, cell=4):
-    """The coarse problem of ``_faces_solved`` as arrays, for a solve to any tolerance (``cell_grid.solve_links``):
+    """The coarse problem of ``_faces_and_capped`` as arrays, for a solve to any tolerance (``cell_grid.solve_links``):
     (links (3, m0, m1, m2) float32, the conductance between each cell of ``cell``^3 voxels and the next along each
     axis, zero past the last; ends, per axis (inlet, outlet), the conductances of the first and last layer of cells
     normal to it to the electrodes, 2-D over the other two axes in order) of a 0/1 volume. A volume whose sides
@@ -291,17 +293,54 @@ def _packed(shape, w):
 
 
 @njit(cache=True, nogil=True)
-def _faces_solved(x):
-    """sigma_eff along each axis (3,) of a 0/1 uint8 volume estimated on its cells of 4^3 voxels (2^CELL_LEVELS) joined
-    through their faces: the conductance between a cell and the next along an axis is the fraction of the voxel
-    pairs across their shared face that both conduct, and a face cell's conductance to the electrode twice the
+def _capped_links(g, cells, m):
+    """The conductances ``g`` of ``_face_links`` (3, size) with each junction capped by the harmonic mean of its two
+    cells' renormalised conductivities along the axis (``cells``, 3 x m0 x m1 x m2, ``coarse.renormalised_field``),
+    and per axis the fraction of the junctions' conductance the capping keeps (1 without any). Where a cell's
+    faces conduct but its inside does not (a film or a wall broken inside the cell), the faces' pairs alone join it
+    as if it were whole; its renormalised conductivity does not."""
+    steps = (m[1] * m[2], m[2], 1)
+    lo = steps[0]
+    capped = g.copy()
+    kept = np.ones(3)
+    for a in range(3):
+        di, dj, dk = int(a == 0), int(a == 1), int(a == 2)
+        total = limited = 0.0
+        for i in range(m[0] - di):
+            for j in range(m[1] - dj):
+                for k in range(m[2] - dk):
+                    t = lo + i * steps[0] + j * steps[1] + k
+                    here, there = cells[a, i, j, k], cells[a, i + di, j + dj, k + dk]
+                    mean = 2.0 * here * there / (here + there) if here + there > 0 else 0.0
+                    if capped[a, t] > mean:
+                        capped[a, t] = mean
+                    total += g[a, t]
+                    limited += capped[a, t]
+        if total > 0:
+            kept[a] = limited / total
+    return capped, kept
+
+
+@njit(cache=True, nogil=True)
+def _faces_and_capped(x, cells, capped):
+    """sigma_eff along each axis (3,) of a 0/1 uint8 volume estimated on its cells of 4^3 voxels (2^CELL_LEVELS)
+    joined through their faces: the conductance between a cell and the next along an axis is the fraction of the
+    voxel pairs across their shared face that both conduct, and a face cell's conductance to the electrode twice the
     conducting fraction of its outer voxel layer (the cells' interiors taken as conducting); solved by
     ``_links_solved``. Where thin walls or films carry the current, cells renormalised into one conductivity each
     lose the junctions between them; the pairs across the faces keep them. Cells at the far sides of a volume whose
-    edge is not a multiple of 4 are smaller."""
+    edge is not a multiple of 4 are smaller. Then the same problem with its junctions capped by the cells'
+    renormalised conductivities (``_capped_links``; ``cells`` the volume's ``coarse.renormalised_field`` of
+    ``CELL_LEVELS``) solved the same way (3,), and the fraction of the junctions' conductance the capping keeps
+    (3,): the renormalisation sees the breaks inside a cell that the faces' pairs do not. Without ``capped`` the
+    last two are NaN (not solved)."""
     w = 1 << CELL_LEVELS
     g, ends, m = _face_links(x, _packed(x.shape, w), w)
-    return _links_solved(g, ends, m, CELL_TOLERANCE, False)
+    faces = _links_solved(g, ends, m, CELL_TOLERANCE, False)
+    if not capped:
+        return faces, np.full(3, np.nan), np.full(3, np.nan)
+    limited, kept = _capped_links(g, cells, m)
+    return faces, _links_solved(limited, ends, m, CELL_TOLERANCE, False), kept
 
 
 @njit(cache=True, parallel=True)

@@ -159,7 +159,7 @@ class Predictor(object):
         predicted[domain_lib.without_path(descriptions, self.axes)] = 0.0
         return predicted
 
-    def predict(self, volumes, batch_size=16, max_error=None, zero_without_path=False):
+    def predict(self, volumes, batch_size=16, max_error=None, zero_without_path=False, capped=True):
         """Predictions with how far to trust them: a ``Prediction`` of values, uncertainty (one calibrated
         standard deviation per value, 0 where solved; None for a model without one), the source of each value
         ('model' or 'solver') and, per volume, the reasons it lies outside the model's training domain.
@@ -168,12 +168,14 @@ class Predictor(object):
         lies outside the training domain, ``physics.solve`` answers instead. Axes without a conducting path are
         exact zeros with no uncertainty (from the solver's cluster labels), from ``--max-error``,
         ``zero_without_path`` or, for a model with an error model, correction or training domain, always: its
-        descriptors, computed anyway, say where the network alone would state a small positive value."""
+        descriptors, computed anyway, say where the network alone would state a small positive value. Without
+        ``capped`` the descriptors leave out the capped junctions and the correction the members that read them
+        (the windows of ``whole_volume``)."""
         volumes = np.asarray(volumes)
         values, served = self._run(volumes, batch_size)
         values = network = values.astype(np.float64)  # the solver's values go in as they are
         wanted = self.domain or self.error_model or self.correction or max_error is not None or zero_without_path
-        descriptions = domain_lib.describe_many(volumes) if wanted else None
+        descriptions = domain_lib.describe_many(volumes, capped=capped) if wanted else None
         values, served, descriptions = self.corrected(volumes, values, served, descriptions)
         flags = [domain_lib.outside(d, self.domain) for d in descriptions] if self.domain else [[] for _ in volumes]
         uncertainty = self.stated_uncertainty(volumes, values, served, descriptions, network)
@@ -470,7 +472,7 @@ def replicated_labeller(model_dir, devices):
         raw = served.predict(network_input(chunk, inputs), batch_size=len(chunk), verbose=0)
         mean, spread = members_summary(np, raw)
         spread = None if spread is None else spread * scale
-        descriptions = domain_lib.describe_many(chunk)
+        descriptions = domain_lib.describe_many(chunk, capped=False)   # as whole_volume.model_labeller's
         network = mean
         if correction is not None:   # as Predictor.corrected
             factor = correction_lib.factor(correction, descriptions, mean, [0, 1, 2])

@@ -616,6 +616,8 @@ def _paths_described(rng, count):
         d["axis_tortuosity"] = list(rng.uniform(1.0, 2.5, 3))
         d["axis_renormalised"] = list(rng.uniform(0.3, 1.0) * np.array(d["axis_series"]))
         d["axis_faces"] = list(rng.uniform(0.9, 1.5) * np.array(d["axis_renormalised"]))
+        d["axis_capped_kept"] = list(rng.uniform(0.2, 1.0, 3))
+        d["axis_capped"] = list(rng.uniform(0.5, 1.0) * np.array(d["axis_faces"]))
         d["spanning"] = min(d["axis_spanning"])
     return described
 
@@ -643,6 +645,17 @@ def test_the_correction_learns_the_sign_of_a_models_error_from_the_paths():
     np.testing.assert_allclose(correction.apply(model, described, values[:, [1]], [1])[:, 0], corrected[:, 1],
                                rtol=1e-12)
     assert correction.apply(None, described, values, [0, 1, 2]) is values
+    # half the members blind to the capped junctions: their factors do not move when those do, the others' do
+    assert model["member_features"] == [correction.MEMBER_INPUTS[0]] * 2 + [correction.FEATURES] * 2
+    blind = dict(model, members=model["members"][:2], member_features=model["member_features"][:2])
+    moved = [dict(d, axis_capped=list(0.5 * np.array(d["axis_capped"]))) for d in described]
+    np.testing.assert_array_equal(correction.factor(blind, moved, values, [0, 1, 2]),
+                                  correction.factor(blind, described, values, [0, 1, 2]))
+    assert not np.allclose(correction.factor(model, moved, values, [0, 1, 2]), corrected / values, rtol=1e-3)
+    # descriptions without the capped junctions: the blind members alone
+    without = [{k: v for k, v in d.items() if k not in ("axis_capped", "axis_capped_kept")} for d in described]
+    np.testing.assert_array_equal(correction.factor(model, without, values, [0, 1, 2]),
+                                  correction.factor(blind, described, values, [0, 1, 2]))
     assert correction.fit(described[:10], truth[:10], values[:10], [0, 1, 2]) is None   # too few to fit
     again = [correction.fit(described, truth, values, [0, 1, 2], members=1, epochs=1) for _ in range(2)]
     assert again[0] == again[1]                                      # seeded: the same fit twice
@@ -785,3 +798,29 @@ def test_the_cells_joined_through_their_faces_solve_a_volume_of_whole_cells_as_t
         volume = microstructure.blobs(shape, porosity=0.35, correlation_length=1.5, seed=seed)
         expected = [_faces_reference(volume, a) for a in range(3)]
         assert domain.describe(volume)["axis_faces"] == pytest.approx(expected, rel=0.02)
+
+
+def test_the_capped_junctions_see_a_break_inside_the_cells_that_the_faces_pairs_do_not():
+    # an insulating plane inside a layer of cells: every pair across the cells' faces conducts, so the faces' problem
+    # conducts across it; the renormalised cells holding the plane do not, so their junctions are capped to zero
+    volume = np.ones((32, 32, 32), np.uint8)
+    volume[9] = 0
+    exact = [r.relative_conductivity for r in physics.solve(volume)]
+    described = domain.describe(volume)
+    assert exact[0] == 0.0 and described["axis_faces"][0] > 0.5 and abs(described["axis_capped"][0]) < 1e-6
+    assert described["axis_capped_kept"][0] == pytest.approx(1 - 2 / 7)   # 2 of the 7 junctions along the axis
+    # along the plane no junction is capped, and both give the solver's 31/32
+    assert described["axis_capped_kept"][1:] == [1.0, 1.0] and exact[1] == pytest.approx(31 / 32)
+    for key in ("axis_capped", "axis_faces"):
+        assert described[key][1:] == pytest.approx(exact[1:], rel=0.02)
+    whole = domain.describe(np.ones((16, 16, 16), np.uint8))
+    assert whole["axis_capped"] == pytest.approx([1.0] * 3, rel=0.01) and whole["axis_capped_kept"] == [1.0] * 3
+    # capping only lowers conductances, so it never raises the value (to the solves' tolerance)
+    for seed in range(4):
+        volume = microstructure.blobs((32, 32, 32), porosity=0.3 + 0.1 * seed, correlation_length=1.5, seed=seed)
+        d = domain.describe(volume)
+        assert all(c <= f * (1 + 2 * faces.CELL_TOLERANCE) + 1e-7 for c, f in zip(d["axis_capped"], d["axis_faces"]))
+        assert all(0.0 < k < 1.0 for k in d["axis_capped_kept"]) and d["axis_capped"] != d["axis_faces"]
+        # without them, the same descriptions less the two
+        blind = domain.describe_many(volume[None], capped=False)[0]
+        assert blind == {k: v for k, v in d.items() if k not in ("axis_capped", "axis_capped_kept")}
