@@ -134,6 +134,15 @@ def held_out_factors(train, descriptions, values, families, axes, members=1):
     return factors
 
 
+def reads_capped(model):
+    """Whether a correction (a dict from ``fit``, or None) has members that read the capped junctions: if not, the
+    descriptions need not solve them (``domain.describe_many(..., capped=False)``)."""
+    if model is None:
+        return False
+    reads = model.get("member_features") or [model["features"]]
+    return any(name in CAPPED for names in reads for name in names)
+
+
 def _gelu(x):
     return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
 

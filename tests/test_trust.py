@@ -652,7 +652,9 @@ def test_the_correction_learns_the_sign_of_a_models_error_from_the_paths():
     np.testing.assert_array_equal(correction.factor(blind, moved, values, [0, 1, 2]),
                                   correction.factor(blind, described, values, [0, 1, 2]))
     assert not np.allclose(correction.factor(model, moved, values, [0, 1, 2]), corrected / values, rtol=1e-3)
-    # descriptions without the capped junctions: the blind members alone
+    # descriptions without the capped junctions: the blind members alone (a run whose members are all blind does
+    # not solve them)
+    assert correction.reads_capped(model) and not correction.reads_capped(blind) and not correction.reads_capped(None)
     without = [{k: v for k, v in d.items() if k not in ("axis_capped", "axis_capped_kept")} for d in described]
     np.testing.assert_array_equal(correction.factor(model, without, values, [0, 1, 2]),
                                   correction.factor(blind, described, values, [0, 1, 2]))

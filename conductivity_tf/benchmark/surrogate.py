@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from conductivity_tf import config as config_lib
-from conductivity_tf import domain, microstructure, physics, plots, real_structures
+from conductivity_tf import microstructure, physics, plots, real_structures
 from conductivity_tf.benchmark.common import markdown_table, say, windows_throughput, write_csv
 from conductivity_tf.errors import UserError
 from conductivity_tf.model import build_model, inference_copy, network_input
@@ -82,7 +82,7 @@ def run_surrogate_suite(args):
             chosen, len(batch)), "full", infer_full))
         # what the correction, the uncertainty and the domain check cost besides the network
         timed.append(("of it: the descriptors alone (domain.describe_many)", "descriptors",
-                      functools.partial(domain.describe_many, batch)))
+                      functools.partial(predictors[chosen].describe, batch)))
     for method, key, fn in timed:
         median, low, high = windows_throughput(fn, len(batch), windows=5, steps_per_window=2, warmup=1)
         cnn[key] = 1.0 / median
