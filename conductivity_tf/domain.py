@@ -283,12 +283,13 @@ def _description(shape, ones, starts, spanning, slices, tortuosity, renormalised
     insulating = [c for c in _mean_chords(size - ones, starts[0]) if c != float("inf")] or [float(shape[0])]
     fractions = [s / ones if ones else 0.0 for s in spanning]
     described = {"porosity": ones / size, "conducting_chord": sum(finite) / len(finite),
-            "insulating_chord": sum(insulating) / len(insulating), "anisotropy": max(finite) / min(finite),
-            "spanning": min(fractions),
-            # per axis, for the error model (uncertainty.py)
-            "axis_chords": [c if c != float("inf") else 0.0 for c in chords],
-            "axis_spanning": fractions, "axis_series": series, "axis_tortuosity": [float(t) for t in tortuosity],
-            "axis_renormalised": [float(r) for r in renormalised], "axis_faces": [float(f) for f in faces]}
+                 "insulating_chord": sum(insulating) / len(insulating), "anisotropy": max(finite) / min(finite),
+                 "spanning": min(fractions),
+                 # per axis, for the error model (uncertainty.py)
+                 "axis_chords": [c if c != float("inf") else 0.0 for c in chords],
+                 "axis_spanning": fractions, "axis_series": series,
+                 "axis_tortuosity": [float(t) for t in tortuosity],
+                 "axis_renormalised": [float(r) for r in renormalised], "axis_faces": [float(f) for f in faces]}
     if not np.isnan(capped[0]):
         described.update(axis_capped=[float(c) for c in capped], axis_capped_kept=[float(k) for k in kept])
     return described
