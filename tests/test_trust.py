@@ -658,6 +658,13 @@ def test_the_correction_learns_the_sign_of_a_models_error_from_the_paths():
     without = [{k: v for k, v in d.items() if k not in ("axis_capped", "axis_capped_kept")} for d in described]
     np.testing.assert_array_equal(correction.factor(model, without, values, [0, 1, 2]),
                                   correction.factor(blind, described, values, [0, 1, 2]))
+    # a correction fitted before the capped junctions (every member reading its 14 features) predicts as it did
+    width = len(correction.MEMBER_INPUTS[0])
+    legacy = {"features": correction.MEMBER_INPUTS[0], "mean": model["mean"][:width], "scale": model["scale"][:width],
+              "members": blind["members"]}
+    assert correction.FEATURES[:width] == legacy["features"] and not correction.reads_capped(legacy)
+    np.testing.assert_array_equal(correction.factor(legacy, without, values, [0, 1, 2]),
+                                  correction.factor(blind, described, values, [0, 1, 2]))
     assert correction.fit(described[:10], truth[:10], values[:10], [0, 1, 2]) is None   # too few to fit
     again = [correction.fit(described, truth, values, [0, 1, 2], members=1, epochs=1) for _ in range(2)]
     assert again[0] == again[1]                                      # seeded: the same fit twice
