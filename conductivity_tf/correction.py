@@ -78,12 +78,12 @@ def features(descriptions, values, axes, names=None):
 
 
 def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learning_rate=0.002, seed=0,
-        keras=None):
+        keras=None, progress=None):
     """The correction of a model's (N, len(axes)) predicted ``values`` towards the solver's ``truth`` (train
     splits): ``members`` perceptrons of two hidden layers of ``width`` (GELU) for each of ``MEMBER_INPUTS``, each fitted
     for ``epochs`` (Adam, cosine decay from ``learning_rate`` to 0) on the squared error of log(truth / value) over
     the values that conduct. A dict, as ``correction.json`` keeps it (``member_features``: the features each member
-    reads); None with fewer than 100 conducting values."""
+    reads); None with fewer than 100 conducting values. ``progress(text)`` is told of each member as it starts."""
     from conductivity_tf import keras_compat
 
     keras = keras or keras_compat.keras
@@ -100,6 +100,8 @@ def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learn
     for names in MEMBER_INPUTS:
         columns = [FEATURES.index(name) for name in names]
         for member in range(members):
+            if progress:
+                progress("the correction's member {} of {}".format(len(layers) + 1, members * len(MEMBER_INPUTS)))
             keras_compat.set_random_seed(seed + member)   # the same fit from the same values, run after run
             net = keras.Sequential([keras.layers.Dense(width, activation="gelu", input_shape=(len(names),)),
                                     keras.layers.Dense(width, activation="gelu"), keras.layers.Dense(1)])
@@ -115,7 +117,7 @@ def fit(descriptions, truth, values, axes, members=3, width=64, epochs=40, learn
             "member_features": reads, "fitted_values": int(live.sum())}
 
 
-def held_out_factors(train, descriptions, values, families, axes, members=1):
+def held_out_factors(train, descriptions, values, families, axes, members=1, progress=None):
     """(N, len(axes)) factors for the validation ``values`` of N described volumes of the given ``families``, each
     from a correction fitted (``members`` of it) on the ``train`` values (a dict of descriptions, truth, values,
     families) of every other family: how the correction does on a kind of structure it has not seen. Where the
@@ -127,6 +129,8 @@ def held_out_factors(train, descriptions, values, families, axes, members=1):
         keep = train_families != kind
         if not keep.any():     # a single family: nothing to hold out
             keep[:] = True
+        if progress:
+            progress("the correction without {}".format(kind))
         model = fit([d for d, k in zip(train["descriptions"], keep) if k], train["truth"][keep],
                     train["values"][keep], axes, members=members)
         if model is not None:

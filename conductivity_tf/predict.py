@@ -261,8 +261,15 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
         if not more["counts"].get("train"):
             raise UserError("--correction-data {} has no train split to fit the correction on".format(path))
         learnt.append(more)
+    bar = tqdm(desc="calibrating", unit=" step", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+    def progress(text):   # what runs now (the fits take minutes)
+        bar.update()
+        bar.set_postfix_str(text)
+
     train = {"descriptions": [], "truth": [], "values": [], "families": []}
     for fitted_on in [manifest] + (extra + learnt if correction else []):
+        progress("the train split of {}".format(os.path.basename(os.path.normpath(fitted_on["path"]))))
         volumes, sigma, _, families = dataset_lib.load_arrays(fitted_on["path"], "train")
         described = domain_lib.describe_many(volumes)
         if not correction:
@@ -279,7 +286,7 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
         domain_lib.save(predictor.run_dir, domain_lib.training_domain(train["descriptions"]))
         train = dict(train, **{k: np.concatenate(train[k]) for k in ("truth", "values", "families")})
         predictor.correction = correction_lib.fit(train["descriptions"], train["truth"], train["values"],
-                                                  predictor.axes)
+                                                  predictor.axes, progress=progress)
     if predictor.correction is not None:
         predictor.correction["train_splits_of"] = [os.path.basename(os.path.normpath(m["path"]))
                                                    for m in [manifest] + extra + learnt]
@@ -288,6 +295,7 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
         os.remove(os.path.join(predictor.run_dir, correction_lib.CORRECTION_FILE))   # not one of another fit
     descriptions, truth, predicted, served, families = [], [], [], [], []
     for fitted_on in [manifest] + extra:
+        progress("the validation split of {}".format(os.path.basename(os.path.normpath(fitted_on["path"]))))
         volumes, sigma, _, kinds = dataset_lib.load_arrays(fitted_on["path"], "validation")
         values, spread = predictor._run(volumes)
         descriptions += domain_lib.describe_many(volumes)
@@ -303,13 +311,14 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
         # structure new to it, as a tomogram is
         factor = correction_lib.factor(predictor.correction, descriptions, predicted, predictor.axes)
         held_out = correction_lib.held_out_factors(train, descriptions, predicted, np.concatenate(families),
-                                                   predictor.axes)
+                                                   predictor.axes, progress=progress)
         error_model = uncertainty_lib.fit(
             descriptions, truth, predicted * factor, predictor.axes, None if served is None else served * factor,
             network=predicted, held_out=predicted * held_out,
             held_out_spread=None if served is None else served * held_out)
     else:
         error_model = uncertainty_lib.fit(descriptions, truth, predicted, predictor.axes, served)
+    bar.close()
     if error_model is None:
         raise UserError("the validation split of {} has too few conducting values to fit an error model".format(
             manifest["path"]))
