@@ -232,6 +232,11 @@ def _manifest_for(predictor, data_path, manifest=None):
     return manifest
 
 
+def _dataset_name(manifest):
+    """A dataset's directory name (what the calibration files record it by)."""
+    return os.path.basename(os.path.normpath(manifest["path"]))
+
+
 def calibrate(model_dir, data_path, precision="auto", calibration_data=(), correction=False, correction_data=()):
     """Fit what a trained model states about trust from the dataset it was trained on, as training does, and keep
     it in its run directory: the training domain (train split, ``domain.json``), with ``correction`` the correction
@@ -269,7 +274,7 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
 
     train = {"descriptions": [], "truth": [], "values": [], "families": []}
     for fitted_on in [manifest] + (extra + learnt if correction else []):
-        progress("the train split of {}".format(os.path.basename(os.path.normpath(fitted_on["path"]))))
+        progress("the train split of {}".format(_dataset_name(fitted_on)))
         volumes, sigma, _, families = dataset_lib.load_arrays(fitted_on["path"], "train")
         described = domain_lib.describe_many(volumes)
         if not correction:
@@ -288,14 +293,13 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
         predictor.correction = correction_lib.fit(train["descriptions"], train["truth"], train["values"],
                                                   predictor.axes, progress=progress)
     if predictor.correction is not None:
-        predictor.correction["train_splits_of"] = [os.path.basename(os.path.normpath(m["path"]))
-                                                   for m in [manifest] + extra + learnt]
+        predictor.correction["train_splits_of"] = [_dataset_name(m) for m in [manifest] + extra + learnt]
         correction_lib.save(predictor.run_dir, predictor.correction)
     elif os.path.isfile(os.path.join(predictor.run_dir, correction_lib.CORRECTION_FILE)):
         os.remove(os.path.join(predictor.run_dir, correction_lib.CORRECTION_FILE))   # not one of another fit
     descriptions, truth, predicted, served, families = [], [], [], [], []
     for fitted_on in [manifest] + extra:
-        progress("the validation split of {}".format(os.path.basename(os.path.normpath(fitted_on["path"]))))
+        progress("the validation split of {}".format(_dataset_name(fitted_on)))
         volumes, sigma, _, kinds = dataset_lib.load_arrays(fitted_on["path"], "validation")
         values, spread = predictor._run(volumes)
         descriptions += domain_lib.describe_many(volumes)
@@ -323,8 +327,7 @@ def calibrate(model_dir, data_path, precision="auto", calibration_data=(), corre
         raise UserError("the validation split of {} has too few conducting values to fit an error model".format(
             manifest["path"]))
     if extra:
-        error_model["validation_splits_of"] = [os.path.basename(os.path.normpath(m["path"]))
-                                               for m in [manifest] + extra]
+        error_model["validation_splits_of"] = [_dataset_name(m) for m in [manifest] + extra]
     uncertainty_lib.save(predictor.run_dir, error_model)
 
 
