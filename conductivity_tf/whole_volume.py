@@ -34,7 +34,7 @@ electrode phase and along the weak axis of a volume of stretched cells, where th
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -193,7 +193,7 @@ def label(source, plan, labeller, batch=64, progress=None, each=None, slabs=None
     spread = None
     solved, counted = 0, [0]
     flagged = {}      # descriptor -> the values of the windows outside the domain by it
-    for index, chunk in windows(source, plan, batch, counted, slabs):
+    for index, chunk in ahead(windows(source, plan, batch, counted, slabs)):
         values, uncertainty, from_solver, flags = labeller(chunk)
         if each is not None:
             each(index, chunk)
@@ -210,6 +210,20 @@ def label(source, plan, labeller, batch=64, progress=None, each=None, slabs=None
             progress(len(chunk))
     return (cells, spread, solved / plan.windows, counted[0] / float(np.prod(source.shape)),
             outside(flagged, plan.windows))
+
+
+def ahead(items):
+    """``items`` (an iterator) one item ahead in a thread of its own: the next batch of windows is read, cut and
+    counted into the detour proxy (numpy and numba's kernels, without the GIL) while the labeller works on this one.
+    At 500^3 that work took a third of the wall time on one core of two."""
+    with ThreadPoolExecutor(1) as pool:
+        coming = pool.submit(next, items, None)
+        while True:
+            item = coming.result()
+            if item is None:
+                return
+            coming = pool.submit(next, items, None)
+            yield item
 
 
 def outside(flagged, count):
