@@ -179,7 +179,7 @@ def test_the_error_model_states_more_where_the_prediction_and_the_renormalisatio
         d["axis_renormalised"] = list(r)
     gap = np.abs(np.log(values / renormalised))
     truth = values * (1.0 + rng.normal(0.0, 1.0, values.shape) * 0.1 * gap)   # errors grow with the disagreement
-    model = uncertainty.fit(described, truth, values, [0, 1, 2])
+    model = uncertainty.fit(described, truth, values, [0, 1, 2], interactions=False)
     weight = model["weights"][uncertainty.FEATURES.index(
         "log disagreement of the prediction with the renormalised conductivity")]
     assert 0.6 < weight < 1.4                       # the log relative error goes as the log disagreement
@@ -220,7 +220,7 @@ def test_the_error_model_learns_where_errors_are_large_and_states_a_calibrated_d
         return described, values, truth
 
     described, values, truth = draw(4000)
-    model = uncertainty.fit(described, truth, values, [0, 1, 2])
+    model = uncertainty.fit(described, truth, values, [0, 1, 2], interactions=False)
     spanning_weight = model["weights"][uncertainty.FEATURES.index(
         "log fraction of the conducting phase joining the faces normal to the axis")]
     assert spanning_weight == pytest.approx(-1.0, abs=0.1)   # the floor of 1e-3 flattens it a little
@@ -254,13 +254,15 @@ def test_the_corrected_models_error_model_ranks_by_the_known_errors_and_holds_on
         return described, network, values, truth, held_out
 
     described, network, values, truth, held_out = draw(3000)
-    model = uncertainty.fit(described, truth, values, [0, 1, 2], network=network, held_out=held_out)
+    model = uncertainty.fit(described, truth, values, [0, 1, 2], network=network, held_out=held_out,
+                            interactions=False)
     assert model["features"] == uncertainty.CORRECTED_FEATURES and model["fitted_values"] == 9000
     spanning_weight = model["weights"][uncertainty.FEATURES.index(
         "log fraction of the conducting phase joining the faces normal to the axis")]
     assert spanning_weight == pytest.approx(-1.0, abs=0.1)   # the weights are the known errors'
     # the scale is the held-out values': larger than the known values' own
-    assert model["scale"] > 1.5 * uncertainty.fit(described, truth, values, [0, 1, 2], network=network)["scale"]
+    assert model["scale"] > 1.5 * uncertainty.fit(described, truth, values, [0, 1, 2], network=network,
+                                                  interactions=False)["scale"]
     described, network, values, truth, held_out = draw(3000)          # fresh volumes
     stated = uncertainty.evaluate(model, described, values, [0, 1, 2], network=network)
     # its scale holds 90 % of the held-out values ...
@@ -276,6 +278,43 @@ def test_the_corrected_models_error_model_ranks_by_the_known_errors_and_holds_on
         uncertainty.evaluate(model, described, values, [0, 1, 2])
     assert uncertainty.fit(described[:5], truth[:5], values[:5], [0, 1, 2], network=network[:5],
                            held_out=held_out[:5]) is None                 # too few to fit
+
+
+def test_the_error_model_with_interactions_ranks_errors_that_grow_with_two_features_together():
+    from conductivity_tf import uncertainty
+
+    rng = np.random.default_rng(3)
+
+    def draw(count):
+        described = _described(rng, count)
+        values = rng.uniform(0.05, 0.5, (count, 3))
+        # errors large where few paths join the faces of a low porosity and where many join those of a high one,
+        # small on the other two corners: neither feature alone says which
+        spanning = np.array([d["axis_spanning"] for d in described])
+        porosity = np.array([[d["porosity"]] * 3 for d in described])
+        relative = 0.02 * np.exp(2.0 * np.log(spanning / 0.3) * np.log(porosity / 0.4))
+        return described, values, values * (1.0 + rng.normal(0.0, 1.0, values.shape) * relative), relative
+
+    described, values, truth, _ = draw(3000)
+    plain = uncertainty.fit(described, truth, values, [0, 1, 2], interactions=False)
+    both = uncertainty.fit(described, truth, values, [0, 1, 2])
+    assert "ranges" not in plain and len(plain["weights"]) == len(uncertainty.FEATURES)
+    assert len(both["weights"]) == len(uncertainty.FEATURES) + 8 * 9 // 2    # and the products of the other eight
+    described, values, truth, relative = draw(3000)     # fresh volumes
+    ranked = {name: metrics.calibration_metrics(truth, values, uncertainty.evaluate(
+        model, described, values, [0, 1, 2]))["spearman_error_uncertainty"] for name, model in
+        [("plain", plain), ("both", both)]}
+    assert ranked["both"] > ranked["plain"] + 0.08
+    for model, least, most in [(plain, 0.0, 0.7), (both, 0.95, 1.0)]:     # the stated deviation against the known
+        stated = uncertainty.evaluate(model, described, values, [0, 1, 2]) / values
+        assert least < np.corrcoef(np.log(stated.ravel()), np.log(relative.ravel()))[0, 1] < most
+    # a volume far outside every fitted range states no more than the largest fitted log error allows
+    far = [dict(d, porosity=1e-3, axis_spanning=[1e-3] * 3, anisotropy=1e3) for d in described[:10]]
+    ceiling = both["scale"] * np.exp(both["log_range"][1])
+    assert np.all(uncertainty.evaluate(both, far, values[:10], [0, 1, 2]) / values[:10] <= ceiling * (1 + 1e-9))
+    assert uncertainty.fit(described[:100], truth[:100], values[:100], [0, 1, 2])["weights"] == pytest.approx(
+        plain["weights"], abs=10.0) and "ranges" not in uncertainty.fit(      # too few values per product: plain
+        described[:100], truth[:100], values[:100], [0, 1, 2])
 
 
 def test_calibrate_refits_a_runs_trust_files_from_its_dataset(ensemble_run, tmp_path):
