@@ -12,8 +12,9 @@ whole's; in parallel its conductances add: the combination keeps both limits.
 The windows are labelled by a ``labeller``: the model (``model_labeller``: a ``predict.Predictor``, with its
 uncertainty and ``--max-error`` fallback per window), or exactly by ``physics.solve`` in worker processes
 (``exact_labeller``), the reference that measures the method's own error apart from the model's. The volume is
-read slab by slab (``volumes.VolumeSource``) and the windows go to the labeller in batches, so memory holds one
-slab of S slices, a batch of windows and the coarse grid, whatever the volume's size.
+read slab by slab (``volumes.VolumeSource``) and the windows go to the labeller in batches, the next batch read
+while the labeller works on this one (``ahead``), so memory holds two slabs of S slices, two batches of windows and
+the coarse grid, whatever the volume's size.
 
 The uncertainty of the whole comes from the windows': the coarse problem solved again with every cell's conductivity
 one standard deviation lower and higher (errors taken as fully correlated, the cautious bound); half the difference
