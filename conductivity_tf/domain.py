@@ -20,7 +20,7 @@ conductivities (``axis_capped``) and the fraction of the junctions' conductance 
 five come from ``coarse`` and ``faces``.
 
 ``training_domain`` takes the central 99 % of each over the training split (for a run with a correction, over
-every train split the network or its correction was fitted on: ``predict.calibrate``); ``outside`` names every
+every train split the network or its correction was fitted on: ``evaluate.calibrate``); ``outside`` names every
 number of a volume that falls out of it, as a reason a person can read. A run directory keeps its domain in
 ``domain.json``.
 """
