@@ -168,6 +168,20 @@ def _described(rng, count):
             for _ in range(count)]
 
 
+def _axis(described, key):
+    """(N, 3): a descriptor of each made-up volume along each axis (a volume's one value repeated)."""
+    return np.array([d[key] if isinstance(d[key], list) else [d[key]] * 3 for d in described])
+
+
+def _with_errors(rng, count, relative):
+    """(descriptions, values, truth, relative errors) of ``count`` made-up volumes whose values err by
+    ``relative(descriptions)`` (N, 3), one standard deviation relative to the value."""
+    described = _described(rng, count)
+    values = rng.uniform(0.05, 0.5, (count, 3))
+    spread = relative(described)
+    return described, values, values * (1.0 + rng.normal(0.0, 1.0, values.shape) * spread), spread
+
+
 def test_the_error_model_states_more_where_the_prediction_and_the_renormalisation_part():
     from conductivity_tf import uncertainty
 
@@ -212,12 +226,8 @@ def test_the_error_model_learns_where_errors_are_large_and_states_a_calibrated_d
     rng = np.random.default_rng(1)
 
     def draw(count):
-        described = _described(rng, count)
-        values = rng.uniform(0.05, 0.5, (count, 3))
         # relative errors 0.02 on phases that all join the faces, growing as spanning**-1 where few paths do
-        spanning = np.array([d["axis_spanning"] for d in described])
-        truth = values * (1.0 + rng.normal(0.0, 1.0, values.shape) * 0.02 / spanning)
-        return described, values, truth
+        return _with_errors(rng, count, lambda described: 0.02 / _axis(described, "axis_spanning"))[:3]
 
     described, values, truth = draw(4000)
     model = uncertainty.fit(described, truth, values, [0, 1, 2], interactions=False)
@@ -286,14 +296,10 @@ def test_the_error_model_with_interactions_ranks_errors_that_grow_with_two_featu
     rng = np.random.default_rng(3)
 
     def draw(count):
-        described = _described(rng, count)
-        values = rng.uniform(0.05, 0.5, (count, 3))
         # errors large where few paths join the faces of a low porosity and where many join those of a high one,
         # small on the other two corners: neither feature alone says which
-        spanning = np.array([d["axis_spanning"] for d in described])
-        porosity = np.array([[d["porosity"]] * 3 for d in described])
-        relative = 0.02 * np.exp(2.0 * np.log(spanning / 0.3) * np.log(porosity / 0.4))
-        return described, values, values * (1.0 + rng.normal(0.0, 1.0, values.shape) * relative), relative
+        return _with_errors(rng, count, lambda described: 0.02 * np.exp(
+            2.0 * np.log(_axis(described, "axis_spanning") / 0.3) * np.log(_axis(described, "porosity") / 0.4)))
 
     described, values, truth, _ = draw(3000)
     plain = uncertainty.fit(described, truth, values, [0, 1, 2], interactions=False)
