@@ -147,7 +147,8 @@ def evaluate(model_dir, data_path, split="test", zero_without_path=False, precis
     wanted = predictor.domain or predictor.error_model or predictor.correction or zero_without_path
     descriptions = predictor.describe(volumes) if wanted else None
     predicted, served, descriptions = predictor.corrected(volumes, predicted, served, descriptions)
-    uncertainty = predictor.stated_uncertainty(volumes, predicted, served, descriptions, network)
+    flags = [domain_lib.outside(d, predictor.domain) for d in descriptions] if predictor.domain else None
+    uncertainty = predictor.stated_uncertainty(volumes, predicted, served, descriptions, network, flags)
     if descriptions is not None:       # as predict's output: exact zeros without a path, with no uncertainty
         no_path = domain_lib.without_path(descriptions, predictor.axes)
         predicted[no_path] = 0.0

@@ -134,15 +134,16 @@ class Predictor(object):
         factor = correction_lib.factor(self.correction, descriptions, values, self.axes)
         return values * factor, None if served is None else served * factor, descriptions
 
-    def stated_uncertainty(self, volumes, values, served, descriptions=None, network=None):
+    def stated_uncertainty(self, volumes, values, served, descriptions=None, network=None, flags=None):
         """The (N, len(axes)) uncertainty stated with ``values``: the run's error model (``uncertainty.py``; of
-        the corrected values, whose ``network`` values before the correction it may need) where it has one, else
-        the ensemble's calibrated spread ``served`` (None for a single network without one)."""
+        the corrected values, whose ``network`` values before the correction it may need; ``flags``, per volume the
+        reasons it lies outside the training domain) where it has one, else the ensemble's calibrated spread
+        ``served`` (None for a single network without one)."""
         if self.error_model is None:
             return served
         if descriptions is None:
             descriptions = self.describe(volumes)
-        return uncertainty_lib.evaluate(self.error_model, descriptions, values, self.axes, served, network)
+        return uncertainty_lib.evaluate(self.error_model, descriptions, values, self.axes, served, network, flags)
 
     def __call__(self, volumes, batch_size=16, zero_without_path=False):
         """(N, len(axes)) predictions. With ``zero_without_path``, or a correction (whose descriptors say it), an
@@ -182,7 +183,7 @@ class Predictor(object):
         descriptions = self.describe(volumes, capped) if wanted else None
         values, served, descriptions = self.corrected(volumes, values, served, descriptions)
         flags = [domain_lib.outside(d, self.domain) for d in descriptions] if self.domain else [[] for _ in volumes]
-        uncertainty = self.stated_uncertainty(volumes, values, served, descriptions, network)
+        uncertainty = self.stated_uncertainty(volumes, values, served, descriptions, network, flags)
         source = np.full(values.shape, "model", dtype=object)
         if descriptions is not None:
             no_path = domain_lib.without_path(descriptions, self.axes)
@@ -357,7 +358,7 @@ def replicated_labeller(model_dir, devices):
         flags = [domain_lib.outside(d, trained_on) for d in descriptions] if trained_on else None
         # as Predictor states it: the run's error model where it has one, else the ensemble's calibrated spread
         uncertainty = spread if error_model is None else uncertainty_lib.evaluate(
-            error_model, descriptions, mean, [0, 1, 2], spread, network)
+            error_model, descriptions, mean, [0, 1, 2], spread, network, flags)
         # and as the one-device labeller: exact zeros along the axes a window has no conducting path
         without_path = domain_lib.without_path(descriptions)
         mean = np.where(without_path, 0.0, mean)

@@ -341,7 +341,8 @@ def finish_run(cfg, base, manifest, out, train_seconds):
 
     truth, predicted, spread, porosity, families, test_volumes = predict_split("test")
     train_volumes, train_sigma, train_porosity, _ = dataset_lib.load_arrays(manifest["path"], "train")
-    domain_lib.save(out, domain_lib.training_domain(domain_lib.describe_many(train_volumes)))
+    trained_on = domain_lib.training_domain(domain_lib.describe_many(train_volumes))
+    domain_lib.save(out, trained_on)
     exponent = bruggeman_fit(train_porosity, train_sigma[:, axes])
     baseline = np.repeat(porosity[:, None], len(axes), axis=1) ** exponent
     metrics = {
@@ -369,7 +370,8 @@ def finish_run(cfg, base, manifest, out, train_seconds):
             uncertainty_lib.save(out, error_model)
             described = domain_lib.describe_many(test_volumes)
             stated = uncertainty_lib.evaluate(error_model, described, predicted, axes,
-                                              None if scale is None else spread * scale)
+                                              None if scale is None else spread * scale,
+                                              outside=[domain_lib.outside(d, trained_on) for d in described])
             # as predict states them: exact zeros, with no uncertainty, along the axes without a conducting path
             no_path = domain_lib.without_path(described, axes)
             metrics["uncertainty"] = dict(calibration_metrics(truth, np.where(no_path, 0.0, predicted),

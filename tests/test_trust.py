@@ -314,6 +314,15 @@ def test_the_error_model_with_interactions_ranks_errors_that_grow_with_two_featu
     for model, least, most in [(plain, 0.0, 0.7), (both, 0.95, 1.0)]:     # the stated deviation against the known
         stated = uncertainty.evaluate(model, described, values, [0, 1, 2]) / values
         assert least < np.corrcoef(np.log(stated.ravel()), np.log(relative.ravel()))[0, 1] < most
+    # it keeps its linear form fitted alike, and states the larger of the two on the volumes outside the domain
+    assert both["plain"] == {"weights": plain["weights"], "scale": plain["scale"]}
+    flagged = np.arange(len(described)) % 3 == 0
+    hedged = uncertainty.evaluate(both, described, values, [0, 1, 2], outside=flagged)
+    products = uncertainty.evaluate(both, described, values, [0, 1, 2])
+    linear = uncertainty.evaluate(plain, described, values, [0, 1, 2])
+    np.testing.assert_array_equal(hedged[~flagged], products[~flagged])
+    np.testing.assert_array_equal(hedged[flagged], np.maximum(products, linear)[flagged])
+    assert np.any(linear[flagged] > products[flagged]) and np.any(linear[flagged] < products[flagged])
     # a volume far outside every fitted range states no more than the largest fitted log error allows
     far = [dict(d, porosity=1e-3, axis_spanning=[1e-3] * 3, anisotropy=1e3) for d in described[:10]]
     ceiling = both["scale"] * np.exp(both["log_range"][1])
