@@ -8,7 +8,8 @@ logarithm of the relative error, linear in the logarithms of the volume's descri
 (``domain.describe``), of the predicted fraction of the porosity that conducts, of the prediction's
 disagreement with the renormalised conductivity and with that of the cells joined through their faces and, for an
 ensemble, of its members' relative spread (``FEATURES``), and of the products of every two of them (``design``:
-the error grows with one where another is large). Its scale is then fitted so that the prediction +- Z90 of
+the error grows with one where another is large; on a volume outside the training domain, the larger of that and
+the linear form fitted alike). Its scale is then fitted so that the prediction +- Z90 of
 it holds 90 % of the validation values: one calibrated standard deviation, like the ensemble's. It costs the
 descriptors only (about a millisecond per 64^3 volume on two cores, computed anyway for the training-domain check).
 A run directory keeps it in ``uncertainty.json``.
