@@ -116,7 +116,7 @@ def fitted(descriptions, truth, values, axes, spread=None, network=None, held_ou
         model["log_range"] = [float(logs.min()), float(logs.max())]
     if held_out is not None:
         values, spread = np.asarray(held_out, float), held_out_spread
-    typical = _evaluated(model, descriptions, values, axes, spread, network).ravel()
+    typical = evaluate(model, descriptions, values, axes, spread, network).ravel()
     model["scale"] = float(np.quantile(np.abs(values.ravel() - truth.ravel())[live] / typical[live], 0.9) / Z90)
     return model
 
@@ -146,16 +146,6 @@ def evaluate(model, descriptions, values, axes, spread=None, network=None, outsi
     there a model with interactions states the larger of its two forms' (``plain``): the products, fitted where the
     inputs go together as in the fitted volumes, can fall where they do not (a 64^3 cube of plates, its anisotropy
     41, 17 % off along one axis, stated 0.9 % by the products and 11 % by the linear form)."""
-    stated = _evaluated(model, descriptions, values, axes, spread, network)
-    far = np.zeros(len(descriptions), bool) if outside is None else np.array([bool(o) for o in outside], bool)
-    if "plain" in model and far.any():
-        plain = _evaluated(dict(model["plain"], features=model["features"]), descriptions, values, axes, spread,
-                           network)
-        stated = np.where(far[:, None], np.maximum(stated, plain), stated)
-    return stated
-
-
-def _evaluated(model, descriptions, values, axes, spread, network):
     values = np.asarray(values, float)
     uses_spread = SPREAD_FEATURE in model["features"]
     if uses_spread and spread is None:
@@ -163,6 +153,16 @@ def _evaluated(model, descriptions, values, axes, spread, network):
     if FACTOR_FEATURE in model["features"] and network is None:
         raise ValueError("this error model was fitted on the correction's factor: give the network's own values")
     x = features(descriptions, values, axes, spread if uses_spread else None, model["features"], network)
+    stated = _stated(model, x, values)
+    far = np.zeros(len(descriptions), bool) if outside is None else np.array([bool(o) for o in outside], bool)
+    if "plain" in model and far.any():
+        stated = np.where(far[:, None], np.maximum(stated, _stated(model["plain"], x, values)), stated)
+    return stated
+
+
+def _stated(model, x, values):
+    """The uncertainty (N, len(axes)) of ``values`` by ``model``'s weights, log range and scale from its features
+    ``x`` (one row per value)."""
     log_error = design(model, x) @ np.asarray(model["weights"], float)
     if "log_range" in model:
         log_error = np.clip(log_error, *model["log_range"])
