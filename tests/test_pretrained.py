@@ -99,7 +99,10 @@ def test_bfloat16_is_the_default_where_the_cpu_has_it_and_agrees_with_fp32():
     assert in_bf16.serve_blocks is not None   # the shipped network is fed its first convolution's blocks ...
     bf16 = in_bf16(volumes)
     in_bf16.serve_blocks = None
-    assert np.array_equal(in_bf16(volumes), bf16)   # ... and predicts what its bfloat16 signature does, to the bit
+    if native_bfloat16():   # ... and predicts what its bfloat16 signature does, to the bit with oneDNN's kernels
+        assert np.array_equal(in_bf16(volumes), bf16)
+    else:                   # (TensorFlow's fallback kernels round the product and the convolution apart)
+        np.testing.assert_allclose(in_bf16(volumes), bf16, rtol=5e-3)
     assert np.any(bf16 != fp32)
     if native_bfloat16():  # oneDNN's bfloat16 kernels, which accumulate in float32
         np.testing.assert_allclose(bf16, fp32, atol=2e-3)

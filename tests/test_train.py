@@ -473,6 +473,7 @@ def test_the_blocks_signature_predicts_what_the_bfloat16_signature_predicts(run_
     from conductivity_tf.keras_compat import cpu_bfloat16_convolutions
     from conductivity_tf.model import build_model
     from conductivity_tf.predict import Predictor
+    from conductivity_tf.strategies import native_bfloat16
 
     if not cpu_bfloat16_convolutions():
         pytest.skip("this TensorFlow has no bfloat16 CPU convolutions (TensorFlow 2.6): no bfloat16 signatures")
@@ -502,4 +503,8 @@ def test_the_blocks_signature_predicts_what_the_bfloat16_signature_predicts(run_
     fed_blocks = predictor._run(volumes)[0]
     predictor.serve_blocks = None
     fed_volumes = predictor._run(volumes)[0]
-    assert np.array_equal(fed_blocks, fed_volumes) and fed_volumes.std() > 0
+    assert fed_volumes.std() > 0
+    if native_bfloat16():   # oneDNN's bfloat16 kernels: the same arithmetic, the same bits
+        assert np.array_equal(fed_blocks, fed_volumes)
+    else:                   # TensorFlow's fallback kernels round the product and the convolution apart
+        np.testing.assert_allclose(fed_blocks, fed_volumes, rtol=5e-3)
