@@ -52,7 +52,7 @@ from conductivity_tf._discretisation import (
 )
 from conductivity_tf._multigrid import MultigridPCG
 from conductivity_tf.errors import UserError, run_cli
-from conductivity_tf.volumes import add_volume_arguments, load_volume_from_args
+from conductivity_tf.volumes import add_volume_arguments, binary_mask, load_volume_from_args
 
 DEFAULT_SIGMA = {0: 0.0, 1: 1.0}
 # binary volumes from this many voxels up are solved with the fine level held as its diagonal alone
@@ -480,7 +480,9 @@ def main(argv=None):
     for path, loaded in volumes:
         t0 = time.perf_counter()
         try:
-            results = solve(loaded.array, axes=axes, sigma=sigma, tol=args.tol, rtol=args.rtol)
+            # without --sigma, a mask saved as 0/255 (or 0/65535) conducts where it is white, as a 0/1 one where 1
+            results = solve(loaded.array if sigma else binary_mask(loaded.array), axes=axes, sigma=sigma,
+                            tol=args.tol, rtol=args.rtol)
         except UserError as err:
             raise UserError("{}: {}".format(path, err))
         seconds = time.perf_counter() - t0

@@ -2,9 +2,9 @@
 
 ``python -m conductivity_tf.predict [--model DIR] VOLUME ... [--json]``: DIR is a run directory (from
 ``train``) or its ``saved_model/``; without ``--model`` the pretrained model shipped in the package is
-used. Volumes must be binary (1 = conducting; use ``--otsu``/``--threshold``/``--phase-map`` otherwise)
-and cubes of the model's input size. The model is loaded with ``tf.saved_model.load``: no pickled
-Python objects are read.
+used. Volumes must be binary (1 = conducting; a mask saved as 0/255 or 0/65535 conducts where white; use
+``--otsu``/``--threshold``/``--phase-map`` otherwise): cubes of the model's input size, or larger volumes predicted
+whole (``whole_volume``). The model is loaded with ``tf.saved_model.load``: no pickled Python objects are read.
 """
 
 import argparse

@@ -168,6 +168,26 @@ def segment(grey, threshold=None, otsu=False, conducting="above"):
     return mask.astype(np.uint8)
 
 
+# the conducting value of binary masks as image tools save them: white in 8 and in 16 bits
+MASK_LEVELS = (255, 65535)
+
+
+def binary_mask(array):
+    """An integer volume whose only nonzero value is one of ``MASK_LEVELS`` (a segmented binary mask saved as 0/255,
+    or 0/65535) as 0/1 uint8, 1 where it holds that value; any other volume unchanged. Read this way by ``predict``,
+    ``dataset import`` and the solver without ``--sigma``."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "ui" or array.size == 0:
+        return array
+    top = array.max()
+    if int(top) not in MASK_LEVELS:
+        return array
+    conducting = array == top
+    if np.count_nonzero(conducting) != np.count_nonzero(array):      # other nonzero values: not a mask
+        return array
+    return conducting.view(np.uint8)
+
+
 def remap_phases(array, mapping):
     """Replace phase labels: ``mapping`` {old: new}; labels not in the mapping are an error."""
     array = np.asarray(array)
@@ -238,11 +258,11 @@ class VolumeSource(object):
 def open_volume(path, args=None):
     """A ``VolumeSource`` for ``path``: ``.npy`` read slab by slab, TIFF page by page, raw read whole; the
     command-line segmentation options of ``args`` (``--threshold``, ``--phase-map``) applied per slab
-    (``--otsu`` needs the whole volume's histogram: use ``load_volume_from_args``)."""
+    (``--otsu`` needs the whole volume's histogram: use ``load_volume_from_args``), then a binary mask saved as
+    0/255 or 0/65535 read as 0/1 (``binary_mask``; slab by slab: a slab's only nonzero value conducts)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError("volume file {} does not exist; check the path".format(path))
-    transform = None
     if args is not None:
         if getattr(args, "otsu", False):
             raise UserError("--otsu needs the whole volume in memory; give --threshold for a volume read slab by "
@@ -256,7 +276,9 @@ def open_volume(path, args=None):
                 slab = segment(slab, threshold=threshold, conducting=conducting)
             if mapping:
                 slab = remap_phases(slab, mapping)
-            return slab
+            return binary_mask(slab)
+    else:
+        transform = binary_mask
     lower = path.lower()
     if lower.endswith(".npy"):
         source = _npy_source(path, transform)
@@ -353,7 +375,7 @@ def add_volume_arguments(parser):
     group.add_argument("--dark-conducts", action="store_true",
                        help="with --threshold/--otsu: the dark phase conducts (pores in most CT scans)")
     group.add_argument("--phase-map", action="append", metavar="OLD=NEW",
-                       help="relabel phases before solving, e.g. --phase-map 255=1 --phase-map 0=0")
+                       help="relabel phases, e.g. --phase-map 85=1 --phase-map 0=0 --phase-map 170=0")
 
 
 def _parse_phase_map(items):
@@ -365,7 +387,7 @@ def _parse_phase_map(items):
                 raise ValueError
             mapping[float(old) if "." in old else int(old)] = int(new)
         except ValueError:
-            raise UserError("--phase-map {!r} is not OLD=NEW with integer labels, e.g. 255=1".format(item))
+            raise UserError("--phase-map {!r} is not OLD=NEW with integer labels, e.g. 85=1".format(item))
     return mapping
 
 

@@ -208,6 +208,16 @@ def test_import_tiles_a_tomogram(tmp_path):
     segmented = (grey > __import__("skimage.filters").filters.threshold_otsu(grey)).astype(np.uint8)
     np.testing.assert_array_equal(first["volume"], segmented[:12, :12, :12])
     np.testing.assert_allclose(first["relative_conductivity"], _physics_labels(first["volume"]), rtol=1e-6, atol=1e-7)
+    # the same segmentation saved as a 0/255 mask, as image tools save one, imports as the same tiles and labels
+    __import__("tifffile").imwrite(tmp_path / "mask.tif", segmented * np.uint8(255))
+    proc = run_module("conductivity_tf.dataset", "import", "--out", tmp_path / "mask", tmp_path / "mask.tif",
+                      "--tile", "12", "--stride", "12", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    masked = {s["index"]: s for split in D.SPLITS for s in D.iterate(str(tmp_path / "mask"), split)}
+    for sample in samples:
+        np.testing.assert_array_equal(masked[sample["index"]]["volume"], sample["volume"])
+        np.testing.assert_array_equal(masked[sample["index"]]["relative_conductivity"],
+                                      sample["relative_conductivity"])
 
 
 def test_missing_dataset_is_one_line(tmp_path):

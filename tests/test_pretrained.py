@@ -132,3 +132,40 @@ def test_the_keras_weights_rebuild_predicts_what_the_saved_model_predicts():
         assert "Keras weights" in predictor.note and tf.__version__ in predictor.note
         np.testing.assert_array_equal(rebuilt.numpy(), predictor._run(volumes)[0])
     assert np.ptp(rebuilt.numpy()) > 0.05
+
+
+def test_masks_saved_as_0_255_or_0_65535_read_as_the_binary_volume(tmp_path):
+    """A segmented mask as image tools save it (white conducts) gives what its 0/1 volume gives: predict on a cube
+    and on a whole volume, the solver without --sigma; with --sigma its labels are the phases, as before."""
+    import tifffile
+
+    cube = microstructure.generate("blobs", 64, seed=910, porosity=0.45, correlation_length=3.0)
+    whole = microstructure.generate("blobs", 80, seed=911, porosity=0.45, correlation_length=3.0)[:, :72]
+    np.save(tmp_path / "cube.npy", cube)
+    tifffile.imwrite(tmp_path / "cube255.tif", cube * np.uint8(255))
+    np.save(tmp_path / "cube65535.npy", cube.astype(np.uint16) * np.uint16(65535))
+    np.save(tmp_path / "whole.npy", whole)
+    tifffile.imwrite(tmp_path / "whole255.tif", whole * np.uint8(255))
+    names = ["cube.npy", "cube255.tif", "cube65535.npy", "whole.npy", "whole255.tif"]
+    proc = run_module("conductivity_tf.predict", *[tmp_path / n for n in names], "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [os.path.basename(line["file"]) for line in lines] == names
+    for first, others in ((lines[0], lines[1:3]), (lines[3], lines[4:])):
+        assert 0.05 < min(first["relative_conductivity"]) and first["porosity"] > 0.4
+        for line in others:
+            assert line["porosity"] == first["porosity"]
+            for key in ("relative_conductivity", "uncertainty"):      # to rounding: each its place in the batch
+                assert line[key] == pytest.approx(first[key], rel=1e-6), (line["file"], key)
+    proc = run_module("conductivity_tf.physics", tmp_path / "cube.npy", tmp_path / "cube255.tif", "--axis", "all",
+                      "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    binary, mask = (json.loads(line) for line in proc.stdout.splitlines())
+    assert mask["relative_conductivity"] == binary["relative_conductivity"]
+    assert binary["relative_conductivity"] == pytest.approx(
+        [r.relative_conductivity for r in physics.solve(cube)], rel=1e-9)
+    proc = run_module("conductivity_tf.physics", tmp_path / "cube255.tif", "--sigma", "0=0", "--sigma", "255=1",
+                      "--axis", "all", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["relative_conductivity"] == pytest.approx(binary["relative_conductivity"],
+                                                                            rel=1e-6)

@@ -119,3 +119,16 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "v.npy").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_mask_saved_as_0_255_or_0_65535_reads_as_0_1_and_nothing_else_does():
+    v = np.random.default_rng(1).integers(0, 2, (6, 7, 8), dtype=np.uint8)
+    for level, dtype in ((255, np.uint8), (255, np.int16), (65535, np.uint16)):
+        mask = V.binary_mask(v.astype(dtype) * dtype(level))
+        assert mask.dtype == np.uint8 and np.array_equal(mask, v)
+    for other in (v * 3, v * 200, v + (v == 0) * 255, v.astype(np.float32) * 255, np.zeros_like(v)):
+        assert V.binary_mask(other) is other or np.array_equal(V.binary_mask(other), other)
+    # three phases with 255 among them stay phases
+    three = v.copy()
+    three[0] = 255
+    assert np.array_equal(V.binary_mask(three), three)

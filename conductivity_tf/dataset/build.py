@@ -21,7 +21,7 @@ from conductivity_tf.dataset.records import labelled_sample, serialize, sha256, 
 from conductivity_tf.dataset.spec import BuildSpec, load_build_spec, make_sample, spec_to_dict, split_of
 from conductivity_tf.errors import UserError
 from conductivity_tf.fileio import check_writable_dir, write_text
-from conductivity_tf.volumes import load_volume, load_volume_from_args, tile
+from conductivity_tf.volumes import binary_mask, load_volume, load_volume_from_args, tile
 
 
 def plan_shards(spec):
@@ -164,6 +164,7 @@ def import_volumes(paths, out, tile_size, stride=None, load_args=None, seed=0, s
     index = 0
     tiles = []
     for path, vol in loaded:
+        vol.array = binary_mask(vol.array)       # a mask saved as 0/255 (or 0/65535): 1 where white
         if not set(np.unique(vol.array).tolist()) <= {0, 1}:
             raise UserError("{} is not binary; segment it (--otsu / --threshold) or map its phases to 0/1 with "
                             "--phase-map".format(path))
