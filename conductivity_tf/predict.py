@@ -45,9 +45,14 @@ class Predictor(object):
     correction and error model its run directory keeps are not read (``calibrate`` fits them anew)."""
 
     def __init__(self, model_dir=None, precision="auto", trusted=True):
+        # the run's own files first, without TensorFlow: one this version cannot use is refused before the model loads
+        self.run_dir = os.path.dirname(serving.saved_model_dir(model_dir or PRETRAINED))
+        self.domain = domain_lib.load(self.run_dir)
+        self.error_model = uncertainty_lib.load(self.run_dir) if trusted else None
+        self.correction = correction_lib.load(self.run_dir) if trusted else None
+        loaded = serving.load(model_dir or PRETRAINED, default_dir=PRETRAINED)   # says first if there is no model
         from conductivity_tf.keras_compat import tf
 
-        loaded = serving.load(model_dir or PRETRAINED, default_dir=PRETRAINED)
         self.module, self.note, saved, config_path = loaded.module, loaded.note, loaded.saved, loaded.config_path
         self.has_bfloat16 = BFLOAT16_SIGNATURE in self.module.signatures
         self.precision = resolve_precision(precision, self.has_bfloat16, tf, saved)
@@ -66,10 +71,6 @@ class Predictor(object):
         # in bfloat16 the network is fed the blocks its first convolution reads where the SavedModel has them
         self.serve_blocks, self.stem = serving.blocks_signature(self.module, self.size) if (
             self.precision == "bf16" and self.inputs == "volume") else (None, None)
-        self.domain = domain_lib.load(os.path.dirname(saved))
-        self.run_dir = os.path.dirname(saved)
-        self.error_model = uncertainty_lib.load(self.run_dir) if trusted else None
-        self.correction = correction_lib.load(self.run_dir) if trusted else None
         self.has_uncertainty = self.served_uncertainty or self.error_model is not None
         self.tf = tf
         serve = self.serve

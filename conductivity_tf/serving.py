@@ -234,21 +234,26 @@ def keras_signatures(config_path, weights_path):
     return types.SimpleNamespace(signatures={"serving_default": serve.get_concrete_function()}, model=served)
 
 
+def saved_model_dir(model_dir):
+    """The SavedModel's directory of a run directory (its ``saved_model/``) or of a SavedModel's own directory; the
+    run's files (config.yaml, the trust files) lie in its parent."""
+    saved = os.path.join(model_dir, "saved_model")
+    return saved if os.path.isdir(saved) else model_dir
+
+
 def load(model_dir, default_dir=None):
     """A run directory (or its ``saved_model/``) as a ``types.SimpleNamespace``: ``module`` (with ``signatures``),
     ``saved`` (the SavedModel's directory), ``config_path`` (the run's config.yaml, which may be absent) and
     ``note`` (what a caller should know about how the model was loaded; None when loaded as exported)."""
-    from conductivity_tf.keras_compat import tf
-
-    saved = os.path.join(model_dir, "saved_model")
-    if not os.path.isdir(saved):
-        saved = model_dir
-    if not os.path.isfile(os.path.join(saved, "saved_model.pb")):
+    saved = saved_model_dir(model_dir)
+    if not os.path.isfile(os.path.join(saved, "saved_model.pb")):   # said before TensorFlow is imported
         if model_dir == default_dir:
             raise UserError("no pretrained model is installed with this copy of conductivity_tf; give --model "
                             "RUN_DIR (a directory written by python -m conductivity_tf.train)")
         raise UserError("{} is not a run directory or SavedModel (no saved_model.pb); give the --out directory "
                         "of a training run".format(model_dir))
+    from conductivity_tf.keras_compat import tf
+
     config_path = os.path.join(os.path.dirname(saved), "config.yaml")
     note = None
     try:
