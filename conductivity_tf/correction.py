@@ -18,7 +18,6 @@ domain check computes anyway plus a few small matrix products, and is kept in a 
 import os
 
 import numpy as np
-from scipy.special import erf
 
 from conductivity_tf.errors import refuse_removed_inputs
 from conductivity_tf.fileio import read_json, write_json
@@ -148,6 +147,8 @@ def reads_capped(model):
 
 
 def _gelu(x):
+    from scipy.special import erf  # here: commands that never correct start without scipy.special (0.15 s)
+
     return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
 
 
