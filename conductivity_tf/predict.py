@@ -30,6 +30,7 @@ from conductivity_tf.volumes import (
     TIFF_SUFFIXES,
     VolumeSource,
     add_volume_arguments,
+    binary_mask,
     load_volume_from_args,
     open_volume,
     save_volume,
@@ -98,6 +99,18 @@ class Predictor(object):
                             "it with --otsu / --threshold or map phases with --phase-map".format(
                                 name, ", ".join(str(v) for v in values[:6])))
 
+    @staticmethod
+    def binary(volumes):
+        """A batch as the network takes it: 0/1 or bool as it is, a mask saved as 0/255 or 0/65535 as 0/1
+        (``volumes.binary_mask``); anything else a ``UserError`` (fed as they are, a 0/255 cube's 255s made the
+        network state sigma_eff/sigma_0 of 4.6)."""
+        volumes = np.asarray(volumes)
+        if volumes.dtype == np.bool_ or (volumes.dtype == np.uint8 and volumes.max(initial=0) <= 1):
+            return volumes                     # the usual labels: one pass over the bytes
+        volumes = binary_mask(volumes)
+        whole_volume.check_binary(volumes, "a volume of the batch")
+        return volumes
+
     def _run(self, volumes, batch_size=16):
         """(values, uncertainty or None), each (N, len(axes)), straight from the model."""
         volumes = np.asarray(volumes)
@@ -151,6 +164,7 @@ class Predictor(object):
         axis along which a volume has no conducting path between its two faces is given exactly 0 (the network
         alone predicts a small positive value there); that labels the clusters of each volume
         (``domain.describe_many``)."""
+        volumes = self.binary(volumes)
         predicted, _ = self._run(volumes, batch_size)
         predicted, _, descriptions = self.corrected(volumes, predicted, None)
         if zero_without_path or descriptions is not None:
@@ -177,7 +191,7 @@ class Predictor(object):
         descriptors, computed anyway, say where the network alone would state a small positive value. Without
         ``capped`` the descriptors leave out the capped junctions and the correction the members that read them
         (the windows of ``whole_volume``)."""
-        volumes = np.asarray(volumes)
+        volumes = self.binary(volumes)
         values, served = self._run(volumes, batch_size)
         values = network = values.astype(np.float64)  # the solver's values go in as they are
         wanted = self.domain or self.error_model or self.correction or max_error is not None or zero_without_path

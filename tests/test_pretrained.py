@@ -169,3 +169,22 @@ def test_masks_saved_as_0_255_or_0_65535_read_as_the_binary_volume(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["relative_conductivity"] == pytest.approx(binary["relative_conductivity"],
                                                                             rel=1e-6)
+
+
+def test_the_python_api_reads_a_0_255_mask_as_binary_and_refuses_other_labels():
+    """Fed as they were, a 0/255 cube's 255s made the network state sigma_eff/sigma_0 above 4."""
+    from conductivity_tf.errors import UserError
+    from conductivity_tf.predict import Predictor
+
+    cube = microstructure.generate("blobs", 64, seed=912, porosity=0.45, correlation_length=3.0)[None]
+    predictor = Predictor(precision="fp32")
+    binary = predictor.predict(cube)
+    for mask in (cube * np.uint8(255), cube.astype(np.uint16) * np.uint16(65535)):
+        np.testing.assert_allclose(predictor.predict(mask).values, binary.values, rtol=1e-6)
+        np.testing.assert_allclose(predictor(mask), predictor(cube), rtol=1e-6)
+    assert 0.05 < binary.values.min() and binary.values.max() < cube.mean()     # below the porosity
+    for labels in (cube * np.uint8(3), cube.astype(np.float32) * 255.5):
+        with pytest.raises(UserError, match="not binary"):
+            predictor.predict(labels)
+        with pytest.raises(UserError, match="not binary"):
+            predictor(labels)
